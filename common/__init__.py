@@ -1,0 +1,1 @@
+"""Pure, batched tensor library shared by every model family (see ALGORITHM.md)."""

@@ -1,0 +1,137 @@
+"""Attention masks as index predicates plus one materialiser. True = may attend.
+
+A predicate maps broadcastable index tensors `(q_idx [.., Q, 1], kv_idx [.., 1, K])` to a bool
+tensor. Indices are LOCAL to one forward: query q is the q-th token fed in, key k the k-th key of
+`[cache | fed tokens]`; a predicate's parameters (cache length C, block length L, offsets) place
+them in the sequence. `materialize` turns a predicate into a dense `[B or 1, Q, K]` bool mask and
+optionally removes padded keys; the model's SDPA path consumes it as-is, and `to_additive` gives
+the 0 / finfo.min form for code that adds masks to scores.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+Predicate = Callable[[Tensor, Tensor], Tensor]
+
+
+def materialize(
+    predicate: Predicate,
+    q_len: int,
+    kv_len: int,
+    *,
+    device: torch.device | str | None = None,
+    key_valid: Tensor | None = None,
+) -> Tensor:
+    """Evaluate `predicate` on the full index grid.
+
+    key_valid: optional [B, K] bool; False keys (left padding) are masked out for every query.
+    Each query keeps its own key (the last Q keys are the fed tokens, in order), so a padded query row
+    never becomes all-False: SDPA would turn it into NaN and the NaN would leak through the cache.
+    Returns [1, Q, K] (or [B, Q, K] when the predicate or key_valid is batched).
+    """
+    q_idx = torch.arange(q_len, device=device).view(1, q_len, 1)
+    kv_idx = torch.arange(kv_len, device=device).view(1, 1, kv_len)
+    mask = predicate(q_idx, kv_idx).expand(-1, q_len, kv_len)
+    if key_valid is not None:
+        own_key = kv_idx == q_idx + (kv_len - q_len)  # [1, Q, K]
+        mask = (mask & key_valid[:, None, :].to(mask.device)) | own_key
+    return mask
+
+
+def to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Bool mask -> additive float mask (0 where allowed, finfo(dtype).min where not)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~mask, torch.finfo(dtype).min
+    )
+
+
+def full_attention() -> Predicate:
+    """Every query sees every key (a draft forward over the current block, no `draft_ver`)."""
+    return lambda q, kv: torch.ones(torch.broadcast_shapes(q.shape, kv.shape), dtype=torch.bool, device=q.device)
+
+
+def token_causal(cache_len: int = 0) -> Predicate:
+    """Query q (at sequence index C + q) sees keys at indices <= C + q.
+
+    C=0, Q=K=4:      C=2, Q=2, K=4:
+        1 0 0 0          1 1 1 0
+        1 1 0 0          1 1 1 1
+        1 1 1 0
+        1 1 1 1
+    """
+    return lambda q, kv: kv <= q + cache_len
+
+
+def block_causal(block_length: int, cache_len: int = 0) -> Predicate:
+    """Query at sequence index C + q sees every key whose block is not later than its own block.
+
+    L=2, C=0, Q=K=4 (two blocks; bidirectional inside a block, causal across blocks):
+        1 1 0 0
+        1 1 0 0
+        1 1 1 1
+        1 1 1 1
+    """
+    return lambda q, kv: torch.div(kv, block_length, rounding_mode="floor") <= torch.div(
+        q + cache_len, block_length, rounding_mode="floor"
+    )
+
+
+def draft_block(cache_len: int, causal_rows: Tensor | None = None) -> Predicate:
+    """Draft forward over one block: every row sees the cache and the whole block.
+
+    With `causal_rows` f ([B] long; the reference's `draft_ver`, paper Eq. 4) the rows before f (the
+    block's already-decoded prefix) become token-causal, so their K/V match what the verifier's first
+    half computes, while masked rows stay bidirectional. C=1, L=4, f=2:
+        1 1 0 0 0
+        1 1 1 0 0
+        1 1 1 1 1
+        1 1 1 1 1
+    """
+    if causal_rows is None:
+        return full_attention()
+    f = causal_rows.view(-1, 1, 1)
+
+    def predicate(q: Tensor, kv: Tensor) -> Tensor:
+        return (q >= f) | (kv <= q + cache_len)
+
+    return predicate
+
+
+def verifier_2l(cache_len: int, block_length: int) -> Predicate:
+    """The 2L verifier for position-aligned models (paper Eq. 3; ALGORITHM.md §2.2a).
+
+    Keys are `[cache (C) | drafts (L) | masks (L)]`, queries `[drafts (L) | masks (L)]`, with the
+    position ids of both halves equal. Draft row i sees the cache and drafts j <= i (token-causal);
+    mask row i sees the cache, drafts strictly before i and itself, so its logits are the AR
+    (block size 1) distribution q_i given the prefix and the drafts left of i. C=1, L=3:
+                 c | d0 d1 d2 | m0 m1 m2
+        d0       1 |  1  0  0 |  0  0  0
+        d1       1 |  1  1  0 |  0  0  0
+        d2       1 |  1  1  1 |  0  0  0
+        m0       1 |  0  0  0 |  1  0  0
+        m1       1 |  1  0  0 |  0  1  0
+        m2       1 |  1  1  0 |  0  0  1
+    """
+    c, n = cache_len, block_length
+
+    def predicate(q: Tensor, kv: Tensor) -> Tensor:
+        in_cache = kv < c
+        draft_key = (kv >= c) & (kv < c + n)
+        key_pos = kv - c  # index within the draft half (or n + index within the mask half)
+        draft_row = q < n
+        row_pos = torch.where(draft_row, q, q - n)
+        draft_rows_see = draft_key & (key_pos <= row_pos)
+        mask_rows_see = (draft_key & (key_pos < row_pos)) | (key_pos == n + row_pos)
+        return in_cache | torch.where(draft_row, draft_rows_see, mask_rows_see)
+
+    return predicate
+
+
+def causal_verifier(cache_len: int = 0) -> Predicate:
+    """Verifier for shift-aligned models (Fast-dLLM v2, Dream): a plain token-causal forward over the
+    draft-filled window; the logit at t-1 then gives q_t (ALGORITHM.md §2.2b)."""
+    return token_causal(cache_len)

@@ -1,0 +1,118 @@
+"""Per-row decoding statistics, counted on device and read back once at the end.
+
+NFE is split by kind (MEASURING.md): `prefill`, `draft`, `verify`, `commit`. A forward counts for a
+row only when the row used it (an idle row riding along in a batched forward is not charged).
+Decoding-order markers follow the SDAR reference (ALGORITHM.md §2.3): "|" opens a block; for a
+position p, p = accepted speculative token, p + 0.5 = residual resample, p + 0.2 = ratio-threshold
+commit, -p - 0.4 = high-confidence commit, -p = diffusion (fallback or baseline) commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+NFE_KINDS = ("prefill", "draft", "verify", "commit")
+
+COMMIT_NONE, COMMIT_ACCEPTED, COMMIT_RESAMPLED, COMMIT_RATIO, COMMIT_HIGH_CONF, COMMIT_DIFFUSION = range(6)
+_MARKER_OFFSET = {COMMIT_ACCEPTED: 0.0, COMMIT_RESAMPLED: 0.5, COMMIT_RATIO: 0.2}
+
+
+@dataclass
+class DecodeRecorder:
+    """Accumulates statistics for a batch of rows decoded together."""
+
+    batch_size: int
+    device: torch.device | str = "cpu"
+    record_order: bool = False
+    nfe: Tensor = field(init=False)  # [B, 4] long
+    query_tokens: Tensor = field(init=False)  # [B] long, summed query width of charged forwards
+    decisions: Tensor = field(init=False)  # [B] long, routing decisions taken
+    resamples: Tensor = field(init=False)  # [B] long
+    _accepted: list[tuple[Tensor, Tensor]] = field(init=False, default_factory=list)
+    order: list[list[float | str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        b = self.batch_size
+        self.nfe = torch.zeros(b, len(NFE_KINDS), dtype=torch.long, device=self.device)
+        self.query_tokens = torch.zeros(b, dtype=torch.long, device=self.device)
+        self.decisions = torch.zeros(b, dtype=torch.long, device=self.device)
+        self.resamples = torch.zeros(b, dtype=torch.long, device=self.device)
+        self.order = [[] for _ in range(b)]
+
+    def forward(self, kind: str, rows: Tensor, width: int) -> None:
+        """Charge one forward of `width` query tokens to the rows where `rows` ([B] bool) is True."""
+        charged = rows.long()
+        self.nfe[:, NFE_KINDS.index(kind)] += charged
+        self.query_tokens += charged * width
+
+    def decision(self, rows: Tensor) -> None:
+        self.decisions += rows.long()
+
+    def verification(self, rows: Tensor, n_accepted: Tensor, resampled: Tensor) -> None:
+        """Record one verification for `rows` with accepted-prefix lengths and resample flags ([B])."""
+        self._accepted.append((rows.clone(), n_accepted.clone()))
+        self.resamples += (resampled & rows).long()
+
+    def new_block(self) -> None:
+        if self.record_order:
+            for row in self.order:
+                row.append("|")
+
+    def commits(self, kinds: Tensor, positions: Tensor) -> None:
+        """Append markers for this step's commits. kinds: [B, L] COMMIT_* codes; positions: [B, L]
+        absolute positions. Costs a host transfer, so it only runs with `record_order`."""
+        if not self.record_order:
+            return
+        for row, (kind_row, pos_row) in enumerate(zip(kinds.tolist(), positions.tolist())):
+            for code in (COMMIT_ACCEPTED, COMMIT_RESAMPLED, COMMIT_RATIO, COMMIT_HIGH_CONF, COMMIT_DIFFUSION):
+                for kind, pos in zip(kind_row, pos_row):
+                    if kind != code:
+                        continue
+                    if code in _MARKER_OFFSET:
+                        self.order[row].append(pos + _MARKER_OFFSET[code])
+                    elif code == COMMIT_HIGH_CONF:
+                        self.order[row].append(-pos - 0.4)
+                    else:
+                        self.order[row].append(-pos)
+
+    def finalize(self, generated_tokens: list[int], wall_time: float) -> list[dict]:
+        """One dict per row. TPF excludes prefill (MEASURING.md); `tpf_with_prefill` includes it."""
+        nfe = self.nfe.tolist()
+        width = self.query_tokens.tolist()
+        decisions = self.decisions.tolist()
+        resamples = self.resamples.tolist()
+        accepted: list[list[int]] = [[] for _ in range(self.batch_size)]
+        for rows, n_acc in self._accepted:
+            for row, (hit, n) in enumerate(zip(rows.tolist(), n_acc.tolist())):
+                if hit:
+                    accepted[row].append(n)
+        out = []
+        for row in range(self.batch_size):
+            by_kind = dict(zip(NFE_KINDS, nfe[row]))
+            total = sum(nfe[row])
+            decode_nfe = total - by_kind["prefill"]
+            n_ver = len(accepted[row])
+            gen = generated_tokens[row]
+            out.append(
+                {
+                    "generated_tokens": gen,
+                    "nfe": total,
+                    "nfe_by_kind": by_kind,
+                    "tpf": gen / decode_nfe if decode_nfe else 0.0,
+                    "tpf_with_prefill": gen / total if total else 0.0,
+                    "mean_query_width": width[row] / total if total else 0.0,
+                    "routing_decisions": decisions[row],
+                    "verifications": n_ver,
+                    "verify_fraction": n_ver / decisions[row] if decisions[row] else 0.0,
+                    "accepted_lengths": accepted[row],
+                    "mean_accepted": sum(accepted[row]) / n_ver if n_ver else 0.0,
+                    "resamples": resamples[row],
+                    "wall_time": wall_time,
+                    "tokens_per_second": gen / wall_time if wall_time > 0 else 0.0,
+                    **({"decoding_order": self.order[row]} if self.record_order else {}),
+                }
+            )
+        return out

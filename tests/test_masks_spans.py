@@ -1,0 +1,68 @@
+"""Masks against literal matrices; spans against hand-made rows."""
+
+import torch
+
+from common.masks import (block_causal, draft_block, materialize, to_additive, token_causal, verifier_2l)
+from common.spans import first_masked_span, scatter_to_span
+
+
+def _m(rows):
+    return torch.tensor(rows, dtype=torch.bool)[None]
+
+
+def test_token_causal_with_cache():
+    assert torch.equal(materialize(token_causal(2), 2, 4), _m([[1, 1, 1, 0], [1, 1, 1, 1]]))
+
+
+def test_block_causal():
+    expected = _m([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    assert torch.equal(materialize(block_causal(2), 5, 5), expected)
+
+
+def test_draft_block_partially_causal():
+    mask = materialize(draft_block(1, torch.tensor([2, 0])), 4, 5)
+    assert torch.equal(mask[0:1], _m([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]))
+    assert mask[1].all()
+
+
+def test_verifier_2l_literal():
+    expected = _m([
+        [1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0],
+        [1, 0, 0, 0, 1, 0, 0],
+        [1, 1, 0, 0, 0, 1, 0],
+        [1, 1, 1, 0, 0, 0, 1],
+    ])
+    assert torch.equal(materialize(verifier_2l(1, 3), 6, 7), expected)
+
+
+def test_padding_keeps_own_key():
+    valid = torch.tensor([[False, True, True]])
+    mask = materialize(token_causal(), 3, 3, key_valid=valid)
+    assert torch.equal(mask, _m([[1, 0, 0], [0, 1, 0], [0, 1, 1]]))
+
+
+def test_to_additive():
+    add = to_additive(_m([[1, 0]]), torch.float32)
+    assert add[0, 0, 0] == 0 and add[0, 0, 1] == torch.finfo(torch.float32).min
+
+
+def test_first_masked_span_rows():
+    masked = torch.tensor([
+        [0, 1, 1, 0, 1],
+        [1, 1, 1, 1, 1],
+        [0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 1],
+    ], dtype=torch.bool)
+    span = first_masked_span(masked)
+    assert span.start.tolist() == [1, 0, 0, 4]
+    assert span.length.tolist() == [2, 5, 0, 1]
+    assert span.member.int().tolist() == [[0, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0] * 5, [0, 0, 0, 0, 1]]
+
+
+def test_scatter_to_span_places_values_in_order():
+    masked = torch.tensor([[0, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    vals = torch.tensor([[0.1, 0.2, 0.3], [0.7, 0.8, 0.9]])
+    placed = scatter_to_span(vals, first_masked_span(masked), 4, fill=-1.0)
+    assert torch.allclose(placed, torch.tensor([[-1.0, 0.1, 0.2, 0.3], [0.7, -1.0, -1.0, -1.0]]))
