@@ -1,0 +1,26 @@
+"""Shared pytest fixtures."""
+
+import pytest
+
+from SDAR.configuration_sdar import SDARConfig
+
+
+@pytest.fixture
+def tiny_sdar_config() -> SDARConfig:
+    """A tiny random-init SDAR config (vocab 96, hidden 64, 2 layers, 4 heads / 2 KV heads,
+    head_dim 16, untied embeddings). Each call returns a fresh object, so tests may edit it,
+    e.g. `tiny_sdar_config.tie_word_embeddings = True` before building a model."""
+    return SDARConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        use_cache=False,
+    )
