@@ -1,0 +1,291 @@
+"""SDAR family adapter: the decode configuration, the sequence buffer, the KV cache and the kinds of
+forward a block-diffusion decoder makes (prefill, draft, commit, 2L verify). No decoding policy
+lives here: `generate.py` (baseline) and `generate_ssd_policy.py` (S2D2) are loops on top of it.
+
+Layout (ALGORITHM.md §0, §1.1): the buffer has `ceil((P + G) / L) * L` columns, filled with the mask
+token beyond the prompt; block b covers columns [bL, (b+1)L). Only whole prompt blocks are
+prefilled; the `P mod L` trailing prompt tokens sit in the first decode block as known tokens.
+Batches are LEFT-padded (as lm-eval and tokenizers with padding_side="left" give them): padded keys
+are masked out and each row's position ids start at 0 on its first real token, so batch 1 (no
+padding) places blocks exactly as the reference does.
+
+`fold_commit` (default on; an improvement over the reference, ALGORITHM.md §5.2): instead of a
+separate forward that stores a finished block's K/V, the next block's first draft forward carries the
+finished block as extra query rows with store_kv=True and the cache is then cropped back. Those rows
+see exactly what a separate commit forward would show them, so tokens are unchanged; the forward
+count drops by one per block, and no commit is spent after the last block or on a stop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from common.masks import Predicate, block_causal, draft_block, materialize, token_causal, verifier_2l
+from common.remasking import REMASKING_STRATEGIES
+from common.sampling import SamplingConfig
+from common.stats import DecodeRecorder
+
+
+@dataclass(frozen=True)
+class BlockDiffusionConfig:
+    """Baseline block-diffusion decoding (SDAR `generate.py`). Field names are the reference's flags."""
+
+    mask_id: int | None = field(default=None, metadata={"help": "mask token id; default: the model's generation config"})
+    gen_length: int = field(default=128, metadata={"help": "generation budget in tokens"})
+    max_gen_toks: int | None = field(default=None, metadata={"help": "overrides gen_length when set (lm-eval's name)"})
+    block_length: int = field(default=4, metadata={"help": "tokens per block L (1 = AR mode)"})
+    denoising_steps: int = field(default=4, metadata={"help": "denoising steps S per block"})
+    temperature: float = 1.0
+    top_k: int = field(default=0, metadata={"help": "0 disables top-k"})
+    top_p: float = 1.0
+    do_sample: bool = field(default=False, metadata={"help": "sample drafts (else argmax of the same distribution)"})
+    remasking_strategy: str = field(default="low_confidence_dynamic", metadata={"help": "|".join(REMASKING_STRATEGIES)})
+    confidence_threshold: float = field(default=0.85, metadata={"help": "dynamic strategy threshold tau (strict >)"})
+    eb_threshold: float = field(default=0.35, metadata={"help": "entropy_bounded cumulative entropy budget (nats)"})
+    stopping_criteria_idx: tuple[int, ...] | None = field(default=None, metadata={"help": "stop token ids; default: generation config eos"})
+    cache_ver: bool = field(default=False, metadata={"help": "AR-like cache: prefill/commit with a token-causal mask"})
+    draft_ver: bool = field(default=False, metadata={"help": "draft forward: decoded block prefix attends causally"})
+    fold_commit: bool = field(default=True, metadata={"help": "store a finished block's K/V inside the next draft forward"})
+    return_forward_stats: bool = field(default=False, metadata={"help": "also return per-row decoding stats"})
+    record_decoding_order: bool = field(default=False, metadata={"help": "add decoding-order markers to the stats"})
+
+    def __post_init__(self) -> None:
+        for name in ("gen_length", "block_length", "denoising_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.max_gen_toks is not None and self.max_gen_toks <= 0:
+            raise ValueError(f"max_gen_toks must be positive when given, got {self.max_gen_toks}")
+        if self.remasking_strategy not in REMASKING_STRATEGIES:
+            raise ValueError(
+                f"unknown remasking_strategy {self.remasking_strategy!r}; valid: {', '.join(REMASKING_STRATEGIES)}"
+            )
+        self.sampling()
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_k, self.top_p, self.do_sample)
+
+    @property
+    def budget(self) -> int:
+        return self.max_gen_toks if self.max_gen_toks is not None else self.gen_length
+
+    def resolved(self, model: torch.nn.Module) -> "BlockDiffusionConfig":
+        """Fill mask_id and stop ids from the model's generation config / config when not given."""
+        gen_cfg = getattr(model, "generation_config", None)
+        mask_id = self.mask_id
+        for source in (gen_cfg, getattr(model, "config", None)):
+            if mask_id is None and source is not None:
+                mask_id = getattr(source, "mask_token_id", None)
+        if mask_id is None:
+            raise ValueError("no mask token id: pass mask_id= (the tokenizer's mask_token_id) or set mask_token_id in generation_config.json")
+        stops = self.stopping_criteria_idx
+        if stops is None:
+            eos = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
+            stops = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
+        return dataclasses.replace(self, mask_id=int(mask_id), stopping_criteria_idx=tuple(int(s) for s in stops))
+
+
+class SDARBlocks:
+    """Buffer, cache and forwards for one batch of prompts decoded together."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        cfg: BlockDiffusionConfig,
+        recorder: DecodeRecorder,
+    ) -> None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, prompt_len], got shape {tuple(input_ids.shape)}")
+        self.model, self.cfg, self.recorder = model, cfg, recorder
+        batch, prompt_len = input_ids.shape
+        device = input_ids.device
+        length = cfg.block_length
+        self.prompt_len = prompt_len
+        self.block_length = length
+        self.n_blocks = math.ceil((prompt_len + cfg.budget) / length)
+        self.first_block = prompt_len // length
+        total = self.n_blocks * length
+        self.x = torch.full((batch, total), cfg.mask_id, dtype=torch.long, device=device)  # [B, T]
+        self.x[:, :prompt_len] = input_ids
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if attention_mask is not None and (real[:, 1:].int() < real[:, :-1].int()).any():
+            raise ValueError("attention_mask must describe LEFT padding (0s before 1s in every row)")
+        self.valid = torch.ones(batch, total, dtype=torch.bool, device=device)  # [B, T]
+        self.valid[:, :prompt_len] = real
+        self.key_valid = None if bool(real.all()) else self.valid
+        pad = (~real).sum(-1, keepdim=True)  # [B, 1]
+        self.positions = (torch.arange(total, device=device) - pad).clamp_min(0)  # [B, T]
+        self.cache = DynamicCache()
+        self.pending_commit: int | None = None
+
+    def block(self, b: int) -> Tensor:
+        """View of block b's tokens, [B, L]; writing into it writes the buffer."""
+        return self.x[:, b * self.block_length : (b + 1) * self.block_length]
+
+    def _forward(self, start: int, end: int, predicate: Predicate | None, store: bool, ids: Tensor | None = None,
+                 positions: Tensor | None = None, extra_keys: int = 0) -> Tensor:
+        """One model call on columns [start, end) (or explicit ids/positions) over the cache.
+        predicate None means full attention; with no padding it is sent as attention_mask=None so a
+        GPU can take the flash-attention path."""
+        ids = self.x[:, start:end] if ids is None else ids
+        positions = self.positions[:, start:end] if positions is None else positions
+        q_len = ids.shape[1]
+        kv_len = start + q_len
+        mask = None
+        if predicate is not None or self.key_valid is not None:
+            key_valid = None
+            if self.key_valid is not None:
+                key_valid = self.key_valid[:, : start + q_len - extra_keys]
+                if extra_keys:
+                    key_valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], extra_keys)], dim=1)
+            mask = materialize(
+                predicate if predicate is not None else (lambda q, kv: kv >= 0),
+                q_len, kv_len, device=ids.device, key_valid=key_valid,
+            )
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions,
+            past_key_values=self.cache, use_cache=True, store_kv=store,
+        )
+        return out.logits
+
+    def prefill(self, rows: Tensor) -> None:
+        """Store K/V of the whole prompt blocks (block-causal, or token-causal with cache_ver)."""
+        end = self.first_block * self.block_length
+        if end == 0:
+            return
+        predicate = token_causal() if self.cfg.cache_ver else block_causal(self.block_length)
+        self._forward(0, end, predicate, store=True)
+        self.recorder.forward("prefill", rows, end)
+
+    def draft(self, b: int, rows: Tensor, causal_rows: Tensor | None = None) -> Tensor:
+        """Draft logits for block b, [B, L, V]: the block attends to the cache and to itself
+        bidirectionally (rows before `causal_rows` token-causally with draft_ver). A pending commit of
+        block b-1 rides along (fold_commit) and its K/V are kept; the draft's own K/V are not."""
+        length = self.block_length
+        start = b * length
+        cur = draft_block(start, causal_rows)
+        if self.pending_commit is None:
+            uses_default = causal_rows is None
+            logits = self._forward(start, start + length, None if uses_default else cur, store=False)
+            self.recorder.forward("draft", rows, length)
+            return logits
+        prev = start - length
+        prev_rule = token_causal(prev) if self.cfg.cache_ver else block_causal(length, prev)
+
+        def joint(q: Tensor, kv: Tensor) -> Tensor:
+            return torch.where(q < length, prev_rule(q, kv), cur(q - length, kv))
+
+        logits = self._forward(prev, start + length, joint, store=True)
+        self.cache.crop(start)
+        self.pending_commit = None
+        self.recorder.forward("draft", rows, 2 * length)
+        return logits[:, length:]
+
+    def commit(self, b: int, rows: Tensor) -> None:
+        """Store block b's final K/V: now (a separate forward) or inside the next draft (fold_commit)."""
+        if self.cfg.fold_commit:
+            self.pending_commit = b
+            return
+        start = b * self.block_length
+        predicate = token_causal(start) if self.cfg.cache_ver else None
+        self._forward(start, start + self.block_length, predicate, store=True)
+        self.recorder.forward("commit", rows, self.block_length)
+
+    def verify(self, b: int, drafted: Tensor, rows: Tensor) -> Tensor:
+        """2L verifier (common.masks.verifier_2l) for block b: `drafted` [B, L] is the block with every
+        masked position filled by its draft. Returns the mask half's logits, [B, L, V]: row i is the
+        AR distribution q_i given the cache and drafts left of i."""
+        length = self.block_length
+        start = b * length
+        ids = torch.cat([drafted, torch.full_like(drafted, self.cfg.mask_id)], dim=1)  # [B, 2L]
+        pos = self.positions[:, start : start + length]
+        logits = self._forward(start, start + 2 * length, verifier_2l(start, length), store=False,
+                               ids=ids, positions=torch.cat([pos, pos], dim=1), extra_keys=length)
+        self.recorder.forward("verify", rows, 2 * length)
+        return logits[:, length:]
+
+    def stopped(self, b: int, stop_ids: Tensor) -> Tensor:
+        """[B] bool: a stop token occurs in the generated region up to the end of block b."""
+        region = self.x[:, self.prompt_len : (b + 1) * self.block_length]
+        return torch.isin(region, stop_ids).any(-1)
+
+    def finish(self, input_ids: Tensor, stop_ids: Tensor) -> tuple[Tensor, list[int], list[int]]:
+        """Trim each row at its first stop token (excluded, as the SDAR reference) or first mask, cut at
+        the budget, pad the rest with the first stop id (else the mask id). Returns the
+        [B, P + budget] ids, completion lengths, and generated-token counts that include the stop
+        token (MEASURING.md)."""
+        gen = self.x[:, self.prompt_len : self.prompt_len + self.cfg.budget]
+        width = gen.shape[1]
+        is_stop = torch.isin(gen, stop_ids)
+        is_mask = gen == self.cfg.mask_id
+        first_stop = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), torch.full_like(gen[:, 0], width))
+        first_mask = torch.where(is_mask.any(-1), is_mask.int().argmax(-1), torch.full_like(gen[:, 0], width))
+        keep = torch.minimum(first_stop, first_mask)
+        counted = keep + (first_stop < first_mask).long()
+        pad_id = int(stop_ids[0]) if stop_ids.numel() else self.cfg.mask_id
+        tail = torch.arange(width, device=gen.device)[None, :] >= keep[:, None]
+        out = torch.cat([input_ids, gen.masked_fill(tail, pad_id)], dim=1)
+        return out, keep.tolist(), counted.tolist()
+
+
+class BlockStep:
+    """One denoising step of a decoder: given the block and its mask, choose what to commit."""
+
+    def begin_block(self, b: int, masked: Tensor) -> None:
+        """Called when block b starts (masked: [B, L])."""
+
+    def __call__(self, blocks: SDARBlocks, b: int, step: int, blk: Tensor, masked: Tensor,
+                 live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns (commit [B, L] bool, tokens [B, L] long, kinds [B, L] COMMIT_* codes)."""
+        raise NotImplementedError
+
+
+@torch.inference_mode()
+def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
+                  cfg: BlockDiffusionConfig, step: BlockStep) -> tuple[Tensor, list[dict]]:
+    """The outer loop shared by every SDAR decoder: prefill, then per block up to `denoising_steps`
+    steps until no mask is left, a commit, and a stop check. Host syncs: one per step after the
+    first (is any row still masked?) plus one per block (has every row stopped? is the block complete?
+    Every remasking strategy commits at least its scheduled count, so the latter is an invariant check)."""
+    start_time = time.perf_counter()
+    batch = input_ids.shape[0]
+    device = input_ids.device
+    recorder = DecodeRecorder(batch, device, cfg.record_decoding_order)
+    blocks = SDARBlocks(model, input_ids, attention_mask, cfg, recorder)
+    stop_ids = torch.tensor(cfg.stopping_criteria_idx, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    blocks.prefill(~finished)
+    for b in range(blocks.first_block, blocks.n_blocks):
+        recorder.new_block()
+        blk = blocks.block(b)
+        masked = (blk == cfg.mask_id) & ~finished[:, None]  # [B, L]
+        step.begin_block(b, masked)
+        positions = blocks.positions[:, b * cfg.block_length : (b + 1) * cfg.block_length]
+        for s in range(cfg.denoising_steps):
+            live = masked.any(-1)  # [B]
+            if s > 0 and not bool(live.any()):  # a new block of a live batch always has masks
+                break
+            commit, tokens, kinds = step(blocks, b, s, blk, masked, live)
+            blk.copy_(torch.where(commit, tokens, blk))
+            masked &= ~commit
+            recorder.commits(kinds, positions)
+        blocks.commit(b, ~finished)
+        finished |= blocks.stopped(b, stop_ids)
+        all_stopped, incomplete = torch.stack([finished.all(), masked.any()]).tolist()
+        if incomplete:
+            raise RuntimeError(f"block {b} still has masks after {cfg.denoising_steps} steps")
+        if all_stopped:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall_time = time.perf_counter() - start_time
+    ids, _, counted = blocks.finish(input_ids, stop_ids)
+    return ids, recorder.finalize(counted, wall_time)

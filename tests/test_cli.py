@@ -1,0 +1,51 @@
+"""The SDAR command lines: one set of defaults with the functions, and bad input rejected with a
+one-line error before any tokenizer or model is loaded."""
+
+import dataclasses
+
+import pytest
+
+import SDAR.run as run
+from SDAR.generate_ssd_policy import S2D2Config
+
+
+def _no_loading(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were validated")
+
+    monkeypatch.setattr(run, "load_model_and_tokenizer", fail)
+
+
+def test_cli_defaults_are_the_config_defaults():
+    parser = run.build_parser(S2D2Config, None, None, {"allow_resample": "--no_resample"})
+    args = parser.parse_args([])
+    for f in dataclasses.fields(S2D2Config):
+        assert getattr(args, f.name) == f.default, f.name
+    assert parser.parse_args(["--no_resample"]).allow_resample is False
+    assert parser.parse_args(["--cache_ver", "--stopping_criteria_idx", "3", "4"]).stopping_criteria_idx == [3, 4]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--do_verify_policy", "sometimes"], "policy"),
+    (["--remasking_strategy", "random"], "remasking_strategy"),
+    (["--do_verify_policy", "score_hysteresis", "--hysteresis_threshold_on", "-2"], "hysteresis"),
+    (["--block_length", "0"], "block_length"),
+    (["--denoising_steps", "0"], "denoising_steps"),
+    (["--token_acceptance_estimator", "psychic"], "estimator|psychic"),
+])
+def test_bad_arguments_fail_before_loading(monkeypatch, capsys, argv, needle):
+    import re
+
+    _no_loading(monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        run.main(S2D2Config, lambda *a, **k: None, argv=argv)
+    message = str(exc.value.code)
+    assert message.startswith("error:") and "\n" not in message
+    assert re.search(needle, message)
+
+
+def test_missing_model_dir_names_the_flag(monkeypatch, tmp_path):
+    monkeypatch.setattr(run, "DEFAULT_MODEL_DIR", tmp_path / "absent")
+    with pytest.raises(SystemExit) as exc:
+        run.load_model_and_tokenizer(str(tmp_path / "absent"), "cpu", "auto")
+    assert "--model_dir" in str(exc.value.code)
