@@ -55,6 +55,9 @@ def block_diffusion_generate(model: torch.nn.Module, input_ids: Tensor, attentio
     return (ids, stats) if cfg.return_forward_stats else ids
 
 
+block_diffusion_generate.config_class = BlockDiffusionConfig  # lets adapters (lm-eval) type and validate keywords
+
+
 if __name__ == "__main__":
     from SDAR.run import main
 

@@ -319,6 +319,14 @@ def prompt_space_size(task: str) -> int:
     return len(letters_params())
 
 
+_PROMPT_HEADS = {"add": "add", "chain": "chain", f"sum{DIGITSUM_LENGTH}": "digitsum", "inc": "letters"}
+
+
+def _prompt_task(prompt: str) -> str | None:
+    """Task a prompt belongs to, read from its first word (None for foreign prompts)."""
+    return _PROMPT_HEADS.get(prompt.split(" ", 1)[0])
+
+
 def generate(
     n_per_task: int,
     seed: int,
@@ -355,14 +363,6 @@ def generate(
             item["id"] = f"{prefix}-{task}-{len(seen) - 1:04d}"
             items.append(item)
     return items
-
-
-_PROMPT_HEADS = {"add": "add", "chain": "chain", f"sum{DIGITSUM_LENGTH}": "digitsum", "inc": "letters"}
-
-
-def _prompt_task(prompt: str) -> str | None:
-    """Task a prompt belongs to, read from its first word (None for foreign prompts)."""
-    return _PROMPT_HEADS.get(prompt.split(" ", 1)[0])
 
 
 def test_split_items() -> list[Item]:
