@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from common.cli import dataclass_from_kwargs
+from common.cli import dataclass_from_kwargs, takes_config
 from common.remasking import select_transfer, token_entropy
 from common.schedule import num_transfer_tokens
 from common.sampling import draft_tokens, logits_to_probs
@@ -44,6 +44,7 @@ class BaselineStep(BlockStep):
         return commit, drafts, commit.long() * COMMIT_DIFFUSION
 
 
+@takes_config(BlockDiffusionConfig)
 def block_diffusion_generate(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None,
                              generator: torch.Generator | None = None, **kwargs):
     """Decode left-padded prompts `input_ids` [B, P]; keyword arguments are the fields of
@@ -53,9 +54,6 @@ def block_diffusion_generate(model: torch.nn.Module, input_ids: Tensor, attentio
     cfg = dataclass_from_kwargs(BlockDiffusionConfig, kwargs, "block_diffusion_generate").resolved(model)
     ids, stats = decode_blocks(model, input_ids, attention_mask, cfg, BaselineStep(cfg, generator))
     return (ids, stats) if cfg.return_forward_stats else ids
-
-
-block_diffusion_generate.config_class = BlockDiffusionConfig  # lets adapters (lm-eval) type and validate keywords
 
 
 if __name__ == "__main__":

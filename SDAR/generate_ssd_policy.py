@@ -24,7 +24,7 @@ from common.acceptance import (
     recover_tokens,
     stochastic_verdict,
 )
-from common.cli import dataclass_from_kwargs
+from common.cli import dataclass_from_kwargs, takes_config
 from common.estimators import EstimatorConfig, expected_accepted_length, normalized_entropy, token_acceptance
 from common.remasking import select_transfer, token_entropy
 from common.schedule import num_transfer_tokens
@@ -201,6 +201,7 @@ class S2D2Step(BlockStep):
         blocks.recorder.verification(verify, verdict.n_accepted, recover)
 
 
+@takes_config(S2D2Config)
 def block_diffusion_generate(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None,
                              generator: torch.Generator | None = None, **kwargs):
     """S2D2 decoding of left-padded prompts `input_ids` [B, P]; keyword arguments are the fields of
@@ -209,9 +210,6 @@ def block_diffusion_generate(model: torch.nn.Module, input_ids: Tensor, attentio
     step = S2D2Step(cfg, input_ids.shape[0], input_ids.device, generator)
     ids, stats = decode_blocks(model, input_ids, attention_mask, cfg, step)
     return (ids, stats) if cfg.return_forward_stats else ids
-
-
-block_diffusion_generate.config_class = S2D2Config  # lets adapters (lm-eval) type and validate keywords
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _scalar_type(annotation: Any) -> tuple[type, bool]:
@@ -62,3 +64,23 @@ def dataclass_from_kwargs(cls: type[T], kwargs: dict[str, Any], where: str) -> T
     if unknown:
         raise TypeError(f"{where}: unknown argument(s) {unknown}; valid: {sorted(names)}")
     return cls(**kwargs)  # type: ignore[call-arg]
+
+
+def takes_config(cls: type) -> Callable[[F], F]:
+    """Decorate a `func(..., **kwargs)` whose keywords are the fields of `cls`: its signature (for
+    `help()` and `inspect`) then lists every field with its default, and `func.config_class = cls`
+    lets adapters type and validate keywords without duplicating the defaults."""
+
+    def wrap(func: F) -> F:
+        signature = inspect.signature(func)
+        fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        hints = typing.get_type_hints(cls)
+        fields = [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+            for f in dataclasses.fields(cls) if f.init
+        ]
+        func.__signature__ = signature.replace(parameters=fixed + fields)  # type: ignore[attr-defined]
+        func.config_class = cls  # type: ignore[attr-defined]
+        return func
+
+    return wrap

@@ -49,3 +49,16 @@ def test_missing_model_dir_names_the_flag(monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as exc:
         run.load_model_and_tokenizer(str(tmp_path / "absent"), "cpu", "auto")
     assert "--model_dir" in str(exc.value.code)
+
+
+def test_generate_signatures_list_every_config_field():
+    import inspect
+
+    from SDAR import generate, generate_ssd_policy
+
+    for module, cls in ((generate, generate.BlockDiffusionConfig), (generate_ssd_policy, S2D2Config)):
+        params = inspect.signature(module.block_diffusion_generate).parameters
+        assert list(params)[:3] == ["model", "input_ids", "attention_mask"]
+        for f in dataclasses.fields(cls):
+            assert params[f.name].default == f.default
+        assert module.block_diffusion_generate.config_class is cls

@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = {"SDAR": "SDAR", "Fast-dLLM-v2": "fast_dllm_v2", "LLaDA2": "LLaDA2", "D2F": "D2F"}
-COMMON_ALLOWED = {"torch", "common", "__future__", "dataclasses", "typing", "math", "argparse", "types", "collections"}
+COMMON_ALLOWED = {"torch", "common", "__future__", "dataclasses", "typing", "math", "argparse", "types", "collections", "inspect"}
 
 
 def _imports(path: Path) -> set[str]:

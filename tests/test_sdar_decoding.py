@@ -154,3 +154,42 @@ def test_missing_mask_token_is_an_error(model):
     model.generation_config.mask_token_id = None
     with pytest.raises(ValueError, match="mask"):
         baseline.block_diffusion_generate(model, _prompt(4))
+
+
+@pytest.mark.parametrize("policy,extra", [
+    ("mask_span_length", {"legacy_ssd_span_strategy": True, "min_ssd_span_length": 3}),
+    ("score_threshold", {"do_verify_score_type": "difference_static", "score_penalty_coef": 1.0}),
+    ("score_hysteresis", {"hysteresis_threshold_on": 1.0, "hysteresis_threshold_off": -5.0}),
+    ("contextual_bandit_ucb", {"ucb_entropy_source": "masked"}),
+])
+@pytest.mark.parametrize("estimator", ["hard_margin_threshold", "soft_entropy_negexp", "soft_renyi_2_entropy"])
+def test_every_policy_decodes_consistently(model, policy, extra, estimator):
+    ids = _prompt(6)
+    out, stats = _run(s2d2.block_diffusion_generate, model, ids, gen_length=16, block_length=4, do_sample=True,
+                      do_verify_policy=policy, token_acceptance_estimator=estimator, stopping_criteria_idx=(),
+                      **extra)
+    row = stats[0]
+    assert (out[0, 6:] != MASK_ID).all() and row["generated_tokens"] == 16
+    assert row["nfe_by_kind"]["draft"] == row["routing_decisions"]
+    assert row["nfe_by_kind"]["verify"] == row["verifications"] <= row["routing_decisions"]
+    assert all(0 <= n <= 4 for n in row["accepted_lengths"])
+
+
+def test_ratio_threshold_zero_commits_every_masked_draft(model):
+    """Every ratio is >= 0, so one draft + one verify finishes each block with the drafts themselves."""
+    ids = _prompt(8)
+    out, stats = _run(s2d2.block_diffusion_generate, model, ids, gen_length=16, block_length=4,
+                      ssd_ratio_threshold=0.0, ssd_threshold_all_spans=True, stopping_criteria_idx=(),
+                      record_decoding_order=True)
+    kinds = stats[0]["nfe_by_kind"]
+    assert kinds["draft"] == kinds["verify"] == 4
+
+
+def test_high_confidence_commits_and_no_resample(model):
+    ids = _prompt(5)
+    _, hc = _run(s2d2.block_diffusion_generate, model, ids, gen_length=16, block_length=8, denoising_steps=8,
+                 always_check_high_confidence=True, confidence_threshold=0.0, stopping_criteria_idx=())
+    assert hc[0]["nfe_by_kind"]["draft"] == 3  # everything left after verification clears the zero threshold
+    out, nr = _run(s2d2.block_diffusion_generate, model, ids, gen_length=16, block_length=8, denoising_steps=8,
+                   allow_resample=False, do_sample=True, stopping_criteria_idx=())
+    assert nr[0]["resamples"] == 0 and (out[0, 5:] != MASK_ID).all()
