@@ -17,27 +17,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from common.acceptance import (
-    ACCEPTANCE_MODES,
-    acceptance_ratio,
-    greedy_exact_verdict,
-    recover_tokens,
-    stochastic_verdict,
-)
+from common.acceptance import ACCEPTANCE_MODES
 from common.cli import dataclass_from_kwargs, takes_config
-from common.estimators import EstimatorConfig, expected_accepted_length, normalized_entropy, token_acceptance
-from common.remasking import select_transfer, token_entropy
-from common.schedule import num_transfer_tokens
-from common.routing import RouteFeatures, RoutingConfig, make_policy
+from common.estimators import EstimatorConfig
+from common.routing import RoutingConfig, make_policy
+from common.s2d2 import VerifyConfig, routing_features, top_up, verify_commits
 from common.sampling import draft_tokens, logits_to_probs
-from common.spans import Span, first_masked_span, scatter_to_span
-from common.stats import (
-    COMMIT_ACCEPTED,
-    COMMIT_DIFFUSION,
-    COMMIT_HIGH_CONF,
-    COMMIT_RATIO,
-    COMMIT_RESAMPLED,
-)
+from common.schedule import num_transfer_tokens
+from common.spans import first_masked_span
 from SDAR.blocks import BlockDiffusionConfig, BlockStep, SDARBlocks, decode_blocks
 
 
@@ -75,10 +62,15 @@ class S2D2Config(BlockDiffusionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.acceptance not in ACCEPTANCE_MODES:
-            raise ValueError(f"unknown acceptance {self.acceptance!r}; valid: {', '.join(ACCEPTANCE_MODES)}")
+        self.verification()
         self.routing()
         self.estimator()
+
+    def verification(self) -> VerifyConfig:
+        return VerifyConfig(
+            acceptance=self.acceptance, allow_resample=self.allow_resample, gamma=self.ssd_ratio_tempering_factor,
+            ratio_threshold=self.ssd_ratio_threshold, threshold_all_spans=self.ssd_threshold_all_spans,
+        )
 
     def routing(self) -> RoutingConfig:
         return RoutingConfig(
@@ -108,30 +100,13 @@ class S2D2Step(BlockStep):
         self.sampling = cfg.sampling()
         self.schedule = num_transfer_tokens(cfg.block_length, cfg.denoising_steps)
         self.estimator = cfg.estimator()
+        self.verify_cfg = cfg.verification()
         self.policy = make_policy(cfg.routing(), batch, device)
         self.generator = generator
         self.decoded_in_block = torch.zeros(batch, dtype=torch.long, device=device)
 
     def begin_block(self, b: int, masked: Tensor) -> None:
         self.decoded_in_block.zero_()
-
-    def _features(self, probs: Tensor, confidence: Tensor, masked: Tensor, span_member: Tensor,
-                  span_length: Tensor, live: Tensor) -> RouteFeatures:
-        cfg = self.cfg
-        alpha = token_acceptance(probs, confidence, self.estimator)  # [B, L]
-        entropy = normalized_entropy(probs)  # [B, L]
-        source = span_member if cfg.ucb_entropy_source == "span" else masked
-        mean_entropy = (entropy * source).sum(-1) / source.sum(-1).clamp_min(1)
-        return RouteFeatures(
-            span_length=span_length,
-            expected_length=expected_accepted_length(alpha, span_member),
-            n_high=(masked & (confidence > cfg.confidence_threshold)).sum(-1),
-            n_masked=masked.sum(-1),
-            progress=self.decoded_in_block.float() / cfg.block_length,
-            mean_entropy=mean_entropy,
-            active=live,
-            context_length=cfg.block_length,
-        )
 
     def __call__(self, blocks: SDARBlocks, b: int, step: int, blk: Tensor, masked: Tensor,
                  live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -141,64 +116,29 @@ class S2D2Step(BlockStep):
         drafts, confidence = draft_tokens(probs, self.sampling, self.generator)
         drafts = torch.where(masked, drafts, blk)
         span = first_masked_span(masked)
-        verify = self.policy.decide(
-            self._features(probs, confidence, masked, span.member, span.length, live)
-        ) & live & (span.length > 0)
+        features = routing_features(
+            probs, confidence, masked, span, live, self.decoded_in_block.float() / cfg.block_length,
+            cfg.block_length, cfg.confidence_threshold, self.estimator, cfg.ucb_entropy_source,
+        )
+        verify = self.policy.decide(features) & live & (span.length > 0)
         recorder.decision(live)
 
-        tokens = drafts.clone()
+        tokens = drafts
         kinds = torch.zeros_like(blk)
         widest = int((span.length * verify).max())  # one host sync: skip the verifier when no row routes to it
         if widest > 0:
-            self._verify(blocks, b, blk, masked, drafts, probs, confidence, span, verify, widest, tokens, kinds)
+            q = logits_to_probs(blocks.verify(b, drafts, verify), self.sampling)  # [B, L, V]
+            tokens, kinds, verdict, recovered = verify_commits(
+                q, probs, drafts, confidence, masked, span, verify, widest, self.verify_cfg, self.generator)
+            recorder.verification(verify, verdict.n_accepted, recovered)
+        kinds = top_up(kinds, masked, confidence, torch.clamp(masked.sum(-1), max=self.schedule[step]), live,
+                       strategy=cfg.remasking_strategy, threshold=cfg.confidence_threshold, probs=probs,
+                       eb_threshold=cfg.eb_threshold, high_confidence=cfg.always_check_high_confidence)
         commit = kinds > 0
-        if cfg.always_check_high_confidence:
-            high = masked & ~commit & (confidence > cfg.confidence_threshold) & live[:, None]
-            kinds = torch.where(high, COMMIT_HIGH_CONF, kinds)
-            commit |= high
-        min_k = torch.clamp(masked.sum(-1), max=self.schedule[step])
-        need = (min_k - commit.sum(-1)).clamp_min(0)  # [B]
-        entropy = token_entropy(probs) if cfg.remasking_strategy == "entropy_bounded" else None
-        fallback = select_transfer(
-            cfg.remasking_strategy, confidence, masked & ~commit, need,
-            threshold=cfg.confidence_threshold, entropy=entropy, eb_threshold=cfg.eb_threshold,
-        ) & (need > 0)[:, None]
-        kinds = torch.where(fallback, COMMIT_DIFFUSION, kinds)
-        commit |= fallback
         decoded = commit.sum(-1)
         self.policy.update(verify, decoded, live)
         self.decoded_in_block += decoded
         return commit, tokens, kinds
-
-    def _verify(self, blocks: SDARBlocks, b: int, blk: Tensor, masked: Tensor, drafts: Tensor, probs: Tensor,
-                confidence: Tensor, span: Span, verify: Tensor, widest: int, tokens: Tensor, kinds: Tensor) -> None:
-        """One 2L forward and the acceptance rule; writes commits into `tokens`/`kinds` in place."""
-        cfg = self.cfg
-        q = logits_to_probs(blocks.verify(b, drafts, verify), self.sampling)  # [B, L, V]
-        q_draft = q.gather(-1, drafts.unsqueeze(-1)).squeeze(-1)  # [B, L]
-        gamma = cfg.ssd_ratio_tempering_factor
-        if cfg.acceptance == "stochastic":
-            # The reference draws torch.rand(span_len) per verification; one [B, widest span] draw keeps
-            # the same stream for batch 1.
-            uniforms = torch.rand(verify.shape[0], widest, generator=self.generator, device=q.device)
-            verdict = stochastic_verdict(q_draft, confidence, span.member,
-                                         scatter_to_span(uniforms, span, blk.shape[1], fill=1.0), gamma)
-        else:
-            verdict = greedy_exact_verdict(drafts, q.argmax(-1), span.member,
-                                           acceptance_ratio(q_draft, confidence, gamma))
-        accepted = verdict.accepted & verify[:, None]
-        kinds.masked_fill_(accepted, COMMIT_ACCEPTED)
-        recover = verdict.rejected & verify & (cfg.allow_resample or cfg.acceptance == "greedy_exact")
-        rows = recover.nonzero().squeeze(-1)  # one host sync; the residual draw happens only on rejection
-        if rows.numel():
-            at = verdict.reject_index[rows]
-            tokens[rows, at] = recover_tokens(q[rows, at], probs[rows, at], cfg.acceptance, self.generator)
-            kinds[rows, at] = COMMIT_RESAMPLED
-        if cfg.ssd_ratio_threshold >= 0:
-            region = masked if cfg.ssd_threshold_all_spans else span.member
-            extra = region & (kinds == 0) & verify[:, None] & (verdict.ratio >= cfg.ssd_ratio_threshold)
-            kinds.masked_fill_(extra, COMMIT_RATIO)
-        blocks.recorder.verification(verify, verdict.n_accepted, recover)
 
 
 @takes_config(S2D2Config)
