@@ -1,0 +1,363 @@
+"""Fast-dLLM v2 family adapter: the decode configuration, the sequence buffer, the prefix and block
+caches, and the kinds of forward a decoder makes (prefill, draft, causal verify, commit). No decoding
+policy lives here: `generate.py` (baseline "fast") and `generate_ssd_policy.py` (S2D2) are small steps
+plugged into `decode_blocks`.
+
+Layout (ALGORITHM.md §1.2, MODEL-FAMILIES.md §2.4). Blocks of `block_size` columns are aligned to
+column 0; each is decoded as `block_size / small_block_size` sub-blocks, strictly left to right.
+The model is SHIFT-aligned: the logit of row t predicts token t + 1, so a position's draft logit is the
+previous row's (`shifted[t] = logits[t - 1]`). The first position of every block is therefore never a
+mask: it is the prompt tail, or the "AR token" taken as argmax of the last row of the forward that
+stored the previous block's K/V (prefill or commit), which costs no extra forward. Only the
+`floor(P / block_size)` whole prompt blocks are prefilled. Columns past the current block are
+never fed to the model, so the buffer behaves like the reference's canvas that grows by one block
+at a time; it is simply allocated once.
+
+Deliberate differences from the reference `generate` (each a fix; see README and the report):
+
+* the prefill runs when `P >= block_size`, not `P > block_size`. Upstream, a prompt of exactly one block
+  gets no prefill and is then ignored (the first forward only sees a block of masks);
+* the budget `max_new_tokens` is honoured exactly: blocks are added until the generated region covers
+  it, and the output is cut there (the reference rounds it down to whole blocks, then returns whatever
+  those blocks hold plus one AR token);
+* no commit forward is spent after the last block (its AR token would lie past the budget) or once
+  every row has stopped;
+* a row stops as soon as its generated region holds a stop token with no mask before it, checked after
+  every step (the reference finishes the current block first). Nothing before that stop token can
+  change afterwards, so the output is the same and only forwards are saved;
+* with `use_block_cache`, the block cache is refreshed by a full-block forward whenever the current
+  sub-block's first position is masked, so every sub-block starts from fresh K/V and its first
+  position gets its real (previous-row) logit; the reference S2D2 refreshed only once per block;
+* `draft_ver` makes the rows before the first masked position of the BLOCK causal (upstream indexed the
+  block's rows with a sub-block offset).
+
+Batches are LEFT-padded (as lm-eval and tokenizers with padding_side="left" give them): padded keys are
+masked out, and each row's position ids start at 0 on its first real token, so batch 1 behaves exactly as
+the reference. Rows whose padding is a whole number of blocks decode as they do alone, except that with
+`use_block_cache` a full-block refresh is done for every row when any row needs one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from common.masks import Predicate, block_causal, draft_block, materialize
+from common.sampling import SamplingConfig
+from common.stats import DecodeRecorder
+
+
+@dataclass(frozen=True)
+class FastDecodeConfig:
+    """Baseline Fast-dLLM v2 decoding (the reference's `generate`); field names are its flags.
+
+    Sampling is on iff `temperature > 0` (the reference's rule; there is no `do_sample`). Drafts and
+    verifier share `common.sampling.logits_to_probs`, so at temperature 0 both use the plain softmax
+    (the reference top-p-filtered only the verifier's q there, ALGORITHM.md §0.1).
+    """
+
+    mask_id: int | None = field(
+        default=None, metadata={"help": "mask token id; default: the model's generation config / config"})
+    stopping_criteria_idx: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "stop token ids (the reference's stop_token); default: the model's eos"})
+    max_new_tokens: int = field(default=512, metadata={"help": "generation budget in tokens"})
+    max_gen_toks: int | None = field(default=None, metadata={"help": "overrides max_new_tokens (lm-eval's name)"})
+    block_size: int = field(default=32, metadata={"help": "tokens per block: KV-commit unit, block-causal granularity"})
+    small_block_size: int = field(default=8, metadata={"help": "sub-block length; must divide block_size"})
+    threshold: float = field(default=0.9, metadata={"help": "commit every masked draft with confidence > threshold"})
+    top_p: float = 1.0
+    temperature: float = field(default=0.0, metadata={"help": "0: argmax drafts; > 0: sampled drafts"})
+    use_block_cache: bool = field(default=False, metadata={"help": "intra-block K/V cache: sub-block draft forwards"})
+    use_ssd_cache: bool = field(default=False, metadata={"help": "not implemented (nor upstream); must stay off"})
+    cache_ver: bool = field(default=False, metadata={"help": "AR-like cache: prefill/commit with a causal mask"})
+    draft_ver: bool = field(default=False, metadata={"help": "draft forward: the block's decoded prefix is causal"})
+    return_forward_stats: bool = field(default=False, metadata={"help": "also return per-row decoding stats"})
+    return_decoding_order: bool = field(default=False, metadata={"help": "add decoding-order markers to the stats"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "block_size", "small_block_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.max_gen_toks is not None and self.max_gen_toks <= 0:
+            raise ValueError(f"max_gen_toks must be positive when given, got {self.max_gen_toks}")
+        if self.block_size % self.small_block_size:
+            raise ValueError(f"small_block_size ({self.small_block_size}) must divide block_size ({self.block_size})")
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be finite, got {self.threshold}")
+        if self.use_ssd_cache:
+            raise ValueError("use_ssd_cache is not implemented (the reference raises NotImplementedError as well)")
+        self.sampling()
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, do_sample=self.temperature > 0)
+
+    @property
+    def budget(self) -> int:
+        return self.max_gen_toks if self.max_gen_toks is not None else self.max_new_tokens
+
+    def resolved(self, model: torch.nn.Module) -> "FastDecodeConfig":
+        """Fill mask_id and stop ids from the model's generation config, then its config, when not given."""
+        sources = [getattr(model, name, None) for name in ("generation_config", "config")]
+        sources = [source for source in sources if source is not None]
+        mask_id = self.mask_id
+        for source in sources:
+            if mask_id is None:
+                mask_id = getattr(source, "mask_token_id", None)
+        if mask_id is None:
+            raise ValueError("no mask token id: pass mask_id= (Fast-dLLM v2: the tokenizer's '|<MASK>|', 151665) "
+                             "or set mask_token_id in generation_config.json")
+        stops = self.stopping_criteria_idx
+        for source in sources:
+            if stops is None:
+                eos = getattr(source, "eos_token_id", None)
+                stops = tuple(eos) if isinstance(eos, (list, tuple)) else (None if eos is None else (eos,))
+        return dataclasses.replace(self, mask_id=int(mask_id), stopping_criteria_idx=tuple(int(s) for s in stops or ()))
+
+
+def shifted_rows(logits: Tensor, first: int, count: int) -> Tensor:
+    """Draft logits of `count` consecutive positions from a forward's rows, for a shift-aligned model.
+
+    logits: [B, R, V], row r = the model's output at the r-th token fed. Position `first + i` is predicted
+    by row `first + i - 1`. Row 0 has no predecessor; as upstream, its own row is duplicated there. That is
+    harmless: callers only ask for position 0 when it is a block's first position, which is never masked.
+    Returns [B, count, V].
+    """
+    if first >= 1:
+        return logits[:, first - 1 : first - 1 + count]
+    return torch.cat([logits[:, :1], logits[:, : count - 1]], dim=1)
+
+
+class FastDLLMBlocks:
+    """Buffer, caches and forwards for one batch of prompts decoded together."""
+
+    def __init__(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
+                 cfg: FastDecodeConfig, recorder: DecodeRecorder) -> None:
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [batch, prompt_len] with prompt_len >= 1 (a shift-aligned model "
+                             f"needs a previous token); got shape {tuple(input_ids.shape)}")
+        self.model, self.cfg, self.recorder = model, cfg, recorder
+        batch, prompt_len = input_ids.shape
+        device = input_ids.device
+        self.block_size, self.small = cfg.block_size, cfg.small_block_size
+        self.prompt_len = prompt_len
+        self.first_block = prompt_len // cfg.block_size
+        self.n_blocks = math.ceil((prompt_len + cfg.budget) / cfg.block_size)
+        total = self.n_blocks * cfg.block_size
+        self.x = torch.full((batch, total), cfg.mask_id, dtype=torch.long, device=device)  # [B, T]
+        self.x[:, :prompt_len] = input_ids
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if real.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(real.shape)} must match input_ids {tuple(input_ids.shape)}")
+        if attention_mask is not None and (real[:, 1:].int() < real[:, :-1].int()).any():
+            raise ValueError("attention_mask must describe LEFT padding (0s before 1s in every row)")
+        if not bool(real[:, -1].all()):
+            raise ValueError("every row needs at least one real prompt token")
+        valid = torch.ones(batch, total, dtype=torch.bool, device=device)  # [B, T]
+        valid[:, :prompt_len] = real
+        self.key_valid = None if bool(real.all()) else valid
+        pad = (~real).sum(-1, keepdim=True)  # [B, 1]
+        self.positions = (torch.arange(total, device=device) - pad).clamp_min(0)  # [B, T]
+        self.cache = DynamicCache()
+        self.block_cache: DynamicCache | None = None
+
+    def sub_block(self, b: int, s: int) -> Tensor:
+        """View of sub-block s of block b, [B, small_block_size]; writing into it writes the buffer."""
+        start = b * self.block_size + s * self.small
+        return self.x[:, start : start + self.small]
+
+    def sub_positions(self, b: int, s: int) -> Tensor:
+        start = b * self.block_size + s * self.small
+        return self.positions[:, start : start + self.small]
+
+    def _mask(self, q_start: int, q_len: int, kv_len: int, rule: Predicate) -> Tensor:
+        """Bool [B|1, Q, K] from a predicate over ABSOLUTE buffer columns (query column q_start + q, key
+        column k), with padded keys removed. Every query keeps its own key, so a padded query row never
+        becomes all-False (SDPA would turn it into NaN)."""
+        mask = materialize(lambda q, kv: rule(q + q_start, kv), q_len, kv_len, device=self.x.device)  # [1|B, Q, K]
+        if self.key_valid is None:
+            return mask
+        own = torch.arange(kv_len, device=self.x.device)[None, :] == torch.arange(
+            q_start, q_start + q_len, device=self.x.device)[:, None]  # [Q, K]
+        return (mask & self.key_valid[:, None, :kv_len]) | own
+
+    def _forward(self, start: int, end: int, *, block_size: int, rule: Predicate | None = None,
+                 ids: Tensor | None = None, update: bool = False, block_call: str | None = None,
+                 logits_to_keep: int = 0) -> Tensor:
+        """One model call on buffer columns [start, end) (or explicit `ids` for them) over the prefix cache.
+
+        `rule` None means the model's own mask for `block_size` (block-causal from column 0; full for a
+        sub-block call), sent as attention_mask=None unless padding forces an explicit mask.
+        block_call: None, "fill" (this call refreshes the block cache) or "patch" (a sub-block call).
+        Returns logits [B, end - start or logits_to_keep, V], the mask token's logit set to -inf.
+        """
+        ids = self.x[:, start:end] if ids is None else ids
+        block_end = (start // self.block_size + 1) * self.block_size
+        kv_len = block_end if block_call == "patch" else end
+        mask = None
+        if rule is not None or self.key_valid is not None:
+            mask = self._mask(start, end - start, kv_len, rule or block_causal(block_size))
+        kwargs = {}
+        if block_call is not None:
+            patch = block_call == "patch"
+            kwargs = dict(use_block_cache=True, block_past_key_values=self.block_cache if patch else None,
+                          replace_position=start % self.block_size if patch else None)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=self.positions[:, start:end], past_key_values=self.cache,
+            use_cache=True, update_past_key_values=update, block_size=block_size, logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        if block_call == "fill":
+            self.block_cache = out.block_past_key_values
+        logits = out.logits
+        # The mask token is never an output: drafting or accepting it would leave a "decoded" position
+        # that still reads as masked (upstream then loops forever on a model that predicts it). Removing
+        # it before the sampling transform keeps p, q and the AR token consistent with each other.
+        logits[..., self.cfg.mask_id] = float("-inf")
+        return logits
+
+    def _ar_token(self, column: int, logits: Tensor) -> None:
+        """Write the argmax of the last row into `column` (the next block's first position; argmax even
+        when sampling, as upstream) and mark it in the decoding order as -(position + 0.5)."""
+        self.x[:, column] = logits[:, -1].argmax(-1)
+        if self.recorder.record_order:
+            for row, pos in enumerate(self.positions[:, column].tolist()):
+                self.recorder.order[row].append(-(pos + 0.5))
+
+    def prefill(self, rows: Tensor) -> None:
+        """Store K/V of the whole prompt blocks (block-causal, or causal with cache_ver). When the prompt
+        ends on a block boundary, the last row's argmax is the next block's first token."""
+        end = self.first_block * self.block_size
+        if end == 0:
+            return
+        logits = self._forward(0, end, block_size=1 if self.cfg.cache_ver else self.block_size, update=True,
+                               logits_to_keep=1)
+        self.recorder.forward("prefill", rows, end)
+        if end == self.prompt_len:
+            self._ar_token(end, logits)
+
+    def draft(self, b: int, s: int, rows: Tensor, refresh: bool) -> Tensor:
+        """Shifted draft logits of sub-block s of block b, [B, small_block_size, V].
+
+        Without the block cache: one forward of the whole block. With it: a full-block forward that
+        refreshes the block cache when `refresh` (some row's sub-block starts with a mask, so its first
+        logit needs the row before the sub-block) or when no block cache exists yet; otherwise a
+        forward of the sub-block alone that patches its K/V into the block cache.
+        """
+        start, offset = b * self.block_size, s * self.small
+        rule = None
+        if self.cfg.draft_ver:
+            first_masked = (self.x[:, start : start + self.block_size] == self.cfg.mask_id).int().argmax(-1)  # [B]
+            rule = draft_block(0, causal_rows=start + first_masked)
+        if self.cfg.use_block_cache and not refresh and self.block_cache is not None:
+            logits = self._forward(start + offset, start + offset + self.small, block_size=self.block_size,
+                                   rule=rule, block_call="patch")
+            self.recorder.forward("draft", rows, self.small)
+            return shifted_rows(logits, 0, self.small)
+        logits = self._forward(start, start + self.block_size, block_size=self.block_size, rule=rule,
+                               block_call="fill" if self.cfg.use_block_cache else None)
+        self.recorder.forward("draft", rows, self.block_size)
+        return shifted_rows(logits, offset, self.small)
+
+    def verify(self, b: int, s: int, drafted: Tensor, rows: Tensor) -> Tensor:
+        """Causal verifier (ALGORITHM.md §2.2b): ONE forward with block_size=1 over the block from its
+        start to the end of sub-block s, whose masked positions are filled with their drafts (`drafted`
+        [B, small_block_size]); prefix from the cache, nothing written, no block cache. The shifted
+        logit of position t then conditions on the tokens and drafts left of t only: the AR (block
+        size 1) distribution q_t. Returns [B, small_block_size, V]."""
+        start, offset = b * self.block_size, s * self.small
+        ids = torch.cat([self.x[:, start : start + offset], drafted], dim=1)  # [B, offset + small]
+        keep = self.small + (1 if offset else 0)  # rows from the one before the sub-block on
+        logits = self._forward(start, start + offset + self.small, block_size=1, ids=ids, logits_to_keep=keep)
+        self.recorder.forward("verify", rows, offset + self.small)
+        return shifted_rows(logits, 1 if offset else 0, self.small)
+
+    def commit(self, b: int, rows: Tensor) -> None:
+        """Store block b's final K/V (block-causal, or causal with cache_ver) and take the next block's
+        first token from the last row."""
+        start = b * self.block_size
+        end = start + self.block_size
+        logits = self._forward(start, end, block_size=1 if self.cfg.cache_ver else self.block_size, update=True,
+                               logits_to_keep=1)
+        self.recorder.forward("commit", rows, self.block_size)
+        self.block_cache = None
+        self._ar_token(end, logits)
+
+    def stopped(self, end: int, stop_ids: Tensor) -> Tensor:
+        """[B] bool: the generated region up to column `end` holds a stop token with no mask before it."""
+        region = self.x[:, self.prompt_len : end]
+        is_stop = torch.isin(region, stop_ids)  # [B, R]
+        before_first_stop = torch.cumsum(is_stop.int(), dim=-1) == 0
+        mask_before = ((region == self.cfg.mask_id) & before_first_stop).any(-1)
+        return is_stop.any(-1) & ~mask_before
+
+    def finish(self, input_ids: Tensor, stop_ids: Tensor) -> tuple[Tensor, list[int]]:
+        """Cut each row after its first stop token (INCLUDED, as the Fast-dLLM reference) or before its
+        first mask, at most the budget, and pad the rest with the first stop id (else the mask id).
+        Returns the [B, P + budget] ids and the generated-token counts (stop token included)."""
+        gen = self.x[:, self.prompt_len : self.prompt_len + self.cfg.budget]  # [B, G]
+        width = gen.shape[1]
+        none = torch.full_like(gen[:, 0], width)
+        is_stop, is_mask = torch.isin(gen, stop_ids), gen == self.cfg.mask_id
+        first_stop = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), none)
+        first_mask = torch.where(is_mask.any(-1), is_mask.int().argmax(-1), none)
+        keep = torch.minimum((first_stop + 1).clamp(max=width), first_mask)  # [B]
+        pad_id = int(stop_ids[0]) if stop_ids.numel() else self.cfg.mask_id
+        tail = torch.arange(width, device=gen.device)[None, :] >= keep[:, None]
+        return torch.cat([input_ids, gen.masked_fill(tail, pad_id)], dim=1), keep.tolist()
+
+
+class SubBlockStep:
+    """One denoising step of a decoder: given the sub-block's draft logits, choose what to commit."""
+
+    def __call__(self, blocks: FastDLLMBlocks, b: int, s: int, logits: Tensor, sub: Tensor, masked: Tensor,
+                 live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """logits: [B, S, V] shifted draft logits; sub: [B, S] tokens; masked: [B, S] (live rows only);
+        live: [B]. Returns (commit [B, S] bool, tokens [B, S] long, kinds [B, S] COMMIT_* codes)."""
+        raise NotImplementedError
+
+
+@torch.inference_mode()
+def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None, cfg: FastDecodeConfig,
+                  step: SubBlockStep) -> tuple[Tensor, list[dict]]:
+    """The loop shared by the Fast-dLLM v2 decoders: prefill; per block, per sub-block, draft + step until
+    the sub-block has no mask; then commit the block. Host syncs: one per step (does any row still have
+    a mask here, and does any need a block-cache refresh?) and one per block (has every row stopped?)."""
+    start_time = time.perf_counter()
+    batch, device = input_ids.shape[0], input_ids.device
+    recorder = DecodeRecorder(batch, device, cfg.return_decoding_order)
+    blocks = FastDLLMBlocks(model, input_ids, attention_mask, cfg, recorder)
+    stop_ids = torch.tensor(cfg.stopping_criteria_idx, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    blocks.prefill(~finished)
+    finished |= blocks.stopped(blocks.prompt_len + 1, stop_ids)  # the prefill's AR token may be a stop
+    for b in range(blocks.first_block, blocks.n_blocks):
+        recorder.new_block()
+        block_end = (b + 1) * cfg.block_size
+        for s in range(cfg.block_size // cfg.small_block_size):
+            sub, positions = blocks.sub_block(b, s), blocks.sub_positions(b, s)
+            while True:
+                masked = (sub == cfg.mask_id) & ~finished[:, None]  # [B, S]
+                live = masked.any(-1)  # [B]
+                any_live, refresh = torch.stack([live.any(), (masked[:, 0] & live).any()]).tolist()
+                if not any_live:
+                    break
+                logits = blocks.draft(b, s, live, refresh)
+                commit, tokens, kinds = step(blocks, b, s, logits, sub, masked, live)
+                sub.copy_(torch.where(commit, tokens, sub))
+                recorder.commits(kinds, positions)
+                finished |= blocks.stopped(block_end, stop_ids)
+        if b + 1 == blocks.n_blocks or bool(finished.all()):
+            break
+        blocks.commit(b, ~finished)
+        finished |= blocks.stopped(block_end + 1, stop_ids)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall_time = time.perf_counter() - start_time
+    ids, counted = blocks.finish(input_ids, stop_ids)
+    return ids, recorder.finalize(counted, wall_time)
