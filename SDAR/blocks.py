@@ -132,7 +132,8 @@ class SDARBlocks:
 
     def _forward(self, start: int, end: int, predicate: Predicate | None, store: bool, ids: Tensor | None = None,
                  positions: Tensor | None = None, extra_keys: int = 0) -> Tensor:
-        """One model call on columns [start, end) (or explicit ids/positions) over the cache.
+        """One model call on columns [start, end) (or explicit ids/positions) over the cache; logits
+        [B, Q, V] with the mask token's logit at -inf.
         predicate None means full attention; with no padding it is sent as attention_mask=None so a
         GPU can take the flash-attention path."""
         ids = self.x[:, start:end] if ids is None else ids
@@ -150,11 +151,14 @@ class SDARBlocks:
                 predicate if predicate is not None else (lambda q, kv: kv >= 0),
                 q_len, kv_len, device=ids.device, key_valid=key_valid,
             )
-        out = self.model(
+        logits = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions,
             past_key_values=self.cache, use_cache=True, store_kv=store,
-        )
-        return out.logits
+        ).logits
+        # The mask token is never a valid output: a trained model gives it ~0 mass anyway, and an
+        # untrained one must not commit it (the output is trimmed at the first mask token).
+        logits[..., self.cfg.mask_id] = float("-inf")
+        return logits
 
     def prefill(self, rows: Tensor) -> None:
         """Store K/V of the whole prompt blocks (block-causal, or token-causal with cache_ver)."""

@@ -1,8 +1,8 @@
 """Slow, obvious reference decoders that the fast paths are tested against (no cache, no batching).
 
 `ar_greedy` is AR mode written out the long way: for every new token, one full forward over
-[prompt, tokens so far, mask] with a token-causal mask, then the argmax at the mask. Greedy-exact S2D2
-must reproduce it token for token (tests/test_sdar_decoding.py).
+[prompt, tokens so far, mask] with a token-causal mask, then the argmax at the mask over every token
+but the mask token. Greedy-exact S2D2 must reproduce it token for token (tests/test_sdar_decoding.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ def ar_greedy(model: torch.nn.Module, prompt: Tensor, mask_id: int, max_new_toke
     for _ in range(max_new_tokens):
         ids = torch.tensor([seq + [mask_id]], device=prompt.device)
         mask = materialize(token_causal(), ids.shape[1], ids.shape[1], device=prompt.device)
-        token = int(model(input_ids=ids, attention_mask=mask).logits[0, -1].argmax())
+        logits = model(input_ids=ids, attention_mask=mask).logits[0, -1]
+        logits[mask_id] = float("-inf")  # never emit the mask token, as the decoders
+        token = int(logits.argmax())
         if token in stop_ids:
             break
         out.append(token)
