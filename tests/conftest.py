@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from SDAR.configuration_sdar import SDARConfig
+
 # Every model in the tests is tiny: one thread avoids oversubscribing the 2-core machines (measured
 # 30x faster than the default when other processes share the cores).
 torch.set_num_threads(1)
-
-from SDAR.configuration_sdar import SDARConfig
 
 
 @pytest.fixture
