@@ -15,17 +15,34 @@ Dependent tokens (a digit is only right if the digits before it are right):
   is the last step's sum (its tens digit only when it is not 0) followed by the
   units digits of the earlier steps, right to left. Operands have 2 or 3 digits
   (number of digits picked uniformly, then the value).
-* ``chain`` -- prompt ``chain 7 +5 *2 -3``: start value, then 2 or 3 operations
-  applied strictly left to right (no operator precedence; the spaces make the
-  steps explicit). Operations are ``+k``/``-k`` with k in 1..9 and ``*2``/``*3``;
-  every intermediate value stays in 0..99. Target writes each step:
-  ``7+5=12,12*2=24,24-3=21 #### 21``.
+* ``chain`` -- prompt ``chain 07 +5 -3 *2``: start value (1..19), then 2 or 3
+  operations applied strictly left to right (no operator precedence; the spaces
+  make the steps explicit). Operations are ``+k``/``-k`` with k in 1..9 and
+  ``*2``/``*3``; every intermediate value stays in 0..19. Target writes each
+  step: ``07+5=12,12-3=09,09*2=18 #### 18``. Values in prompt and scratchpad are
+  zero-padded to two digits so every step has the same width and each digit
+  sits at a fixed offset from the digits it is computed from; the final answer
+  is the plain integer (``#### 9``, not ``#### 09``). Why 0..19 and not 0..99:
+  each step is then one lookup in a table of about 370 entries, the same order
+  as the 200 column sums of ``add``. In an AR probe (0.9M-parameter Qwen3, 345
+  steps of 64 examples, all four tasks, greedy, on the test split) a 0..99
+  chain stayed at 7-10% while ``add`` reached 98-99%, because a two-digit
+  result in one go is a table of about 1,900 entries seen a handful of times
+  each; the same probe on this design gave 73% after equally few steps.
 
-Many valid answers (independent per-position sampling mixes modes):
+Many valid answers (independent per-position sampling mixes modes, and a
+token that depends on a free choice has a broad marginal before it is made):
 
 * ``digitsum`` -- prompt ``sum3 14 in 2..8``: three digits, each in 2..8
-  inclusive, whose sum is 14, written as one 3-character string. Target is
-  ``#### 257`` with the digits drawn uniformly from all valid solutions.
+  inclusive, whose sum is 14, answered as one 3-character string. The digits
+  are drawn uniformly from all valid solutions, and the target first writes the
+  two free digits, their sum and the remainder, which is the third digit:
+  ``2+5=07,14-07=7 #### 257``. The free choices (``2``, ``5``) stay next to
+  each other, so parallel decoding can still mix modes, while every determined
+  token is one small lookup (in the probe, ``#### 257`` alone reached only 41%,
+  because the third digit ``t-d1-d2`` had to be computed in one token; with
+  this scratchpad it reached 85% after equally few steps). The sum is
+  zero-padded to two digits (``sum3 09 in 0..8``) like the ``chain`` values.
 * ``letters`` -- prompt ``inc 4 c..p``: four lowercase letters in strictly
   increasing alphabetical order, the first being ``c`` and none after ``p``.
   Target is ``#### cfkp`` drawn uniformly from all valid solutions.
@@ -77,8 +94,8 @@ MIN_SOLUTIONS: int = 6
 
 ADD_DIGITS: tuple[int, ...] = (2, 3)
 CHAIN_STEPS: tuple[int, ...] = (2, 3)
-CHAIN_START: range = range(1, 100)
-CHAIN_MAX: int = 99
+CHAIN_START: range = range(1, 20)
+CHAIN_MAX: int = 19
 CHAIN_ADDENDS: range = range(1, 10)
 CHAIN_MULTIPLIERS: tuple[int, ...] = (2, 3)
 DIGITSUM_LENGTH: int = 3
@@ -167,9 +184,9 @@ def make_chain_item(start: int, ops: Iterable[str]) -> Item:
         result = apply_chain_op(value, op)
         if not 0 <= result <= CHAIN_MAX:
             raise ValueError(f"chain value {result} outside 0..{CHAIN_MAX}")
-        steps.append(f"{value}{op}={result}")
+        steps.append(f"{value:02d}{op}={result:02d}")
         value = result
-    prompt = "chain " + " ".join([str(start), *ops])
+    prompt = "chain " + " ".join([f"{start:02d}", *ops])
     return _item("chain", prompt, ",".join(steps), str(value), {"start": start, "ops": ops})
 
 
@@ -213,12 +230,19 @@ def digitsum_params() -> tuple[tuple[int, int, int], ...]:
     )
 
 
+def digitsum_scratchpad(t: int, answer: str) -> str:
+    """``d1+d2=ss,tt-ss=d3``: turns the third digit into two one-lookup steps."""
+    free = answer[:-1]
+    partial = sum(int(d) for d in free)
+    return f"{'+'.join(free)}={partial:02d},{t:02d}-{partial:02d}={answer[-1]}"
+
+
 def make_digitsum_item(t: int, lo: int, hi: int, answer: str) -> Item:
     """Item whose training target is the given valid ``answer``."""
     if answer not in digitsum_solutions(t, lo, hi):
         raise ValueError(f"{answer!r} is not a solution of sum {t} in {lo}..{hi}")
-    prompt = f"sum{DIGITSUM_LENGTH} {t} in {lo}..{hi}"
-    return _item("digitsum", prompt, "", answer, {"t": t, "lo": lo, "hi": hi})
+    prompt = f"sum{DIGITSUM_LENGTH} {t:02d} in {lo}..{hi}"
+    return _item("digitsum", prompt, digitsum_scratchpad(t, answer), answer, {"t": t, "lo": lo, "hi": hi})
 
 
 def _make_digitsum(rng: random.Random) -> Item:

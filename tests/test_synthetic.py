@@ -118,17 +118,15 @@ def test_prompt_space_sizes_match_enumeration() -> None:
     assert tasks.prompt_space_size("add") == 990 * 990
     assert tasks.prompt_space_size("digitsum") == len(set(tasks.digitsum_params())) == 360
     assert tasks.prompt_space_size("letters") == len(set(tasks.letters_params())) == 694
-    starts = list(tasks.CHAIN_START)
+    moves = [lambda v, k=k: v + k for k in range(1, 10)] + [lambda v, k=k: v - k for k in range(1, 10)]
+    moves += [lambda v: 2 * v, lambda v: 3 * v]
     brute = 0
-    for start in starts:
+    for start in range(1, 20):
         frontier = [start]
-        for steps in range(1, max(tasks.CHAIN_STEPS) + 1):
-            frontier = [
-                tasks.apply_chain_op(v, op) for v in frontier for ops in tasks.chain_options(v).values() for op in ops
-            ]
-            if steps in tasks.CHAIN_STEPS:
-                brute += len(frontier)
-    assert tasks.prompt_space_size("chain") == brute
+        for steps in (1, 2, 3):
+            frontier = [new for v in frontier for move in moves if 0 <= (new := move(v)) <= 19]
+            brute += len(frontier) if steps >= 2 else 0
+    assert tasks.prompt_space_size("chain") == brute == 65087
 
 
 def test_length_budget() -> None:
@@ -183,22 +181,47 @@ def test_chain_targets_recompute() -> None:
     for item in _sample("chain", PROPERTY_ITEMS_PER_TASK, seed=22):
         words = item["prompt"].split()
         assert words[0] == "chain" and 2 <= len(words) - 2 <= 3
+        assert re.fullmatch(r"\d\d", words[1])
         value = int(words[1])
         expected_steps = []
         for op in words[2:]:
             assert re.fullmatch(r"[+-][1-9]|\*[23]", op)
             new = {"+": value + int(op[1]), "-": value - int(op[1]), "*": value * int(op[1])}[op[0]]
-            assert 0 <= new <= 99
-            expected_steps.append(f"{value}{op}={new}")
+            assert 0 <= new <= 19
+            expected_steps.append(f"{value:02d}{op}={new:02d}")
             value = new
         assert item["target"] == ",".join(expected_steps) + f" #### {value}"
         assert item["answer"] == str(value)
         assert item["meta"] == {"start": int(words[1]), "ops": words[2:]}
 
 
+def test_padded_known_examples() -> None:
+    chain = tasks.make_chain_item(7, ["+5", "-3", "*2"])
+    assert (chain["prompt"], chain["target"]) == ("chain 07 +5 -3 *2", "07+5=12,12-3=09,09*2=18 #### 18")
+    small = tasks.make_chain_item(4, ["*2", "-1"])
+    assert small["target"] == "04*2=08,08-1=07 #### 7" and small["answer"] == "7"
+    digits = tasks.make_digitsum_item(9, 0, 8, "225")
+    assert (digits["prompt"], digits["target"]) == ("sum3 09 in 0..8", "2+2=04,09-04=5 #### 225")
+    digits = tasks.make_digitsum_item(14, 2, 8, "257")
+    assert (digits["prompt"], digits["target"]) == ("sum3 14 in 2..8", "2+5=07,14-07=7 #### 257")
+    letters = tasks.make_letters_item(4, "c", "p", "cfkp")
+    assert (letters["prompt"], letters["target"]) == ("inc 4 c..p", "#### cfkp")
+
+
+def test_digitsum_targets_recompute() -> None:
+    pattern = re.compile(r"(\d)\+(\d)=(\d\d),(\d\d)-(\d\d)=(\d) #### (\d{3})")
+    for item in _sample("digitsum", PROPERTY_ITEMS_PER_TASK, seed=25):
+        t, lo, hi = map(int, re.fullmatch(r"sum3 (\d\d) in (\d)\.\.(\d)", item["prompt"]).groups())
+        assert item["meta"] == {"t": t, "lo": lo, "hi": hi}
+        d1, d2, partial, total, partial_again, d3, answer = pattern.fullmatch(item["target"]).groups()
+        assert int(partial) == int(d1) + int(d2) == int(partial_again)
+        assert int(total) == t and int(d3) == t - int(partial)
+        assert answer == d1 + d2 + d3 == item["answer"]
+
+
 def test_chain_rejects_out_of_range() -> None:
     with pytest.raises(ValueError):
-        tasks.make_chain_item(60, ["*2"])
+        tasks.make_chain_item(10, ["*2"])
     with pytest.raises(ValueError):
         tasks.make_chain_item(3, ["-5"])
 
@@ -360,10 +383,10 @@ def test_letters_scorer_rejects_invalid(answer: str) -> None:
 
 
 def test_scorer_ignores_scratchpad_and_unknown_task_raises() -> None:
-    item = tasks.make_chain_item(7, ["+5", "*2", "-3"])
-    assert scorer.score(item, "7+5=99,garbage #### 21")
+    item = tasks.make_chain_item(7, ["+5", "-3", "*2"])
+    assert scorer.score(item, "07+5=99,garbage #### 18")
     with pytest.raises(ValueError, match="unknown task"):
-        scorer.score({**item, "task": "mul"}, "#### 21")
+        scorer.score({**item, "task": "mul"}, "#### 18")
 
 
 # Shipped test split ----------------------------------------------------------
