@@ -1,0 +1,117 @@
+"""Structured schemas of the Hydra configs in `configs/` (HOUSE-STYLE habit 8: dataclasses first,
+YAML second). Registered in Hydra's ConfigStore as `eval_schema`; `configs/eval.yaml` lists it
+first in its defaults, so every group option is merged into a typed node and an unknown key or a
+value of the wrong type fails at composition, before anything runs.
+
+`decoding.params` is typed from the SDAR decoders' keyword dataclass (`S2D2Config`, a superset of
+`BlockDiffusionConfig`): every field is optional and None means "the decoder's default". Whether a
+key fits the chosen decoder (e.g. an S2D2 key for the baseline) is checked by `run_eval` against that
+decoder's own `config_class`, still before the model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from s2d2_eval.model_args import field_types
+
+DECODER_KINDS = ("ar", "static", "dynamic", "s2d2")
+"""Decoder families: the plot series and the table's baselines (AR mode, best dynamic)."""
+
+
+def _optional_schema_type(annotation: Any) -> Any:
+    """OmegaConf-compatible Optional[...] for a decoder field annotation (tuples become lists)."""
+    inner = annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is not None and type(None) in typing.get_args(annotation) and len(args) == 1:
+        inner = args[0]
+    if typing.get_origin(inner) in (tuple, list):
+        element = typing.get_args(inner)[0]
+        return Optional[List[element]]  # type: ignore[valid-type]
+    return Optional[inner]
+
+
+def _decoding_params_schema() -> type:
+    from SDAR.generate_ssd_policy import S2D2Config
+
+    fields = [
+        (name, _optional_schema_type(annotation), field(default=None))
+        for name, annotation in field_types(S2D2Config).items()
+        if name != "return_forward_stats"
+    ]
+    return dataclasses.make_dataclass("DecodingParams", fields)
+
+
+DecodingParams = _decoding_params_schema()
+
+
+@dataclass
+class ModelConfig:
+    """A checkpoint and how to load it."""
+
+    name: str = MISSING  # short name: record paths and tables
+    pretrained: str = MISSING  # local directory (relative: to the working dir, then the repo root) or hub id
+    dtype: str = "float32"  # float32 | float16 | bfloat16 | auto
+    device: str = "cpu"
+    custom_model_class: Optional[str] = None  # PATH.py:CLASS, else AutoModelForCausalLM (model_type sdar)
+    block_length: Optional[int] = None  # block length the checkpoint is meant for; sweeps decode at it
+    torch_threads: Optional[int] = None  # CPU threads; 1 is fastest for tiny models on a shared machine
+    max_length: Optional[int] = None  # prompt + generation limit (default: the model config's)
+
+
+@dataclass
+class DecodingConfig:
+    """A decoder and its keywords (the fields of the generate function's `config_class`)."""
+
+    name: str = MISSING
+    kind: str = MISSING  # one of DECODER_KINDS
+    generate: str = "SDAR.generate_ssd_policy:block_diffusion_generate"  # custom_generate spec
+    params: DecodingParams = field(default_factory=DecodingParams)  # type: ignore[valid-type]
+
+
+@dataclass
+class TaskConfig:
+    """lm-eval task(s) scored as one number."""
+
+    name: str = MISSING
+    tasks: List[str] = MISSING  # lm-eval task or group names
+    local: bool = True  # only this repo's tasks (fast TaskManager); false: lm-eval's built-ins too (hub)
+    metric: str = "exact_match"  # per-sample metric that is the accuracy
+    filter: str = "none"  # lm-eval filter whose metric is read (e.g. gsm8k: flexible-extract)
+    limit: Optional[int] = None  # documents per task (None: all)
+    num_fewshot: Optional[int] = None
+    apply_chat_template: bool = True
+    fewshot_as_multiturn: bool = False
+    system_instruction: Optional[str] = None
+    confirm_run_unsafe_code: bool = False  # code-execution tasks (HumanEval) refuse to run without it
+    gen_kwargs: Dict[str, Any] = field(default_factory=dict)  # overrides the task YAML's generation_kwargs
+
+
+@dataclass
+class EvalConfig:
+    """One (model, decoding, task) run; see scripts/run_eval.py."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sweep_name: str = "default"  # records go to <results_dir>/<sweep_name>/...
+    results_dir: str = "results"  # relative paths: to the repo root
+    block_length: Optional[int] = None  # set: every block decoder (not AR) runs at it, steps scaled
+    seed: int = 1234
+    batch_size: int = 1
+    bucket_by_length: bool = True  # batches of equal prompt length only (no padding)
+    overwrite: bool = False  # rerun even if the record exists
+    dry_run: bool = False  # validate, print the record path, run nothing
+    log_samples: bool = True  # also write <record>.samples.jsonl (completions and per-sample stats)
+    verbose: bool = False  # lm-eval's INFO logging
+
+
+def register_configs() -> None:
+    """Store the schema so `configs/eval.yaml` can put `eval_schema` first in its defaults."""
+    ConfigStore.instance().store(name="eval_schema", node=EvalConfig)

@@ -1,0 +1,46 @@
+"""Paper-style comparison tables from run records (markdown + CSV), one table per (model, task).
+
+    python scripts/make_table.py                      # results/sdar -> results/sdar/table.{md,csv}
+    python scripts/make_table.py results/my_sweep --out /tmp/table
+
+Columns: accuracy ± s.e., NFE, TPF, tokens/s, speedup vs AR mode (TPF ratio and tokens/s ratio),
+speedup vs the best dynamic-threshold baseline at matched accuracy (the fastest dynamic point whose
+accuracy is >= the point's accuracy minus its s.e.), verify fraction, Pareto membership. The CSV
+keeps full precision; definitions are printed under the markdown. Reads records only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from s2d2_eval import REPO_ROOT
+from s2d2_eval.records import atomic_write_text, iter_records
+from s2d2_eval.report import comparison_rows, group_points, to_csv, to_markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", nargs="?", default=str(REPO_ROOT / "results" / "sdar"),
+                        help="folder searched recursively for records (default: results/sdar)")
+    parser.add_argument("--out", default=None, help="output prefix (default: <sweep_dir>/table)")
+    args = parser.parse_args(argv)
+    root = Path(args.sweep_dir)
+    if not root.is_dir():
+        parser.error(f"no such folder: {root}")
+    records = iter_records(root)
+    if not records:
+        parser.error(f"no run records under {root}")
+    groups = {key: comparison_rows(points) for key, points in group_points(records).items()}
+    prefix = Path(args.out) if args.out else root / "table"
+    markdown = to_markdown(groups)
+    atomic_write_text(prefix.with_suffix(".md"), markdown)
+    atomic_write_text(prefix.with_suffix(".csv"), to_csv([row for rows in groups.values() for row in rows]))
+    print(markdown)
+    print(f"wrote {prefix.with_suffix('.md')} and {prefix.with_suffix('.csv')} ({len(records)} records)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

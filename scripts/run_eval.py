@@ -1,0 +1,44 @@
+"""Run ONE (model, decoding, task) evaluation through lm-eval and write ONE JSON record.
+
+    python scripts/run_eval.py                                          # defaults: configs/eval.yaml
+    python scripts/run_eval.py model=sdar_tiny decoding=dynamic decoding.params.confidence_threshold=0.8
+    python scripts/run_eval.py task=synthetic_add task.limit=10 dry_run=true   # validate, show the record path
+    python scripts/run_eval.py -m decoding=ar,dynamic,s2d2_config_a     # several runs, one record each
+    python scripts/run_eval.py sweep=sdar hydra/launcher=slurm          # a sweep on Slurm (submitit)
+
+The record lands at <results_dir>/<sweep_name>/<model>/<task>/<decoding>-<hash of the resolved
+config>.json and holds the resolved config, seed, git SHA, package versions, device, accuracy with its
+standard error, NFE, TPF, tokens/s, wall time and acceptance stats. A run whose record exists is
+skipped (overwrite=true reruns it), so a killed sweep resumes where it stopped. Offline by default
+(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE = 1 unless already set).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from s2d2_eval import set_offline_defaults  # first: it must precede transformers/datasets imports
+
+set_offline_defaults()
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from s2d2_eval.config import register_configs  # noqa: E402
+from s2d2_eval.runner import ConfigError, run  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
+def main(cfg: DictConfig) -> str:
+    """Hydra entry point; returns the record path (Hydra keeps it as the job's return value). A bad
+    configuration exits with one line (status 2) instead of a traceback."""
+    try:
+        return str(run(cfg))
+    except ConfigError as err:
+        sys.exit(f"run_eval.py: error: {err}")
+
+
+if __name__ == "__main__":
+    main()

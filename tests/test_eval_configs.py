@@ -1,0 +1,162 @@
+"""Hydra configs: every option of every group composes against the structured schema, an unknown
+key fails at composition, decoding params fit their decoder, the paper configs carry the paper's
+values, and the sweep's block-length rescaling does what the sweep promises."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from s2d2_eval.config import DECODER_KINDS, register_configs
+from s2d2_eval.model_args import load_object, type_decoding_args, validate_decoding_args
+from s2d2_eval.runner import ConfigError, effective_decoding_params, plan
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+register_configs()
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def _compose(overrides: list[str], config_dir: Path = CONFIGS, hydra_cfg: bool = False):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose(config_name="eval", overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+def test_every_group_has_options():
+    assert {"sdar_tiny", "sdar_8b_chat", "sdar_8b_b16"} <= set(_options("model"))
+    assert {"ar", "static", "dynamic", "s2d2_config_a", "s2d2_config_b"} <= set(_options("decoding"))
+    assert {"synthetic", "synthetic_add", "humaneval", "gsm8k"} <= set(_options("task"))
+
+
+@pytest.mark.parametrize("option", _options("model"))
+def test_model_options_compose(option):
+    cfg = _compose([f"model={option}"])
+    assert cfg.model.name == option and cfg.model.pretrained and cfg.model.dtype and cfg.model.device
+    assert cfg.model.block_length is None or cfg.model.block_length >= 1
+
+
+@pytest.mark.parametrize("option", _options("decoding"))
+def test_decoding_options_compose_and_fit_their_decoder(option):
+    cfg = _compose([f"decoding={option}"])
+    assert cfg.decoding.name == option and cfg.decoding.kind in DECODER_KINDS
+    config_class = load_object(cfg.decoding.generate, "decoding.generate").config_class
+    params = effective_decoding_params(cfg)
+    validate_decoding_args(config_class, type_decoding_args(config_class, params))
+
+
+@pytest.mark.parametrize("option", _options("task"))
+def test_task_options_compose(option):
+    cfg = _compose([f"task={option}"])
+    assert cfg.task.name == option and len(cfg.task.tasks) >= 1 and cfg.task.metric
+
+
+@pytest.mark.parametrize("option", _options("sweep"))
+def test_sweep_options_compose(option):
+    cfg = _compose([f"sweep={option}"], hydra_cfg=True)
+    assert cfg.sweep_name == "sdar" and cfg.block_length == cfg.model.block_length == 8
+    assert "decoding" in cfg.hydra.sweeper.params and str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+
+
+def test_local_tasks_exist_for_local_task_configs():
+    from lm_eval.tasks import TaskManager
+
+    from s2d2_eval import TASKS_DIR
+
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    for option in _options("task"):
+        cfg = _compose([f"task={option}"])
+        if cfg.task.local:
+            assert manager.match_tasks(list(cfg.task.tasks)) == list(cfg.task.tasks), option
+
+
+@pytest.mark.parametrize("override", [
+    "decoding.params.blok_length=4", "model.nope=1", "task.nope=1", "nope=1", "decoding.params.block_length=abc",
+    "seed=notanint",
+])
+def test_unknown_or_mistyped_keys_fail_at_composition(override):
+    with pytest.raises(ConfigCompositionException):
+        _compose([override])
+
+
+def test_an_option_file_with_an_unknown_key_fails(tmp_path):
+    config_dir = tmp_path / "configs"
+    shutil.copytree(CONFIGS, config_dir)
+    (config_dir / "decoding" / "typo.yaml").write_text(
+        "name: typo\nkind: dynamic\nparams:\n  block_length: 4\n  confidense_threshold: 0.9\n")
+    with pytest.raises(ConfigCompositionException):
+        _compose(["decoding=typo"], config_dir)
+
+
+def test_paper_configs_carry_the_paper_values():
+    a = _compose(["decoding=s2d2_config_a"]).decoding.params
+    assert (a.block_length, a.denoising_steps, a.score_penalty_coef, a.do_verify_score_threshold) == (4, 4, 1.0, 0.0)
+    assert a.do_verify_policy == "score_threshold" and a.do_verify_score_type == "difference_static"
+    assert a.token_acceptance_estimator == "soft_entropy_negexp" and a.cache_ver and a.draft_ver
+    assert a.remasking_strategy == "low_confidence_dynamic" and a.confidence_threshold == 0.85
+    b = _compose(["decoding=s2d2_config_b"]).decoding.params
+    assert (b.block_length, b.denoising_steps, b.score_penalty_coef, b.do_verify_score_threshold) == (16, 16, 0.0, 0.0)
+    ar = _compose(["decoding=ar"]).decoding.params
+    assert (ar.block_length, ar.denoising_steps) == (1, 1)
+
+
+def test_block_length_rescales_block_decoders_but_not_ar():
+    def params(decoding: str) -> dict:
+        return effective_decoding_params(_compose([f"decoding={decoding}", "block_length=8"]))
+
+    assert (params("static")["block_length"], params("static")["denoising_steps"]) == (8, 4)  # 2 tokens/step kept
+    assert (params("s2d2_config_b")["block_length"], params("s2d2_config_b")["denoising_steps"]) == (8, 8)
+    assert (params("ar")["block_length"], params("ar")["denoising_steps"]) == (1, 1)
+    untouched = effective_decoding_params(_compose(["decoding=s2d2_config_b"]))
+    assert untouched["block_length"] == 16  # block_length=null (the default) keeps the paper's value
+
+
+def test_plan_rejects_bad_runs_before_loading(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    ok = _compose([f"model.pretrained={model_dir}", f"results_dir={tmp_path}"])
+    assert plan(ok).record.parent == tmp_path / "default" / "sdar_tiny" / "synthetic"
+    for bad in (["decoding=ar", "decoding.params.do_verify_policy=score_threshold"],
+                ["decoding.params.remasking_strategy=bogus"], ["task.limit=0"], ["batch_size=0"]):
+        with pytest.raises(ConfigError):
+            plan(_compose([f"model.pretrained={model_dir}", *bad]))
+    with pytest.raises(ConfigError, match="no model directory"):
+        plan(_compose(["model.pretrained=models/definitely-missing"]))
+
+
+def test_record_path_is_a_function_of_the_resolved_config(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    base = [f"model.pretrained={model_dir}", f"results_dir={tmp_path}", "decoding=dynamic"]
+    first, again = plan(_compose(base)).record, plan(_compose(base)).record
+    other = plan(_compose([*base, "decoding.params.confidence_threshold=0.5"])).record
+    moved = plan(_compose([*base, "sweep_name=elsewhere"])).record
+    assert first == again and first != other and first.name == moved.name and first != moved
+    assert OmegaConf.is_config(_compose(base))
+
+
+def test_a_missing_metric_filter_or_task_fails_before_the_model_loads(tmp_path, monkeypatch):
+    import s2d2_eval.lm
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the task check")
+
+    monkeypatch.setattr(s2d2_eval.lm.S2D2LM, "__init__", fail)
+    from s2d2_eval.runner import run
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    base = [f"model.pretrained={model_dir}", f"results_dir={tmp_path}", "task=synthetic_add"]
+    for bad, needle in (("task.metric=acc", "no metric 'acc'"), ("task.filter=strict-match", "no filter"),
+                        ("task.tasks=[no_such_task]", "no_such_task")):
+        with pytest.raises(ConfigError, match=needle):
+            run(_compose([*base, bad]))
+    assert run(_compose([*base, "dry_run=true"])).parent == tmp_path / "default" / "sdar_tiny" / "synthetic_add"
