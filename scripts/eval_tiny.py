@@ -1,0 +1,231 @@
+"""Accuracy and speed of an SDAR model on the synthetic test split, for one named decoding setting.
+
+Decodes every test item (or the first `--limit` of each task) with our decoders, batching the prompts
+of a task (left padding), scores each completion with `synthetic.scorer`, and prints ONE JSON record
+last (MEASURING.md): per task and overall accuracy with its standard error sqrt(a(1-a)/n), NFE per
+sample (by kind), TPF = generated tokens / non-prefill forwards, and tokens/s. Tokens/s is batched
+throughput (generated tokens / summed batch wall time), not batch-1 latency.
+
+Modes:
+* `ar`: AR mode, block length 1 with one denoising step: one forward per token (the S2D2 verifier);
+* `baseline`: block diffusion (`SDAR/generate.py`) with the given block length, steps, threshold;
+* `s2d2`: self-speculative decoding (`SDAR/generate_ssd_policy.py`); every S2D2Config field is a flag.
+
+    python scripts/eval_tiny.py --mode ar                                   # greedy AR mode
+    python scripts/eval_tiny.py --mode ar --do_sample --temperature 1.0      # sampling at T=1
+    python scripts/eval_tiny.py --mode baseline --block_length 8 --denoising_steps 8 --confidence_threshold 0.7
+    python scripts/eval_tiny.py --mode s2d2 --block_length 8 --denoising_steps 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from common.cli import add_dataclass_arguments, dataclass_from_namespace
+from SDAR.blocks import BlockDiffusionConfig
+from SDAR.generate_ssd_policy import S2D2Config
+from synthetic.tasks import TASKS, TEST_SPLIT_PATH, load_jsonl
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "sdar-tiny"
+MODES = ("ar", "baseline", "s2d2")
+EVAL_GEN_LENGTH = 64
+"""Generation budget: the longest synthetic answer is 38 tokens with its EOS; 128 (the decoders'
+default) only wastes forwards on a row that never stops."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    run = parser.add_argument_group("run")
+    run.add_argument("--model_dir", type=Path, default=DEFAULT_MODEL_DIR)
+    run.add_argument("--mode", choices=MODES, default="ar",
+                     help="ar: block_length 1, 1 step; baseline: SDAR/generate.py; s2d2: SDAR/generate_ssd_policy.py")
+    run.add_argument("--split", type=Path, default=TEST_SPLIT_PATH, help="JSONL items (default: the shipped test split)")
+    run.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks to evaluate")
+    run.add_argument("--limit", type=int, default=None, help="first N items per task (default: all)")
+    run.add_argument("--batch_size", type=int, default=16, help="prompts decoded together (left padded)")
+    run.add_argument("--seed", type=int, default=0, help="seeds torch and the sampling generator")
+    run.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    run.add_argument("--predictions", type=Path, default=None, help="also write per-item completions (JSONL)")
+    add_dataclass_arguments(parser, S2D2Config)
+    parser.set_defaults(gen_length=EVAL_GEN_LENGTH)
+    return parser
+
+
+def decode_setting(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, Callable]:
+    """The decode config and generate function of `--mode`; flags the mode would ignore are errors."""
+    full = dataclass_from_namespace(S2D2Config, args)
+    defaults = S2D2Config()
+    base_names = {f.name for f in dataclasses.fields(BlockDiffusionConfig)}
+    if args.mode == "s2d2":
+        from SDAR.generate_ssd_policy import block_diffusion_generate
+
+        return full, block_diffusion_generate
+    ignored = [f.name for f in dataclasses.fields(S2D2Config)
+               if f.name not in base_names and getattr(full, f.name) != getattr(defaults, f.name)]
+    if ignored:
+        parser.error(f"--{', --'.join(ignored)} only apply to --mode s2d2")
+    base = BlockDiffusionConfig(**{name: getattr(full, name) for name in base_names})
+    if args.mode == "ar":
+        given = (base.block_length, base.denoising_steps)
+        if given not in ((1, 1), (defaults.block_length, defaults.denoising_steps)):
+            parser.error(f"--mode ar fixes block_length=1 and denoising_steps=1; got {given}")
+        base = dataclasses.replace(base, block_length=1, denoising_steps=1)
+    from SDAR.generate import block_diffusion_generate
+
+    return base, block_diffusion_generate
+
+
+def load_items(path: Path, tasks: list[str], limit: int | None) -> dict[str, list[dict]]:
+    """Items grouped by task, in file order, the first `limit` of each."""
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for item in load_jsonl(path):
+        if item["task"] in tasks and (limit is None or len(grouped[item["task"]]) < limit):
+            grouped[item["task"]].append(item)
+    return {task: grouped[task] for task in tasks if grouped[task]}
+
+
+def summarize(rows: list[dict], batch_walls: list[float]) -> dict[str, Any]:
+    """Accuracy with standard error and speed figures over scored rows (one dict per item)."""
+    n = len(rows)
+    acc = sum(r["correct"] for r in rows) / n
+    generated = sum(r["stats"]["generated_tokens"] for r in rows)
+    by_kind: dict[str, float] = defaultdict(float)
+    for r in rows:
+        for kind, count in r["stats"]["nfe_by_kind"].items():
+            by_kind[kind] += count / n
+    decode_nfe = sum(r["stats"]["nfe"] - r["stats"]["nfe_by_kind"]["prefill"] for r in rows)
+    wall = sum(batch_walls)
+    out = {
+        "n": n,
+        "accuracy": round(acc, 4),
+        "stderr": round(math.sqrt(acc * (1 - acc) / n), 4),
+        "nfe": round(sum(r["stats"]["nfe"] for r in rows) / n, 3),
+        "nfe_by_kind": {k: round(v, 3) for k, v in by_kind.items()},
+        "generated_tokens": round(generated / n, 3),
+        "tpf": round(generated / decode_nfe, 4) if decode_nfe else 0.0,
+        "tokens_per_second": round(generated / wall, 1) if wall > 0 else 0.0,
+        "wall_time_s": round(wall, 3),
+    }
+    verifications = sum(r["stats"]["verifications"] for r in rows)
+    if verifications:
+        accepted = [n_acc for r in rows for n_acc in r["stats"]["accepted_lengths"]]
+        out["verifications_per_sample"] = round(verifications / n, 3)
+        out["verify_fraction"] = round(verifications / max(1, sum(r["stats"]["routing_decisions"] for r in rows)), 4)
+        out["mean_accepted"] = round(sum(accepted) / len(accepted), 4)
+    return out
+
+
+def git_sha() -> str | None:
+    """Commit of the working tree, or None outside git / before the first commit."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def evaluate(args: argparse.Namespace, cfg: Any, generate: Callable) -> dict[str, Any]:
+    """Decode, score and summarise; returns the JSON record."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import SDAR  # noqa: F401  (registers model_type "sdar" with the Auto classes)
+    from synthetic.scorer import score
+    from synthetic.tokenizer import format_prompt
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, local_files_only=True,
+                                                 torch_dtype=torch.float32).eval()
+    cfg = cfg.resolved(model)
+    kwargs = {**dataclasses.asdict(cfg), "return_forward_stats": True}
+    grouped = load_items(args.split, [t for t in args.tasks.split(",") if t], args.limit)
+    per_task: dict[str, dict[str, Any]] = {}
+    all_rows: list[dict] = []
+    all_walls: list[float] = []
+    predictions: list[dict] = []
+    start = time.perf_counter()
+    for task, items in grouped.items():
+        texts = [format_prompt(tokenizer, item["prompt"]) for item in items]
+        # Sorting by prompt length keeps left padding (and the block misalignment it causes) small.
+        order = sorted(range(len(items)), key=lambda i: len(tokenizer.encode(texts[i], add_special_tokens=False)))
+        rows, walls = [], []
+        for first in range(0, len(order), args.batch_size):
+            chunk = order[first : first + args.batch_size]
+            enc = tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+            ids, stats = generate(model, enc.input_ids, enc.attention_mask, generator=generator, **kwargs)
+            walls.append(stats[0]["wall_time"])
+            prompt_len = enc.input_ids.shape[1]
+            for row, i in enumerate(chunk):
+                completion = tokenizer.decode(ids[row, prompt_len:], skip_special_tokens=True)
+                correct = score(items[i], completion)
+                rows.append({"correct": correct, "stats": stats[row]})
+                predictions.append({"id": items[i]["id"], "task": task, "prompt": items[i]["prompt"],
+                                    "completion": completion, "correct": correct,
+                                    "generated_tokens": stats[row]["generated_tokens"], "nfe": stats[row]["nfe"]})
+        per_task[task] = summarize(rows, walls)
+        all_rows += rows
+        all_walls += walls
+        print(f"{task}: accuracy {per_task[task]['accuracy']:.3f} +- {per_task[task]['stderr']:.3f} "
+              f"(n={len(rows)}), TPF {per_task[task]['tpf']:.2f}", file=sys.stderr)
+    if args.predictions is not None:
+        args.predictions.write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    return {
+        "record": "eval_tiny",
+        "mode": args.mode,
+        "decode": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "return_forward_stats"},
+        "model_dir": str(args.model_dir),
+        "model_parameters": sum(p.numel() for p in model.parameters()),
+        "split": str(args.split),
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "per_task": per_task,
+        "overall": summarize(all_rows, all_walls),
+        "eval_wall_time_s": round(time.perf_counter() - start, 1),
+        "device": "cpu",
+        "threads": args.threads,
+        "git_sha": git_sha(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": sys.version.split()[0]},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unknown = [t for t in args.tasks.split(",") if t and t not in TASKS]
+    if unknown:
+        parser.error(f"unknown task(s) {unknown}; valid: {', '.join(TASKS)}")
+    for name in ("limit", "batch_size", "threads"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name} must be a positive integer, got {value}")
+    try:
+        cfg, generate = decode_setting(args, parser)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    if not (args.model_dir / "config.json").is_file():
+        parser.error(f"no model at {args.model_dir} (config.json missing); train one with scripts/train_tiny.py")
+    print(json.dumps(evaluate(args, cfg, generate)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
