@@ -14,16 +14,14 @@ never verifies reproduces `generate.py` token for token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from common.acceptance import ACCEPTANCE_MODES
 from common.cli import dataclass_from_kwargs, takes_config
-from common.estimators import EstimatorConfig
-from common.routing import RoutingConfig, make_policy
-from common.s2d2 import VerifyConfig, routing_features, top_up, verify_commits
+from common.routing import make_policy
+from common.s2d2 import S2D2Flags, routing_features, top_up, verify_commits
 from common.sampling import draft_tokens, logits_to_probs
 from common.spans import first_masked_span
 from fast_dllm_v2.blocks import FastDecodeConfig, FastDLLMBlocks, SubBlockStep, decode_blocks
@@ -31,62 +29,13 @@ from fast_dllm_v2.generate import BASELINE_STRATEGY
 
 
 @dataclass(frozen=True)
-class S2D2Config(FastDecodeConfig):
-    """S2D2 decoding; field names are the reference's flags (ALGORITHM.md §4.2), defaults its CLI's.
+class S2D2Config(S2D2Flags, FastDecodeConfig):
+    """S2D2 decoding for Fast-dLLM v2: the baseline's fields and the shared S2D2 flags
+    (common.s2d2.S2D2Flags; ALGORITHM.md §4.2 names, the reference CLI's defaults).
 
     `allow_resample=False` leaves the first rejected position masked, for the baseline rule to fill when
     nothing else was committed (as the Fast-dLLM reference and our SDAR do).
     """
-
-    acceptance: str = field(default="stochastic", metadata={"help": "|".join(ACCEPTANCE_MODES)})
-    allow_resample: bool = field(default=True, metadata={"help": "resample the first rejected position from (q-p)+; "
-                                                                  "off: leave it masked"})
-    min_ssd_span_length: int = 1
-    ssd_ratio_tempering_factor: float = field(default=1.0, metadata={"help": "gamma in min(1, (q/p)^gamma)"})
-    do_verify_policy: str = "mask_span_length"
-    do_verify_score_threshold: float = 0.0
-    hysteresis_threshold_on: float = 0.0
-    hysteresis_threshold_off: float = -1.0
-    do_verify_score_type: str = "difference_dynamic"
-    score_penalty_coef: float = 2.0
-    ucb_beta: float = 1.0
-    ucb_span_length_bins: int = 2
-    ucb_block_progress_bins: int = 2
-    ucb_entropy_bins: int = 2
-    ucb_entropy_source: str = "span"
-    token_acceptance_estimator: str = "hard_margin_threshold"
-    ssd_confidence_margin_threshold: float = 0.05
-    ssd_confidence_power: float = 0.8
-    ssd_entropy_threshold: float = 0.1
-    ssd_confidence_margin_coef: float = 1.0
-    ssd_entropy_temperature: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.verification()
-        self.routing()
-        self.estimator()
-
-    def verification(self) -> VerifyConfig:
-        return VerifyConfig(acceptance=self.acceptance, allow_resample=self.allow_resample,
-                            gamma=self.ssd_ratio_tempering_factor)
-
-    def routing(self) -> RoutingConfig:
-        return RoutingConfig(
-            policy=self.do_verify_policy, min_span_length=self.min_ssd_span_length,
-            score_type=self.do_verify_score_type, score_penalty_coef=self.score_penalty_coef,
-            score_threshold=self.do_verify_score_threshold, hysteresis_on=self.hysteresis_threshold_on,
-            hysteresis_off=self.hysteresis_threshold_off, ucb_beta=self.ucb_beta,
-            ucb_span_length_bins=self.ucb_span_length_bins, ucb_block_progress_bins=self.ucb_block_progress_bins,
-            ucb_entropy_bins=self.ucb_entropy_bins, ucb_entropy_source=self.ucb_entropy_source,
-        )
-
-    def estimator(self) -> EstimatorConfig:
-        return EstimatorConfig(
-            name=self.token_acceptance_estimator, margin_threshold=self.ssd_confidence_margin_threshold,
-            entropy_threshold=self.ssd_entropy_threshold, confidence_power=self.ssd_confidence_power,
-            margin_coef=self.ssd_confidence_margin_coef, entropy_temperature=self.ssd_entropy_temperature,
-        )
 
 
 class S2D2Step(SubBlockStep):

@@ -6,7 +6,7 @@ here, so no family carries its own copy (ALGORITHM.md §2.1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -21,7 +21,7 @@ from common.acceptance import (
 )
 from common.estimators import EstimatorConfig, expected_accepted_length, normalized_entropy, token_acceptance
 from common.remasking import select_transfer, token_entropy
-from common.routing import RouteFeatures
+from common.routing import RouteFeatures, RoutingConfig
 from common.spans import Span, scatter_to_span
 from common.stats import COMMIT_ACCEPTED, COMMIT_DIFFUSION, COMMIT_HIGH_CONF, COMMIT_RATIO, COMMIT_RESAMPLED
 
@@ -41,6 +41,75 @@ class VerifyConfig:
             raise ValueError(f"unknown acceptance {self.acceptance!r}; valid: {', '.join(ACCEPTANCE_MODES)}")
         if self.gamma <= 0:
             raise ValueError(f"ssd_ratio_tempering_factor must be > 0, got {self.gamma}")
+
+
+@dataclass(frozen=True)
+class S2D2Flags:
+    """The S2D2 options every family shares, under the reference's flag names (ALGORITHM.md §4.1-4.2).
+
+    A family's S2D2 config is `class S2D2Config(S2D2Flags, FamilyConfig)`: its fields then come after
+    the family's own, the CLI and the function share these defaults, and `routing()`, `estimator()`
+    and `verification()` build the configs of `common/`. Where the reference's CLI and function
+    defaults differ, the CLI's (the paper's runs) are used.
+    """
+
+    acceptance: str = field(default="stochastic", metadata={"help": "|".join(ACCEPTANCE_MODES)})
+    allow_resample: bool = field(default=True, metadata={"help": "resample the first rejected position from (q-p)+; "
+                                                                  "off: leave it masked for the fallback rule"})
+    min_ssd_span_length: int = 1
+    ssd_ratio_tempering_factor: float = field(default=1.0, metadata={"help": "gamma in min(1, (q/p)^gamma)"})
+    ssd_ratio_threshold: float = field(default=-1.0, metadata={"help": ">= 0: also commit drafts with ratio >= it"})
+    ssd_threshold_all_spans: bool = field(default=False, metadata={"help": "ratio threshold over all masked positions"})
+    do_verify_policy: str = "mask_span_length"
+    do_verify_score_threshold: float = 0.0
+    hysteresis_threshold_on: float = 0.0
+    hysteresis_threshold_off: float = -1.0
+    do_verify_score_type: str = "difference_dynamic"
+    score_penalty_coef: float = 2.0
+    ucb_beta: float = 1.0
+    ucb_span_length_bins: int = 2
+    ucb_block_progress_bins: int = 2
+    ucb_entropy_bins: int = 2
+    ucb_entropy_source: str = "span"
+    token_acceptance_estimator: str = "hard_margin_threshold"
+    ssd_confidence_margin_threshold: float = 0.05
+    ssd_confidence_power: float = 0.8
+    ssd_entropy_threshold: float = 0.1
+    ssd_confidence_margin_coef: float = 1.0
+    ssd_entropy_temperature: float = 1.0
+    legacy_ssd_span_strategy: bool = False
+
+    def __post_init__(self) -> None:
+        parent = super()
+        if hasattr(parent, "__post_init__"):
+            parent.__post_init__()  # the family config's own checks
+        self.verification()
+        self.routing()
+        self.estimator()
+
+    def verification(self) -> VerifyConfig:
+        return VerifyConfig(
+            acceptance=self.acceptance, allow_resample=self.allow_resample, gamma=self.ssd_ratio_tempering_factor,
+            ratio_threshold=self.ssd_ratio_threshold, threshold_all_spans=self.ssd_threshold_all_spans,
+        )
+
+    def routing(self) -> RoutingConfig:
+        return RoutingConfig(
+            policy=self.do_verify_policy, min_span_length=self.min_ssd_span_length,
+            legacy_span_strategy=self.legacy_ssd_span_strategy, score_type=self.do_verify_score_type,
+            score_penalty_coef=self.score_penalty_coef, score_threshold=self.do_verify_score_threshold,
+            hysteresis_on=self.hysteresis_threshold_on, hysteresis_off=self.hysteresis_threshold_off,
+            ucb_beta=self.ucb_beta, ucb_span_length_bins=self.ucb_span_length_bins,
+            ucb_block_progress_bins=self.ucb_block_progress_bins, ucb_entropy_bins=self.ucb_entropy_bins,
+            ucb_entropy_source=self.ucb_entropy_source,
+        )
+
+    def estimator(self) -> EstimatorConfig:
+        return EstimatorConfig(
+            name=self.token_acceptance_estimator, margin_threshold=self.ssd_confidence_margin_threshold,
+            entropy_threshold=self.ssd_entropy_threshold, confidence_power=self.ssd_confidence_power,
+            margin_coef=self.ssd_confidence_margin_coef, entropy_temperature=self.ssd_entropy_temperature,
+        )
 
 
 def routing_features(probs: Tensor, confidence: Tensor, masked: Tensor, span: Span, live: Tensor,
