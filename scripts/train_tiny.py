@@ -483,8 +483,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - start
     tail = losses[-50:]
     record = {
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "command": args.command,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "command"},
         "seed": args.seed,
         "parameters": n_params,
         "steps_done": len(losses),
@@ -505,6 +505,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The exact command, also when called in-process with an explicit argv (tests, notebooks).
+    args.command = shlex.join(["python", "scripts/train_tiny.py", *(sys.argv[1:] if argv is None else argv)])
     validate(args)
     record = train(args)
     print(json.dumps({k: v for k, v in record.items() if k != "log"}))
