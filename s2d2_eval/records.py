@@ -9,6 +9,7 @@ Pure Python apart from the optional environment probe; the table and plot script
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -73,6 +74,24 @@ def load_record(path: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return record if isinstance(record, dict) and record.get("schema") == SCHEMA else None
+
+
+def records_from_command_line(description: str | None, out_help: str, argv: list[str] | None,
+                              default_dir: Path) -> tuple[argparse.Namespace, Path, list[dict[str, Any]]]:
+    """The shared command line of the report scripts: a sweep folder (searched recursively for
+    records) and `--out`. Exits with a one-line error when the folder or its records are missing."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", nargs="?", default=str(default_dir),
+                        help=f"folder searched recursively for records (default: {default_dir})")
+    parser.add_argument("--out", default=None, help=out_help)
+    args = parser.parse_args(argv)
+    root = Path(args.sweep_dir)
+    if not root.is_dir():
+        parser.error(f"no such folder: {root}")
+    records = iter_records(root)
+    if not records:
+        parser.error(f"no run records under {root}")
+    return args, root, records
 
 
 def iter_records(root: Path) -> list[dict[str, Any]]:

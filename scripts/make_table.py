@@ -11,27 +11,17 @@ keeps full precision; definitions are printed under the markdown. Reads records 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from s2d2_eval import REPO_ROOT
-from s2d2_eval.records import atomic_write_text, iter_records
+from s2d2_eval.records import atomic_write_text, records_from_command_line
 from s2d2_eval.report import comparison_rows, group_points, to_csv, to_markdown
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", nargs="?", default=str(REPO_ROOT / "results" / "sdar"),
-                        help="folder searched recursively for records (default: results/sdar)")
-    parser.add_argument("--out", default=None, help="output prefix (default: <sweep_dir>/table)")
-    args = parser.parse_args(argv)
-    root = Path(args.sweep_dir)
-    if not root.is_dir():
-        parser.error(f"no such folder: {root}")
-    records = iter_records(root)
-    if not records:
-        parser.error(f"no run records under {root}")
+    args, root, records = records_from_command_line(__doc__, "output prefix (default: <sweep_dir>/table)", argv,
+                                                    REPO_ROOT / "results" / "sdar")
     groups = {key: comparison_rows(points) for key, points in group_points(records).items()}
     prefix = Path(args.out) if args.out else root / "table"
     markdown = to_markdown(groups)

@@ -8,7 +8,6 @@ One PNG per (model, task). Reads records only; never imports a model.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from s2d2_eval import REPO_ROOT  # noqa: E402
-from s2d2_eval.records import iter_records  # noqa: E402
+from s2d2_eval.records import records_from_command_line  # noqa: E402
 from s2d2_eval.report import KIND_TITLES, Point, group_points, pareto_front  # noqa: E402
 
 STYLE = {  # colour, marker, connect the family's points with a line (TPF panel)
@@ -90,17 +89,8 @@ def plot_group(points: list[Point], title: str, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", nargs="?", default=str(REPO_ROOT / "results" / "sdar"),
-                        help="folder searched recursively for records (default: results/sdar)")
-    parser.add_argument("--out", default=None, help="output folder (default: the sweep folder)")
-    args = parser.parse_args(argv)
-    root = Path(args.sweep_dir)
-    if not root.is_dir():
-        parser.error(f"no such folder: {root}")
-    records = iter_records(root)
-    if not records:
-        parser.error(f"no run records under {root}")
+    args, root, records = records_from_command_line(__doc__, "output folder (default: the sweep folder)", argv,
+                                                    REPO_ROOT / "results" / "sdar")
     out_dir = Path(args.out) if args.out else root
     for (model, task), points in group_points(records).items():
         n = points[0].n
