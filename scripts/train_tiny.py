@@ -1,8 +1,11 @@
-"""Train the repository's own tiny SDAR block-diffusion model on the synthetic suite, offline, on CPU.
+"""Train the repository's own tiny block-diffusion models on the synthetic suite, offline, on CPU.
 
 No model can be downloaded here, so every entry point (decoders, benchmarks, tests) runs on a model
-this script produces: an `SDARForCausalLM` (Qwen3 maths, position-aligned logits) trained with the
-SDAR / BD3-LM block-diffusion objective (MODEL-FAMILIES.md §1.1).
+this script produces: by default an `SDARForCausalLM` (Qwen3 maths, position-aligned logits) trained
+with the SDAR / BD3-LM block-diffusion objective (MODEL-FAMILIES.md §1.1); with `--family
+fast_dllm_v2` a `Fast_dLLM_QwenForCausalLM` (Qwen2.5 maths, shift-aligned logits) trained with
+Fast-dLLM v2's objective (§2.1): the same block mask, token shift, complementary masked copies, and
+block starts scored from the block-causal clean copy (see `make_shifted_row`).
 
 Objective. A training row is the doubled sequence [x_t ‖ x_0] with ONE bool mask (True = may attend):
 
@@ -23,8 +26,8 @@ Recipe. SDAR models are AR models adapted to block diffusion, and so is this one
 A row's answer is followed by EOS and then padded with the pad token up to its block boundary, and
 those pad positions are targets too, so a decoder fills a block's tail after EOS with pad tokens.
 
-Choices beyond the plain recipe, all for speed on two CPU cores (none changes a scored logit; the
-tests check this against the full doubled sequence):
+Choices beyond the plain recipe, all for speed on two CPU cores. The four row-layout ones change no
+scored logit (the tests compare them with the full doubled sequence); autocast changes rounding only:
 
 * the block size is drawn per EXAMPLE rather than per batch (the mask is per row anyway), which gives
   every step a mix of block sizes at no extra cost;
@@ -33,9 +36,13 @@ tests check this against the full doubled sequence):
   loss term and are left out;
 * short examples are packed side by side into one line (the mask keeps them apart), which removes
   most of the padding a mix of long (add, chain) and short (digitsum, letters) examples needs;
+* with `--answers_per_prompt k`, a many-valid prompt (digitsum, letters) gets k answers drawn
+  uniformly from its valid ones, all under ONE copy of the clean prompt-only blocks (a tree-shaped
+  row): those tokens attend only to each other, so they are the same in every answer's sequence;
 * the forward runs under bfloat16 autocast (weights, optimiser and loss stay float32).
 
-    python scripts/train_tiny.py                          # the shipped model (models/sdar-tiny)
+    python scripts/train_tiny.py                          # an SDAR model in models/sdar-tiny
+    python scripts/train_tiny.py --family fast_dllm_v2    # a Fast-dLLM v2 model in models/fast-dllm-v2-tiny
     python scripts/train_tiny.py --steps 20 --output_dir /tmp/x --hidden_size 32 --num_layers 1
 """
 
@@ -61,7 +68,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT_DIR = REPO_ROOT / "models" / "sdar-tiny"
+FAMILIES = ("sdar", "fast_dllm_v2")
+DEFAULT_OUTPUT_DIRS = {"sdar": REPO_ROOT / "models" / "sdar-tiny",
+                       "fast_dllm_v2": REPO_ROOT / "models" / "fast-dllm-v2-tiny"}
 IGNORE_INDEX = -100
 PROG = "train_tiny.py"
 
@@ -91,11 +100,14 @@ def _str_list(text: str) -> list[str]:
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0],
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--family", choices=FAMILIES, default="sdar",
+                        help="sdar: SDARForCausalLM, position-aligned objective; fast_dllm_v2: "
+                             "Fast_dLLM_QwenForCausalLM, shift-aligned objective with complementary masks")
     data = parser.add_argument_group("data")
     data.add_argument("--tasks", type=_str_list, default=list(TASKS), help="comma-separated synthetic tasks")
     data.add_argument("--task_weights", type=_int_list, default=None,
                       help="comma-separated integer weights, one per task (items per round-robin cycle)")
-    model = parser.add_argument_group("model (SDARConfig)")
+    model = parser.add_argument_group("model (SDARConfig / Fast_dLLM_QwenConfig)")
     model.add_argument("--hidden_size", type=int, default=192)
     model.add_argument("--num_layers", type=int, default=4)
     model.add_argument("--num_heads", type=int, default=4)
@@ -109,14 +121,18 @@ def build_parser() -> OneLineParser:
                        help="share of the steps in the causal-LM phase (block size 1 only)")
     optim.add_argument("--block_sizes", type=_int_list, default=[1, 2, 4, 8],
                        help="adaptation-phase block sizes, drawn uniformly per row (repeat one to weight it)")
-    optim.add_argument("--batch_size", type=int, default=48)
+    optim.add_argument("--batch_size", type=int, default=32, help="answers per step")
+    optim.add_argument("--answers_per_prompt", type=int, default=1,
+                       help="answers drawn per digitsum/letters prompt, sharing its computation; a prompt's "
+                            "share of the examples is its --task_weights weight times this")
     optim.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     optim.add_argument("--min_lr_ratio", type=float, default=0.02, help="cosine floor as a fraction of --lr")
     optim.add_argument("--warmup_steps", type=int, default=100)
     optim.add_argument("--weight_decay", type=float, default=0.05)
     optim.add_argument("--grad_clip", type=float, default=1.0)
     run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+    run.add_argument("--output_dir", type=Path, default=None,
+                     help="default: models/sdar-tiny or models/fast-dllm-v2-tiny, after --family")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=int, default=1,
                      help="torch CPU threads. 1 by default: on two cores shared with other work, 2 threads "
@@ -146,7 +162,7 @@ def validate(args: argparse.Namespace) -> None:
         if any(w <= 0 for w in args.task_weights):
             fail(f"--task_weights must be positive integers, got {args.task_weights}")
     for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
-                 "steps", "batch_size", "threads", "log_every"):
+                 "steps", "batch_size", "answers_per_prompt", "threads", "log_every"):
         if getattr(args, name) <= 0:
             fail(f"--{name} must be a positive integer, got {getattr(args, name)}")
     for name in ("lr", "rope_theta", "max_minutes", "grad_clip"):
@@ -167,6 +183,11 @@ def validate(args: argparse.Namespace) -> None:
         fail(f"--num_heads ({args.num_heads}) must be divisible by --num_kv_heads ({args.num_kv_heads})")
     if args.head_dim % 2:
         fail(f"--head_dim must be even (rotate-half RoPE), got {args.head_dim}")
+    if args.family == "fast_dllm_v2" and args.answers_per_prompt != 1:
+        fail("--answers_per_prompt only applies to --family sdar (fast_dllm_v2 rows already hold two "
+             "complementary masked copies under one clean copy)")
+    if args.output_dir is None:
+        args.output_dir = DEFAULT_OUTPUT_DIRS[args.family]
     check_writable(args.output_dir)
 
 
@@ -183,12 +204,17 @@ def check_writable(out_dir: Path) -> None:
 
 @dataclass(frozen=True)
 class TrainRow:
-    """One row of the doubled sequence, before batching. All lists have the same length."""
+    """The doubled sequence of one prompt and one or more answers to it, before batching.
+
+    All lists have one entry per token. `branch` is -1 for the clean tokens of prompt-only blocks,
+    which every answer of the prompt shares, and the answer's index for every other token.
+    """
 
     input_ids: list[int]
     position_ids: list[int]
     noised: list[bool]
     labels: list[int]
+    branch: list[int]
     block_size: int
 
 
@@ -217,18 +243,96 @@ def make_row(ids: Sequence[int], prompt_len: int, block_size: int, rng: random.R
         position_ids=list(range(start, length)) + list(range(length)),
         noised=[True] * n_noised + [False] * length,
         labels=labels + [IGNORE_INDEX] * length,
+        branch=[0] * n_noised + [-1 if p < start else 0 for p in range(length)],
         block_size=block_size,
     )
 
 
+def make_shifted_row(ids: Sequence[int], prompt_len: int, block_size: int, rng: random.Random,
+                     mask_id: int, pad_id: int) -> TrainRow:
+    """Fast-dLLM v2's row for one encoded example: two complementary masked copies ‖ x_0.
+
+    The model is shift-aligned (the logit of row t predicts token t + 1), and a decoder never masks a
+    block's first position: it comes from the last row of the forward that committed the previous
+    block (or from the prefill). So, for a block starting at s:
+    * a block-start answer token is scored on the CLEAN copy, from the row of s - 1, whose context is
+      the clean blocks before s (block-causal): exactly the commit forward's last row;
+    * every other answer token is maskable. Each block draws t ~ U(0, 1] and masks each maskable token
+      with probability t in copy 0 and the remaining ones in copy 1 (Fast-dLLM v2's complementary
+      masks), so every token is scored exactly once. A masked token at p is scored from row p - 1 of
+      its copy's block, which sees that block (bidirectionally) and the clean blocks before it: the
+      draft forward. Blocks a copy masks nothing in are left out of it.
+    Labels sit on the TARGET token (the model's shifted loss reads them from the previous row); the
+    first token of each copy is a block start, never labelled, so rows can be concatenated. With block
+    size 1 nothing is maskable and the row is the plain causal-LM example (AR mode).
+    """
+    length = math.ceil(len(ids) / block_size) * block_size
+    clean = list(ids) + [pad_id] * (length - len(ids))
+    copies: list[list[int]] = [[], []]  # positions of the blocks each copy holds
+    masked: list[set[int]] = [set(), set()]
+    for block_start in range((prompt_len // block_size) * block_size, length, block_size):
+        maskable = [p for p in range(max(block_start + 1, prompt_len), block_start + block_size)]
+        ratio = 1.0 - rng.random()  # t ~ U(0, 1]
+        first = {p for p in maskable if rng.random() < ratio}
+        for copy, chosen in enumerate((first, set(maskable) - first)):
+            if chosen:
+                copies[copy].extend(range(block_start, block_start + block_size))
+                masked[copy] |= chosen
+    input_ids: list[int] = []
+    labels: list[int] = []
+    branch: list[int] = []
+    for copy, positions in enumerate(copies):
+        input_ids += [mask_id if p in masked[copy] else clean[p] for p in positions]
+        labels += [clean[p] if p in masked[copy] else IGNORE_INDEX for p in positions]
+        branch += [copy] * len(positions)
+    n_noised = len(input_ids)
+    return TrainRow(
+        input_ids=input_ids + clean,
+        position_ids=copies[0] + copies[1] + list(range(length)),
+        noised=[True] * n_noised + [False] * length,
+        labels=labels + [clean[p] if p >= prompt_len and p % block_size == 0 else IGNORE_INDEX
+                         for p in range(length)],
+        branch=branch + [-1] * length,
+        block_size=block_size,
+    )
+
+
+def share_prompt(rows: Sequence[TrainRow]) -> TrainRow:
+    """Several answers to ONE prompt (rows from `make_row`, same block size) as one tree-shaped row:
+    the clean prompt-only blocks once, then each answer's own tokens as branch 0, 1, ...
+
+    The shared tokens only attend to each other, so they are identical in every answer's doubled
+    sequence; computing them once makes a many-valid example (a 30-token prompt, a 10-token answer)
+    about a third cheaper per extra answer.
+    """
+    shared = [i for i, b in enumerate(rows[0].branch) if b < 0]
+
+    def part(row: TrainRow, name: str, keep_shared: bool) -> list:
+        values = getattr(row, name)
+        return [values[i] for i, b in enumerate(row.branch) if (b < 0) == keep_shared]
+
+    if any(part(r, "input_ids", True) != part(rows[0], "input_ids", True) or r.block_size != rows[0].block_size
+           for r in rows):
+        raise ValueError("share_prompt needs rows of one prompt with one block size")
+    fields = {name: [getattr(rows[0], name)[i] for i in shared]
+              for name in ("input_ids", "position_ids", "noised", "labels")}
+    branch = [-1] * len(shared)
+    for index, row in enumerate(rows):
+        for name in fields:
+            fields[name] += part(row, name, False)
+        branch += [index] * (len(row.branch) - len(shared))
+    return TrainRow(**fields, branch=branch, block_size=rows[0].block_size)
+
+
 def block_diffusion_mask(position_ids: "torch.Tensor", noised: "torch.Tensor", segment: "torch.Tensor",
-                         block_size: "torch.Tensor") -> "torch.Tensor":
+                         branch: "torch.Tensor", block_size: "torch.Tensor") -> "torch.Tensor":
     """The SDAR / BD3-LM training mask of doubled rows, from per-token positions and halves.
 
     position_ids [B, T] long, noised [B, T] bool (token of x_t), segment [B, T] long (which packed
-    example a token belongs to; -1 = batch padding), block_size [B, T] long (of the token's example)
-    -> bool [B, T, T], True = may attend. Written over positions rather than indices, so a row may
-    hold any subset of an example's x_t tokens, and several examples side by side. Each token also
+    prompt a token belongs to; -1 = batch padding), branch [B, T] long (which answer of that prompt;
+    -1 = shared by all of them), block_size [B, T] long -> bool [B, T, T], True = may attend.
+    Written over positions rather than indices, so a row may hold any subset of an example's x_t
+    tokens, several examples side by side, and several answers sharing one prompt. Each token also
     keeps itself, so a padding row is never all-False (SDPA would return NaN for it).
     """
     import torch
@@ -240,7 +344,8 @@ def block_diffusion_mask(position_ids: "torch.Tensor", noised: "torch.Tensor", s
     noised_to_clean = q_noised & ~kv_noised & (kv_block < q_block)
     clean_to_clean = ~q_noised & ~kv_noised & (kv_block <= q_block)
     same_example = (segment[:, :, None] == segment[:, None, :]) & (segment >= 0)[:, None, :]
-    mask = (noised_to_noised | noised_to_clean | clean_to_clean) & same_example
+    same_answer = (branch[:, None, :] < 0) | (branch[:, :, None] == branch[:, None, :])
+    mask = (noised_to_noised | noised_to_clean | clean_to_clean) & same_example & same_answer
     eye = torch.eye(position_ids.shape[1], dtype=torch.bool, device=position_ids.device)
     return mask | eye
 
@@ -262,8 +367,23 @@ def doubled_sequence_mask(length: int, block_size: int) -> "torch.Tensor":
 
     positions = torch.arange(length).repeat(2)[None]  # [1, 2N]
     noised = (torch.arange(2 * length) < length)[None]  # [1, 2N]
-    segment = torch.zeros_like(positions)
-    return block_diffusion_mask(positions, noised, segment, torch.full_like(positions, block_size))[0]
+    zeros = torch.zeros_like(positions)
+    return block_diffusion_mask(positions, noised, zeros, zeros, torch.full_like(positions, block_size))[0]
+
+
+def other_answers(item: dict[str, Any], count: int, rng: random.Random) -> list[dict[str, Any]]:
+    """`count` more items with the prompt of a many-valid `item`, answers drawn uniformly from all
+    valid ones as the generator draws them; none for tasks with a single answer."""
+    from synthetic import tasks
+
+    meta = item["meta"]
+    if count <= 0 or item["task"] not in ("digitsum", "letters"):
+        return []
+    if item["task"] == "digitsum":
+        solutions = tasks.digitsum_solutions(meta["t"], meta["lo"], meta["hi"])
+        return [tasks.make_digitsum_item(meta["t"], meta["lo"], meta["hi"], rng.choice(solutions)) for _ in range(count)]
+    solutions = tasks.letters_solutions(meta["n"], meta["c"], meta["hi"])
+    return [tasks.make_letters_item(meta["n"], meta["c"], meta["hi"], rng.choice(solutions)) for _ in range(count)]
 
 
 def pack(rows: Sequence[TrainRow]) -> list[list[TrainRow]]:
@@ -307,12 +427,13 @@ def collate(rows: Sequence[TrainRow], pad_id: int, packed: bool = True) -> dict[
     position_ids = torch.tensor([field(line, "position_ids", 0) for line in lines])  # [B, T]
     noised = torch.tensor([field(line, "noised", False) for line in lines])  # [B, T]
     segment = torch.tensor([per_token(line, lambda i, r: i, -1) for line in lines])  # [B, T]
+    branch = torch.tensor([field(line, "branch", -1) for line in lines])  # [B, T]
     block_size = torch.tensor([per_token(line, lambda i, r: r.block_size, 1) for line in lines])  # [B, T]
     return {
         "input_ids": torch.tensor([field(line, "input_ids", pad_id) for line in lines]),  # [B, T]
         "position_ids": position_ids,
         "labels": torch.tensor([field(line, "labels", IGNORE_INDEX) for line in lines]),  # [B, T]
-        "attention_mask": block_diffusion_mask(position_ids, noised, segment, block_size),  # [B, T, T]
+        "attention_mask": block_diffusion_mask(position_ids, noised, segment, branch, block_size),  # [B, T, T]
         "block_size": block_size,  # [B, T]; not a model input, for the per-block-size loss log
     }
 
@@ -327,26 +448,49 @@ def weighted_tasks(tasks: Sequence[str], weights: Sequence[int] | None) -> tuple
     return tuple(order)
 
 
-def block_one_loss(logits: "torch.Tensor", labels: "torch.Tensor", block_size: "torch.Tensor") -> float | None:
+def block_one_loss(logits: "torch.Tensor", labels: "torch.Tensor", block_size: "torch.Tensor",
+                   shifted: bool = False) -> float | None:
     """Mean cross entropy over the scored tokens of block-size-1 examples, or None without any.
 
     Logged separately because block size 1 is AR mode, the verifier whose accuracy is the bar, and
-    its loss is hidden inside the (higher) block-diffusion loss of the mixed phase.
+    its loss is hidden inside the (higher) block-diffusion loss of the mixed phase. `shifted`: the
+    label at t is scored from the logit at t - 1 (Fast-dLLM v2).
     """
     import torch.nn.functional as F
 
+    if shifted:
+        logits, labels, block_size = logits[:, :-1], labels[:, 1:], block_size[:, 1:]
     scored = (labels != IGNORE_INDEX) & (block_size == 1)  # [B, T]
     if not bool(scored.any()):
         return None
     return float(F.cross_entropy(logits[scored].float(), labels[scored]))
 
 
-def lr_factor(step: int, steps: int, warmup: int, floor: float) -> float:
-    """Linear warmup, then cosine decay from 1 to `floor` at the last step."""
+def lr_factor(step: int, progress: float, warmup: int, floor: float) -> float:
+    """Linear warmup over the first `warmup` steps, then cosine decay from 1 to `floor` as the
+    training progress (see `training_progress`) goes from the end of warmup to 1."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - 1 - warmup)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
+TIME_GRACE = 0.05
+"""Share of the post-warmup time budget the schedule may run behind its step count before the clock
+takes over (per-step jitter on a busy machine must not change the LR of a run that ends in time)."""
+
+
+def training_progress(step: int, steps: int, warmup: int, elapsed_s: float, budget_s: float) -> float:
+    """How far training is after warmup, in [0, 1]: the step fraction, or the wall-clock fraction of the
+    remaining --max_minutes budget when that is further along (with `TIME_GRACE` slack).
+
+    `elapsed_s` and `budget_s` count from the end of warmup. The phase switch and the LR decay follow
+    this, so a run the time cap cuts short (a slower or busier machine) still has its causal-LM /
+    adaptation split and ends at the LR floor instead of stopping mid-phase at a high LR. A run that
+    keeps pace with its budget follows its step count only, so it is deterministic from its seed.
+    """
+    by_steps = (step - warmup) / max(1, steps - 1 - warmup)
+    by_time = (elapsed_s / budget_s - TIME_GRACE) / (1.0 - TIME_GRACE)
+    return min(1.0, max(0.0, by_steps, by_time))
 
 
 def source_fingerprint() -> dict[str, str]:
@@ -361,11 +505,10 @@ def source_fingerprint() -> dict[str, str]:
 
 
 def build_config(args: argparse.Namespace, tokenizer: "PreTrainedTokenizerFast"):
-    """SDARConfig from the size flags; special-token ids come from the tokenizer, never literals."""
-    from SDAR.configuration_sdar import SDARConfig
+    """The family's config from the size flags; special-token ids come from the tokenizer, never literals."""
     from synthetic.tokenizer import MODEL_MAX_LENGTH
 
-    return SDARConfig(
+    common = dict(
         vocab_size=len(tokenizer),
         hidden_size=args.hidden_size,
         intermediate_size=args.intermediate_size,
@@ -381,8 +524,27 @@ def build_config(args: argparse.Namespace, tokenizer: "PreTrainedTokenizerFast")
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
         mask_token_id=tokenizer.mask_token_id,
-        architectures=["SDARForCausalLM"],
     )
+    if args.family == "fast_dllm_v2":
+        from fast_dllm_v2.configuration_fast_dllm import Fast_dLLM_QwenConfig
+
+        return Fast_dLLM_QwenConfig(**common, bd_size=max(args.block_sizes), conplemenrary_mask=True,
+                                    architectures=["Fast_dLLM_QwenForCausalLM"])
+    from SDAR.configuration_sdar import SDARConfig
+
+    return SDARConfig(**common, architectures=["SDARForCausalLM"])
+
+
+def build_model(args: argparse.Namespace, tokenizer: "PreTrainedTokenizerFast"):
+    """A freshly initialised model of `--family` (seeded by the caller)."""
+    config = build_config(args, tokenizer)
+    if args.family == "fast_dllm_v2":
+        from fast_dllm_v2.modeling_fast_dllm import Fast_dLLM_QwenForCausalLM
+
+        return Fast_dLLM_QwenForCausalLM(config)
+    from SDAR.modeling_sdar import SDARForCausalLM
+
+    return SDARForCausalLM(config)
 
 
 def save(model: Any, tokenizer: "PreTrainedTokenizerFast", out_dir: Path, record: dict[str, Any]) -> None:
@@ -412,8 +574,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from tqdm import tqdm
 
-    import SDAR  # noqa: F401  (registers model_type "sdar" with the Auto classes)
-    from SDAR.modeling_sdar import SDARForCausalLM
     from synthetic.tasks import iter_training_items
     from synthetic.tokenizer import build_tokenizer, encode_example
 
@@ -422,7 +582,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     tokenizer = build_tokenizer()
     mask_id, pad_id = tokenizer.mask_token_id, tokenizer.pad_token_id
-    model = SDARForCausalLM(build_config(args, tokenizer)).train()
+    model = build_model(args, tokenizer).train()
+    shifted = args.family == "fast_dllm_v2"
+    row_maker = make_shifted_row if shifted else make_row
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -430,13 +592,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr, betas=(0.9, 0.98), eps=1e-8,
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, args.steps, args.warmup_steps, args.min_lr_ratio)
-    )
     stream = iter_training_items(args.seed, weighted_tasks(args.tasks, args.task_weights))
-    ar_steps = round(args.ar_fraction * args.steps)
-    print(f"{PROG}: {n_params:,} parameters; {ar_steps} causal-LM steps, then {args.steps - ar_steps} "
-          f"block-diffusion steps over block sizes {args.block_sizes}", file=sys.stderr)
+    budget_s = 60.0 * args.max_minutes
+    print(f"{PROG}: {n_params:,} parameters; {args.steps} steps or {args.max_minutes:g} minutes, the causal-LM "
+          f"phase up to {args.ar_fraction:.0%} of them, then block-diffusion steps over block sizes "
+          f"{args.block_sizes}", file=sys.stderr)
 
     data_fingerprint = source_fingerprint()
     start = time.perf_counter()
@@ -444,16 +604,33 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     log: list[dict[str, Any]] = []
     ema = ar_ema = None
     stopped_early = False
+    ar_steps_done = time_bound_steps = 0
+    warm_end = 0.0  # seconds elapsed when warmup ended
     bar = tqdm(range(args.steps), desc="train", dynamic_ncols=True, mininterval=2.0)
     for step in bar:
-        if time.perf_counter() - start > 60.0 * args.max_minutes:
+        elapsed = time.perf_counter() - start
+        if elapsed > budget_s:
             stopped_early = True
             break
-        rows = []
-        for _ in range(args.batch_size):
-            ids, prompt_len = encode_example(tokenizer, next(stream))
-            block = 1 if step < ar_steps else rng.choice(args.block_sizes)
-            rows.append(make_row(ids, prompt_len, block, rng, mask_id, pad_id))
+        if step <= args.warmup_steps:
+            warm_end = elapsed
+        after_warmup = (elapsed - warm_end, budget_s - warm_end)
+        progress = training_progress(step, args.steps, args.warmup_steps, *after_warmup)
+        time_bound_steps += progress > training_progress(step, args.steps, args.warmup_steps, 0.0, after_warmup[1])
+        ar_phase = step < args.warmup_steps or progress < args.ar_fraction
+        ar_steps_done += ar_phase
+        lr = args.lr * lr_factor(step, progress, args.warmup_steps, args.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        rows: list[TrainRow] = []
+        n_answers = 0
+        while n_answers < args.batch_size:
+            item = next(stream)
+            group = [item, *other_answers(item, args.answers_per_prompt - 1, rng)]
+            block = 1 if ar_phase else rng.choice(args.block_sizes)
+            answers = [row_maker(*encode_example(tokenizer, it), block, rng, mask_id, pad_id) for it in group]
+            rows.append(share_prompt(answers) if len(answers) > 1 else answers[0])
+            n_answers += len(answers)
         batch = collate(rows, pad_id, packed=args.pack)
         block_size = batch.pop("block_size")
         # The math SDPA kernel: for these short rows CPU flash attention's backward costs more than
@@ -465,18 +642,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
-        schedule.step()
         value = float(loss.detach())
         losses.append(value)
         ema = value if ema is None else 0.98 * ema + 0.02 * value
-        ar_value = block_one_loss(out.logits.detach(), batch["labels"], block_size)
+        ar_value = block_one_loss(out.logits.detach(), batch["labels"], block_size, shifted)
         if ar_value is not None:
             ar_ema = ar_value if ar_ema is None else 0.98 * ar_ema + 0.02 * ar_value
-        bar.set_postfix(loss=f"{ema:.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}", refresh=False)
+        bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}", refresh=False)
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             entry = {"step": step + 1, "loss_ema": round(ema, 5),
                      "ar_loss_ema": None if ar_ema is None else round(ar_ema, 5),
-                     "lr": schedule.get_last_lr()[0], "elapsed_s": round(time.perf_counter() - start, 1)}
+                     "lr": lr, "elapsed_s": round(time.perf_counter() - start, 1)}
             log.append(entry)
             bar.write(json.dumps(entry), file=sys.stderr)
     bar.close()
@@ -489,6 +665,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "parameters": n_params,
         "steps_done": len(losses),
         "stopped_early_by_max_minutes": stopped_early,
+        "causal_lm_steps": ar_steps_done,
+        "time_bound_steps": time_bound_steps,
+        "time_bound_note": "steps whose LR and phase followed the wall-clock fraction of --max_minutes "
+                           "(0: the run is deterministic from its seed)",
         "wall_time_s": round(wall, 3),  # ms precision: a few-step test run takes well under 0.05 s
         "final_loss": round(sum(tail) / len(tail), 5) if tail else None,
         "final_loss_note": "mean training loss of the last 50 steps (masked-token cross entropy, nats)",

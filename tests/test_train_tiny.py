@@ -224,6 +224,155 @@ def test_packed_examples_do_not_interact(train_tiny, tiny_sdar_config):
     torch.testing.assert_close(scored_packed, torch.cat(alone), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("block", [1, 4])
+def test_answers_sharing_a_prompt_get_the_logits_they_have_alone(train_tiny, tiny_sdar_config, block):
+    """Tree rows (several answers under one copy of the prompt-only blocks) change no scored logit."""
+    import random
+
+    torch.manual_seed(0)
+    model = SDARForCausalLM(tiny_sdar_config).to(torch.float64).eval()
+    rng = random.Random(2)
+    prompt = list(range(10, 19))
+    answers = [train_tiny.make_row(prompt + tail, len(prompt), block, rng, 3, 0)
+               for tail in ([30, 31, 32, 2], [33, 34, 2], [35, 36, 37, 38, 39, 2])]
+    tree = train_tiny.share_prompt(answers)
+    assert len(tree.input_ids) < sum(len(r.input_ids) for r in answers)
+    batch = train_tiny.collate([tree], pad_id=0)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits[0]
+    alone = []
+    for row in answers:
+        single = train_tiny.collate([row], pad_id=0)
+        out = model(input_ids=single["input_ids"], attention_mask=single["attention_mask"],
+                    position_ids=single["position_ids"]).logits
+        alone.append(out[single["labels"] != -100])
+    torch.testing.assert_close(logits[batch["labels"][0] != -100], torch.cat(alone), rtol=1e-9, atol=1e-9)
+
+
+def test_schedule_follows_steps_unless_the_time_cap_is_nearer(train_tiny):
+    """Progress is the step fraction while the run is on time (deterministic), the wall-clock fraction
+    when the cap is nearer; LR warms up linearly, then decays from the peak to the floor."""
+    progress, grace = train_tiny.training_progress, train_tiny.TIME_GRACE
+    assert progress(10, 110, 10, elapsed_s=1.0, budget_s=1000.0) == 0.0
+    assert progress(60, 111, 10, elapsed_s=1.0, budget_s=1000.0) == pytest.approx(0.5)
+    assert progress(60, 111, 10, elapsed_s=520.0, budget_s=1000.0) == pytest.approx(0.5)  # behind, within grace
+    assert progress(60, 111, 10, elapsed_s=905.0, budget_s=1000.0) == pytest.approx((0.905 - grace) / (1 - grace))
+    assert progress(60, 111, 10, elapsed_s=1000.0, budget_s=1000.0) == 1.0
+    assert progress(200, 111, 10, elapsed_s=1.0, budget_s=1000.0) == 1.0
+    factor = train_tiny.lr_factor
+    assert [factor(s, 0.0, 4, 0.1) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(10, 0.0, 4, 0.1) == 1.0 and factor(10, 1.0, 4, 0.1) == pytest.approx(0.1)
+    assert factor(10, 0.5, 4, 0.1) == pytest.approx(0.55)
+    decay = [factor(10, p / 10, 4, 0.1) for p in range(11)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+
+
+def _fast_model(config) -> torch.nn.Module:
+    from fast_dllm_v2.modeling_fast_dllm import Fast_dLLM_QwenForCausalLM
+
+    torch.manual_seed(0)
+    return Fast_dLLM_QwenForCausalLM(config).to(torch.float64).eval()
+
+
+@pytest.mark.parametrize("block_size, prompt_len", [(1, 7), (2, 7), (4, 9), (4, 8), (8, 5)])
+def test_shifted_rows_score_every_answer_token_once(train_tiny, block_size, prompt_len):
+    """Complementary copies: every answer token (EOS and block padding included) is a target exactly
+    once; block starts only on the clean copy, all others only on a masked copy, masked there."""
+    import random
+
+    ids = list(range(10, 10 + prompt_len)) + [40, 41, 42, 43, 44, 45, 2]
+    for seed in range(20):
+        row = train_tiny.make_shifted_row(ids, prompt_len, block_size, random.Random(seed), 3, 0)
+        length = -(-len(ids) // block_size) * block_size
+        n_noised = sum(row.noised)
+        assert row.position_ids[n_noised:] == list(range(length)) and set(row.branch[n_noised:]) == {-1}
+        targets: dict[int, list[str]] = {}
+        for i, label in enumerate(row.labels):
+            if label == -100:
+                continue
+            pos = row.position_ids[i]
+            padded = ids + [0] * (length - len(ids))
+            assert label == padded[pos]
+            targets.setdefault(pos, []).append("clean" if i >= n_noised else "noised")
+            if i < n_noised:
+                assert row.input_ids[i] == 3 and pos % block_size and row.branch[i] in (0, 1)
+                assert row.position_ids[i - 1] == pos - 1 and row.branch[i - 1] == row.branch[i]
+            else:
+                assert pos % block_size == 0
+        assert sorted(targets) == list(range(prompt_len, length))
+        assert all(len(kinds) == 1 for kinds in targets.values())
+        assert row.labels[0] == -100 and (n_noised == 0 or row.position_ids[0] % block_size == 0)
+        if block_size == 1:
+            assert n_noised == 0
+
+
+@pytest.mark.parametrize("block_size, prompt_len", [(1, 6), (4, 9), (4, 8), (8, 5)])
+def test_shifted_rows_give_the_decoders_logits(train_tiny, tiny_fast_dllm_config, block_size, prompt_len):
+    """Every scored logit of a packed Fast-dLLM v2 training line equals the logit a decoder gets for
+    that token: a masked token from the draft forward of its block (the clean blocks before it, then
+    the noised block, under the model's own block-causal mask), a block start from the block-causal
+    forward of the clean blocks before it (the commit's last row)."""
+    import random
+
+    model = _fast_model(tiny_fast_dllm_config)
+    rng = random.Random(5)
+    rows = [train_tiny.make_shifted_row(list(range(10, 10 + prompt_len)) + tail, prompt_len, block_size, rng, 3, 0)
+            for tail in ([40, 41, 42, 43, 44, 45, 2], [50, 51, 2], [60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 2])]
+    batch = train_tiny.collate(rows, pad_id=0, packed=True)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits  # [lines, T, V]
+    checked = 0
+    for line_index, line in enumerate(train_tiny.pack(rows)):
+        offset = 0
+        for row in line:
+            n_noised = sum(row.noised)
+            clean = row.input_ids[n_noised:]
+            for i, label in enumerate(row.labels):
+                if label == -100:
+                    continue
+                pos = row.position_ids[i]
+                start = pos - pos % block_size
+                if i < n_noised:  # the draft forward of this copy's block
+                    block = [j for j in range(n_noised) if row.branch[j] == row.branch[i]
+                             and start <= row.position_ids[j] < start + block_size]
+                    context = clean[:start] + [row.input_ids[j] for j in block]
+                else:  # the block-causal clean prefix
+                    context = clean[:pos]
+                reference = model(input_ids=torch.tensor([context]), block_size=block_size).logits[0, pos - 1]
+                torch.testing.assert_close(logits[line_index, offset + i - 1], reference, rtol=1e-9, atol=1e-9)
+                checked += 1
+            offset += len(row.input_ids)
+    assert checked == sum(label != -100 for row in rows for label in row.labels)
+
+
+def test_fast_dllm_training_writes_a_loadable_model(train_tiny, tmp_path):
+    """--family fast_dllm_v2 writes a Fast_dLLM_Qwen checkpoint the Auto classes load without remote code,
+    and its shifted logits decode through the family's generate function."""
+    import fast_dllm_v2  # noqa: F401  (registers model_type "Fast_dLLM_Qwen")
+    from fast_dllm_v2.generate import generate
+    from fast_dllm_v2.modeling_fast_dllm import Fast_dLLM_QwenForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "fast"
+    assert train_tiny.main([*TINY_FLAGS, "--family", "fast_dllm_v2", "--block_sizes", "1,4", "--ar_fraction", "0.3",
+                            "--output_dir", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "Fast_dLLM_Qwen" and config["bd_size"] == 4 and config["conplemenrary_mask"]
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert isinstance(model, Fast_dLLM_QwenForCausalLM)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "add 1+2"}], add_generation_prompt=True,
+                                        return_tensors="pt")
+    output = generate(model, ids, block_size=4, small_block_size=2, max_new_tokens=8)
+    assert output.shape == (1, ids.shape[1] + 8)
+    assert torch.equal(output[0, : ids.shape[1]], ids[0])
+
+
+def test_answers_per_prompt_is_sdar_only(tmp_path):
+    _assert_fails_fast(["--family", "fast_dllm_v2", "--answers_per_prompt", "2", "--output_dir", str(tmp_path)],
+                       "--answers_per_prompt only applies to --family sdar")
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
