@@ -1,4 +1,4 @@
-"""Accuracy and speed of an SDAR model on the synthetic test split, for one named decoding setting.
+"""Accuracy and speed of a tiny model on the synthetic test split, for one named decoding setting.
 
 Decodes every test item (or the first `--limit` of each task) with our decoders, batching the prompts
 of a task (left padding), scores each completion with `synthetic.scorer`, and prints ONE JSON record
@@ -6,52 +6,92 @@ last (MEASURING.md): per task and overall accuracy with its standard error sqrt(
 sample (by kind), TPF = generated tokens / non-prefill forwards, and tokens/s. Tokens/s is batched
 throughput (generated tokens / summed batch wall time), not batch-1 latency.
 
+`--family` picks the model family and so the decoders and their flags (every field of the family's
+S2D2 config is a flag; `--family fast_dllm_v2 --help` lists that family's):
+* `sdar` (default, models/sdar-tiny): `SDAR/generate.py`, `SDAR/generate_ssd_policy.py`;
+* `fast_dllm_v2` (models/fast-dllm-v2-tiny): `Fast-dLLM-v2/generate.py`, `generate_ssd_policy.py`.
+
 Modes:
-* `ar`: AR mode, block length 1 with one denoising step: one forward per token (the S2D2 verifier);
-* `baseline`: block diffusion (`SDAR/generate.py`) with the given block length, steps, threshold;
-* `s2d2`: self-speculative decoding (`SDAR/generate_ssd_policy.py`); every S2D2Config field is a flag.
+* `ar`: AR mode, block length 1: one forward per token (the S2D2 verifier). For Fast-dLLM v2 every
+  token is then a block's first token, which its decoder always takes as the argmax: AR mode is greedy;
+* `baseline`: the family's block-diffusion decoder with the given flags (SDAR dynamic/static, Fast "fast");
+* `s2d2`: self-speculative decoding.
 
     python scripts/eval_tiny.py --mode ar                                   # greedy AR mode
     python scripts/eval_tiny.py --mode ar --do_sample --temperature 1.0      # sampling at T=1
     python scripts/eval_tiny.py --mode baseline --block_length 8 --denoising_steps 8 --confidence_threshold 0.7
     python scripts/eval_tiny.py --mode s2d2 --block_length 8 --denoising_steps 8
+    python scripts/eval_tiny.py --family fast_dllm_v2 --mode s2d2 --block_size 16 --small_block_size 4
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import math
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from common.cli import add_dataclass_arguments, dataclass_from_namespace
-from SDAR.blocks import BlockDiffusionConfig
-from SDAR.generate_ssd_policy import S2D2Config
 from synthetic.tasks import TASKS, TEST_SPLIT_PATH, load_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "sdar-tiny"
 MODES = ("ar", "baseline", "s2d2")
 EVAL_GEN_LENGTH = 64
 """Generation budget: the longest synthetic answer is 38 tokens with its EOS; 128 (the decoders'
 default) only wastes forwards on a row that never stops."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Family:
+    """Where a family's decoders live and how its AR mode and budget are spelled."""
+
+    model_dir: Path
+    baseline: str  # module:function of the baseline decoder (its `config_class` is the base config)
+    s2d2: str  # module:function of the S2D2 decoder (its `config_class` holds every flag)
+    ar_fields: dict[str, int]  # the base-config values that make it AR mode
+    budget_field: str  # generation budget field, set to EVAL_GEN_LENGTH by default
+
+    def function(self, mode: str) -> Callable:
+        module, _, name = (self.s2d2 if mode == "s2d2" else self.baseline).partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+FAMILIES = {
+    "sdar": Family(REPO_ROOT / "models" / "sdar-tiny", "SDAR.generate:block_diffusion_generate",
+                   "SDAR.generate_ssd_policy:block_diffusion_generate",
+                   {"block_length": 1, "denoising_steps": 1}, "gen_length"),
+    "fast_dllm_v2": Family(REPO_ROOT / "models" / "fast-dllm-v2-tiny", "fast_dllm_v2.generate:generate",
+                           "fast_dllm_v2.generate_ssd_policy:generate_ssd_policy",
+                           {"block_size": 1, "small_block_size": 1}, "max_new_tokens"),
+}
+
+
+def chosen_family(argv: list[str] | None) -> str:
+    """`--family` alone, read before the full parser (whose flags depend on it) is built."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--family", choices=sorted(FAMILIES), default="sdar")
+    return pre.parse_known_args(argv)[0].family
+
+
+def build_parser(family: str = "sdar") -> argparse.ArgumentParser:
+    spec = FAMILIES[family]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     run = parser.add_argument_group("run")
-    run.add_argument("--model_dir", type=Path, default=DEFAULT_MODEL_DIR)
+    run.add_argument("--family", choices=sorted(FAMILIES), default="sdar", help="model family (decoders and flags)")
+    run.add_argument("--model_dir", type=Path, default=spec.model_dir)
     run.add_argument("--mode", choices=MODES, default="ar",
-                     help="ar: block_length 1, 1 step; baseline: SDAR/generate.py; s2d2: SDAR/generate_ssd_policy.py")
+                     help="ar: block length 1; baseline: the family's block-diffusion decoder; s2d2: S2D2")
     run.add_argument("--split", type=Path, default=TEST_SPLIT_PATH, help="JSONL items (default: the shipped test split)")
     run.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks to evaluate")
     run.add_argument("--limit", type=int, default=None, help="first N items per task (default: all)")
@@ -59,33 +99,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seeds torch and the sampling generator")
     run.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     run.add_argument("--predictions", type=Path, default=None, help="also write per-item completions (JSONL)")
-    add_dataclass_arguments(parser, S2D2Config)
-    parser.set_defaults(gen_length=EVAL_GEN_LENGTH)
+    add_dataclass_arguments(parser, spec.function("s2d2").config_class)
+    parser.set_defaults(**{spec.budget_field: EVAL_GEN_LENGTH})
     return parser
 
 
 def decode_setting(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, Callable]:
     """The decode config and generate function of `--mode`; flags the mode would ignore are errors."""
-    full = dataclass_from_namespace(S2D2Config, args)
-    defaults = S2D2Config()
-    base_names = {f.name for f in dataclasses.fields(BlockDiffusionConfig)}
+    spec = FAMILIES[args.family]
+    s2d2 = spec.function("s2d2")
+    full = dataclass_from_namespace(s2d2.config_class, args)
     if args.mode == "s2d2":
-        from SDAR.generate_ssd_policy import block_diffusion_generate
-
-        return full, block_diffusion_generate
-    ignored = [f.name for f in dataclasses.fields(S2D2Config)
+        return full, s2d2
+    baseline = spec.function("baseline")
+    base_class = baseline.config_class
+    base_names = {f.name for f in dataclasses.fields(base_class)}
+    defaults = s2d2.config_class()
+    ignored = [f.name for f in dataclasses.fields(full)
                if f.name not in base_names and getattr(full, f.name) != getattr(defaults, f.name)]
     if ignored:
         parser.error(f"--{', --'.join(ignored)} only apply to --mode s2d2")
-    base = BlockDiffusionConfig(**{name: getattr(full, name) for name in base_names})
+    base = base_class(**{name: getattr(full, name) for name in base_names})
     if args.mode == "ar":
-        given = (base.block_length, base.denoising_steps)
-        if given not in ((1, 1), (defaults.block_length, defaults.denoising_steps)):
-            parser.error(f"--mode ar fixes block_length=1 and denoising_steps=1; got {given}")
-        base = dataclasses.replace(base, block_length=1, denoising_steps=1)
-    from SDAR.generate import block_diffusion_generate
-
-    return base, block_diffusion_generate
+        given = tuple(getattr(base, name) for name in spec.ar_fields)
+        allowed = (tuple(spec.ar_fields.values()), tuple(getattr(defaults, name) for name in spec.ar_fields))
+        if given not in allowed:
+            fixed = ", ".join(f"{name}={value}" for name, value in spec.ar_fields.items())
+            parser.error(f"--mode ar fixes {fixed}; got {given}")
+        base = dataclasses.replace(base, **spec.ar_fields)
+    return base, baseline
 
 
 def load_items(path: Path, tasks: list[str], limit: int | None) -> dict[str, list[dict]]:
@@ -142,6 +184,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, generate: Callable) -> dict[str
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import fast_dllm_v2  # noqa: F401  (registers model_type "Fast_dLLM_Qwen")
     import SDAR  # noqa: F401  (registers model_type "sdar" with the Auto classes)
     from synthetic.scorer import score
     from synthetic.tokenizer import format_prompt
@@ -188,6 +231,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, generate: Callable) -> dict[str
         args.predictions.write_text("".join(json.dumps(p) + "\n" for p in predictions))
     return {
         "record": "eval_tiny",
+        "family": args.family,
         "mode": args.mode,
         "decode": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "return_forward_stats"},
         "model_dir": str(args.model_dir),
@@ -208,7 +252,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, generate: Callable) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(chosen_family(argv))
     args = parser.parse_args(argv)
     unknown = [t for t in args.tasks.split(",") if t and t not in TASKS]
     if unknown:
@@ -222,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     if not (args.model_dir / "config.json").is_file():
-        parser.error(f"no model at {args.model_dir} (config.json missing); train one with scripts/train_tiny.py")
+        parser.error(f"no model at {args.model_dir} (config.json missing); train one with "
+                     f"scripts/train_tiny.py --family {args.family}")
     print(json.dumps(evaluate(args, cfg, generate)))
     return 0
 

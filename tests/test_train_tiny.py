@@ -367,6 +367,17 @@ def test_fast_dllm_training_writes_a_loadable_model(train_tiny, tmp_path):
     assert output.shape == (1, ids.shape[1] + 8)
     assert torch.equal(output[0, : ids.shape[1]], ids[0])
 
+    eval_tiny = _load_script(EVAL_SCRIPT)
+    for mode, flags in (("ar", []), ("s2d2", ["--block_size", "4", "--small_block_size", "2"])):
+        record_path = tmp_path / f"{mode}.jsonl"
+        assert eval_tiny.main(["--family", "fast_dllm_v2", "--model_dir", str(out), "--mode", mode, "--limit", "2",
+                               "--tasks", "add,letters", "--threads", "1", "--predictions", str(record_path),
+                               *flags]) == 0
+        predictions = [json.loads(line) for line in record_path.read_text().splitlines()]
+        assert [p["task"] for p in predictions] == ["add", "add", "letters", "letters"]
+        if mode == "ar":  # one forward per generated token after the prefill (the AR token is free)
+            assert all(p["nfe"] >= p["generated_tokens"] - 1 for p in predictions)
+
 
 def test_answers_per_prompt_is_sdar_only(tmp_path):
     _assert_fails_fast(["--family", "fast_dllm_v2", "--answers_per_prompt", "2", "--output_dir", str(tmp_path)],
