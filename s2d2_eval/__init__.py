@@ -1,8 +1,9 @@
 """Evaluation layer for S2D2: an lm-eval model adapter, offline lm-eval tasks, Hydra run records,
 tables and plots.
 
-It sits on top of the decoders (`SDAR/`) and never the other way round. Importing this package is
-cheap (no torch, no lm-eval); `s2d2_eval.lm` registers the lm-eval model `s2d2` when imported.
+It sits on top of the decoders (`SDAR/`, `Fast-dLLM-v2/`) and never the other way round. Importing
+this package is cheap (no torch, no lm-eval); `s2d2_eval.lm` registers the lm-eval model `s2d2` when
+imported.
 """
 
 from pathlib import Path

@@ -3,10 +3,13 @@ YAML second). Registered in Hydra's ConfigStore as `eval_schema`; `configs/eval.
 first in its defaults, so every group option is merged into a typed node and an unknown key or a
 value of the wrong type fails at composition, before anything runs.
 
-`decoding.params` is typed from the SDAR decoders' keyword dataclass (`S2D2Config`, a superset of
-`BlockDiffusionConfig`): every field is optional and None means "the decoder's default". Whether a
-key fits the chosen decoder (e.g. an S2D2 key for the baseline) is checked by `run_eval` against that
-decoder's own `config_class`, still before the model loads.
+`decoding.params` is typed from the union of the fields of every decoder's keyword dataclass
+(`DECODERS`: SDAR's `BlockDiffusionConfig` and `S2D2Config`, Fast-dLLM v2's `FastDecodeConfig` and
+`S2D2Config`): every field is optional and None means "the decoder's default". A name that two
+families share must have one type in both, which is checked when this module is imported. Whether a
+key fits the chosen decoder (an S2D2 key for a baseline, a Fast-dLLM key such as `small_block_size`
+for an SDAR decoder) is checked by `run_eval` against that decoder's own `config_class`, still
+before the model loads.
 """
 
 from __future__ import annotations
@@ -37,13 +40,49 @@ def _optional_schema_type(annotation: Any) -> Any:
     return Optional[inner]
 
 
-def _decoding_params_schema() -> type:
-    from SDAR.generate_ssd_policy import S2D2Config
+DECODERS = (
+    "SDAR.generate:block_diffusion_generate",
+    "SDAR.generate_ssd_policy:block_diffusion_generate",
+    "fast_dllm_v2.generate:generate",
+    "fast_dllm_v2.generate_ssd_policy:generate_ssd_policy",
+)
+"""The repository's decoders (`decoding.generate` specs); `decoding.params` accepts their fields."""
 
+SET_BY_ADAPTER = frozenset({"return_forward_stats"})
+"""Decoder fields the lm-eval adapter sets itself; not configurable."""
+
+
+def decoder_config_classes() -> dict[str, type]:
+    """`decoding.generate` spec -> the keyword dataclass of that decoder, for every entry of DECODERS."""
+    import importlib
+
+    classes = {}
+    for spec in DECODERS:
+        module, _, name = spec.partition(":")
+        classes[spec] = getattr(importlib.import_module(module), name).config_class
+    return classes
+
+
+def union_of_fields(config_classes: dict[str, type]) -> dict[str, Any]:
+    """name -> annotation over all decoder configs; a name two configs annotate differently raises
+    TypeError (one schema field cannot type both)."""
+    union: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for spec, config_class in config_classes.items():
+        for name, annotation in field_types(config_class).items():
+            if name in union and union[name] != annotation:
+                raise TypeError(f"decoder field {name!r} is {annotation} in {spec} ({config_class.__name__}) but "
+                                f"{union[name]} in {owner[name]}: decoding.params cannot type both")
+            union.setdefault(name, annotation)
+            owner.setdefault(name, spec)
+    return union
+
+
+def _decoding_params_schema() -> type:
     fields = [
         (name, _optional_schema_type(annotation), field(default=None))
-        for name, annotation in field_types(S2D2Config).items()
-        if name != "return_forward_stats"
+        for name, annotation in union_of_fields(decoder_config_classes()).items()
+        if name not in SET_BY_ADAPTER
     ]
     return dataclasses.make_dataclass("DecodingParams", fields)
 
@@ -59,8 +98,8 @@ class ModelConfig:
     pretrained: str = MISSING  # local directory (relative: to the working dir, then the repo root) or hub id
     dtype: str = "float32"  # float32 | float16 | bfloat16 | auto
     device: str = "cpu"
-    custom_model_class: Optional[str] = None  # PATH.py:CLASS, else AutoModelForCausalLM (model_type sdar)
-    block_length: Optional[int] = None  # block length the checkpoint is meant for; sweeps decode at it
+    custom_model_class: Optional[str] = None  # PATH.py:CLASS, else AutoModelForCausalLM (our registered types)
+    block_length: Optional[int] = None  # block length the checkpoint is meant for; sweeps, fast_* presets use it
     torch_threads: Optional[int] = None  # CPU threads; 1 is fastest for tiny models on a shared machine
     max_length: Optional[int] = None  # prompt + generation limit (default: the model config's)
 
@@ -102,7 +141,7 @@ class EvalConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     sweep_name: str = "default"  # records go to <results_dir>/<sweep_name>/...
     results_dir: str = "results"  # relative paths: to the repo root
-    block_length: Optional[int] = None  # set: every block decoder (not AR) runs at it, steps scaled
+    block_length: Optional[int] = None  # set: every SDAR block decoder (not AR) runs at it, steps scaled
     seed: int = 1234
     batch_size: int = 1
     bucket_by_length: bool = True  # batches of equal prompt length only (no padding)

@@ -7,28 +7,33 @@
 model_args (everything else is rejected before the model loads, with the valid keywords listed):
   * lm-eval's HFLM arguments (`pretrained`, `dtype`, `revision`, `max_length`, `think_end_token`, ...).
   * `custom_generate=PATH.py:FUNC` or `package.module:FUNC`: the decoder. Default
-    `SDAR.generate_ssd_policy:block_diffusion_generate` (= `SDAR/generate_ssd_policy.py:...`).
-    It must take `(model, input_ids [B,P] left-padded, attention_mask, generator, **kwargs)` and
-    expose its keyword dataclass as `FUNC.config_class`.
+    `SDAR.generate_ssd_policy:block_diffusion_generate` (= `SDAR/generate_ssd_policy.py:...`);
+    Fast-dLLM v2: `fast_dllm_v2.generate:generate`, `fast_dllm_v2.generate_ssd_policy:generate_ssd_policy`
+    (= `Fast-dLLM-v2/generate_ssd_policy.py:...`, or the reference's `./generate_policy_utils.py:...`
+    from inside that folder). A file of a family folder is imported as its package module, so it is
+    the package's own function. It must take `(model, input_ids [B,P] left-padded, attention_mask,
+    generator, **kwargs)` and expose its keyword dataclass as `FUNC.config_class`.
   * `custom_model_class=PATH.py:CLASS`: class whose `from_pretrained` loads the model (its
     `config_class` then loads the config).
-  * every field of `FUNC.config_class` (block_length, denoising_steps, remasking_strategy,
-    confidence_threshold, cache_ver, draft_ver, do_verify_policy, min_ssd_span_length, ...),
+  * every field of `FUNC.config_class` (SDAR: block_length, denoising_steps, remasking_strategy,
+    confidence_threshold, ...; Fast-dLLM v2: block_size, small_block_size, threshold, use_block_cache,
+    max_new_tokens, ...; both: cache_ver, draft_ver, do_verify_policy, min_ssd_span_length, ...),
     converted to the field's type.
   * `trust_remote_code`: accepted; for model types registered with transformers (`sdar` after
-    `import SDAR`) it is ignored with a warning, so our classes load the checkpoint instead of the
-    checkpoint's own code.
+    `import SDAR`, `Fast_dLLM_Qwen` after `import fast_dllm_v2`) it is ignored with a warning, so our
+    classes load the checkpoint instead of the checkpoint's own code.
   * `seed` (decoder randomness: drafts when sampling, stochastic acceptance; default 1234) and
     `bucket_by_length` (default true: a batch only holds prompts of equal token length, so there is
     no padding and batching never shifts block boundaries relative to batch 1).
 
 Precedence of generation settings: a decoding keyword given in model_args wins; otherwise the
 request's gen_kwargs (the task YAML, updated by `--gen_kwargs`) apply: `max_gen_toks` (the
-decoder's budget; `gen_length` in model_args also counts as set), `do_sample`, `temperature`,
-`top_p`, `top_k`; otherwise the decoder's defaults. gen_kwargs the decoder does not know
-(e.g. `num_beams`) are ignored with a warning. `until` strings cut the decoded text; the decoder
-itself stops on stop token ids (generation config EOS plus the tokenizer's EOS), so decoding
-stats count tokens up to the stop token.
+decoder's budget; `gen_length` or `max_new_tokens` in model_args also count as set), `do_sample`,
+`temperature`, `top_p`, `top_k`; otherwise the decoder's defaults. gen_kwargs the decoder does not
+know (e.g. `num_beams`) are ignored with a warning, except `do_sample` for decoders that sample iff
+`temperature > 0` (Fast-dLLM v2): lm-eval has already folded it into `temperature`. `until`
+strings cut the decoded text; the decoder itself stops on stop token ids (generation config EOS
+plus the tokenizer's EOS), so decoding stats count tokens up to the stop token.
 
 Per-sample decoding stats: every completion is a `s2d2_eval.stats.Completion` carrying its stats;
 the repository's tasks turn them into per-sample metrics (logged with each sample and aggregated:
@@ -54,7 +59,9 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
+import fast_dllm_v2  # noqa: F401  (registers model_type "Fast_dLLM_Qwen" with transformers' Auto classes)
 import SDAR  # noqa: F401  (registers model_type "sdar" with transformers' Auto classes)
+from fast_dllm_v2.example_v2 import tokenizer_mask_id
 from s2d2_eval import REPO_ROOT
 from s2d2_eval.model_args import ModelArgError, field_types, load_object, type_decoding_args, validate_decoding_args
 from s2d2_eval.stats import Completion, summarize
@@ -69,6 +76,10 @@ FROM_PRETRAINED_KWARGS = frozenset({"attn_implementation", "device_map", "low_cp
 
 RESERVED_DECODING_ARGS = frozenset({"return_forward_stats"})
 """Set by the adapter (stats are always collected)."""
+
+BUDGET_ARGS = ("max_gen_toks", "gen_length", "max_new_tokens")
+"""Decoder fields that set the generation budget; one of them in model_args beats the request's
+max_gen_toks. Where both are fields, `max_gen_toks` overrides the other in the decoder itself."""
 
 _HFLM_ARGS = frozenset(
     name for name, p in inspect.signature(HFLM.__init__).parameters.items()
@@ -221,12 +232,13 @@ class S2D2LM(HFLM):
         self._config = config_class.from_pretrained(pretrained, revision=revision, subfolder=subfolder)
 
     def _resolve_mask_id(self) -> int:
-        """model_args mask_id > generation config > model config > tokenizer.mask_token_id."""
+        """model_args mask_id > generation config > model config > tokenizer.mask_token_id > the
+        released Fast-dLLM v2 tokenizers' `|<MASK>|` (an added token not declared as mask_token)."""
         candidates = [
             self.decoding_args.get("mask_id"),
             getattr(getattr(self.model, "generation_config", None), "mask_token_id", None),
             getattr(self.model.config, "mask_token_id", None),
-            self.tokenizer.mask_token_id,
+            tokenizer_mask_id(self.tokenizer),
         ]
         mask_id = next((c for c in candidates if c is not None), None)
         if mask_id is None:
@@ -262,15 +274,16 @@ class S2D2LM(HFLM):
                                       eos=self.tok_decode(self.eot_token_id, skip_special_tokens=False))
         budget = normalized.pop("max_gen_toks")
         names = set(field_types(self.config_class))
+        folded = {"do_sample"} if "do_sample" not in names and "temperature" in names else set()
         from_request = {}
         for key, value in normalized.items():
             if key in names:
                 from_request[key] = value
-            elif key not in self._warned_gen_kwargs:
+            elif key not in self._warned_gen_kwargs and key not in folded:
                 self._warned_gen_kwargs.add(key)
                 logger.warning("gen_kwargs %s=%r is not a %s field; ignored", key, value, self.config_class.__name__)
         merged = {**type_decoding_args(self.config_class, from_request), **self.decoding_args}
-        if "max_gen_toks" not in self.decoding_args and "gen_length" not in self.decoding_args:
+        if not any(name in self.decoding_args for name in BUDGET_ARGS):
             merged["max_gen_toks"] = budget
         merged.update(mask_id=self.mask_id, return_forward_stats=True)
         merged.setdefault("stopping_criteria_idx", self.stop_ids)
@@ -330,7 +343,7 @@ class S2D2LM(HFLM):
         progress = tqdm(total=len(requests), desc=self.progress_label, disable=disable_tqdm or self.rank != 0)
         for members in groups.values():
             kwargs, until = self.decode_kwargs(requests[members[0]].args[1])
-            budget = kwargs.get("max_gen_toks") or kwargs.get("gen_length") or self.max_gen_toks
+            budget = next((kwargs[name] for name in BUDGET_ARGS if kwargs.get(name)), self.max_gen_toks)
             prompts = [self._encode(requests[i].args[0], budget) for i in members]
             for batch in self._batches([len(p) for p in prompts]):
                 out, stats, width = self._decode_batch([prompts[j] for j in batch], kwargs)

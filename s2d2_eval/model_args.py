@@ -6,6 +6,11 @@ lm-eval hands model_args over as strings (`block_length=8`) or as values it gues
 field types, so every value is converted to its field's type here, and any keyword the decoder does
 not know is rejected with the list of valid ones, before a model is loaded (a typo in a 10-minute
 evaluation should cost milliseconds). Pure Python: no torch, no lm-eval.
+
+A `PATH.py` inside a model family's folder (`SDAR/`, `Fast-dLLM-v2/`) is imported under its package
+name (`SDAR.generate`, `fast_dllm_v2.generate_ssd_policy`), never as a loose file: a second copy of
+the module would carry second copies of its config classes and model classes (not the ones registered
+with transformers), and its package-relative imports would break.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ import types
 import typing
 from pathlib import Path
 from typing import Any
+
+from s2d2_eval import REPO_ROOT
+
+FAMILY_PACKAGES = {"SDAR": "SDAR", "Fast-dLLM-v2": "fast_dllm_v2"}
+"""Repository folder of each model family -> the package it is installed as (pyproject.toml's
+`packages` and `package-dir`)."""
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -170,9 +181,42 @@ def _module_name_for(path: Path) -> str | None:
     return None
 
 
+def family_module_name(path: Path) -> str | None:
+    """Package module name of a .py file inside a family folder of this repository
+    (`Fast-dLLM-v2/generate_ssd_policy.py` -> `fast_dllm_v2.generate_ssd_policy`), else None."""
+    path = path.resolve()
+    for folder, package in FAMILY_PACKAGES.items():
+        root = (REPO_ROOT / folder).resolve()
+        if path.is_relative_to(root):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            return ".".join([package, *parts])
+    return None
+
+
+def _import_family_module(path: Path, name: str) -> types.ModuleType:
+    """Import a family file by its package name, and check that the package really is this checkout
+    (a non-editable install elsewhere would silently run other code)."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError as err:
+        raise ModelArgError(f"{path} belongs to the package {name.split('.')[0]!r}, which cannot be imported "
+                            f"({err}); install the repository with `pip install -e .`") from None
+    loaded = Path(getattr(module, "__file__", "") or "").resolve()
+    if loaded != path.resolve():
+        raise ModelArgError(f"{path} belongs to the package {name.split('.')[0]!r}, but `import {name}` loads "
+                            f"{loaded}; reinstall this checkout with `pip install -e .`")
+    return module
+
+
 def _load_module_from_file(path: Path) -> types.ModuleType:
-    """Import a standalone .py file; its folder is put on sys.path so sibling imports work (the
-    reference's `custom_generate=./generate_policy_utils.py:...` files import their neighbours)."""
+    """Import a .py file: a family file (or any file of an importable package) by its module name,
+    anything else as a standalone module whose folder is put on sys.path, so sibling imports work
+    (the reference's `custom_generate=./generate_policy_utils.py:...` files import their neighbours)."""
+    family_name = family_module_name(path)
+    if family_name is not None:
+        return _import_family_module(path, family_name)
     name = _module_name_for(path)
     if name is not None:
         return importlib.import_module(name)

@@ -23,17 +23,29 @@ KIND_ORDER = {"ar": 0, "static": 1, "dynamic": 2, "s2d2": 3}
 KIND_TITLES = {"ar": "AR mode", "static": "static", "dynamic": "dynamic", "s2d2": "S2D2"}
 
 
+def block_length_of(params: Mapping[str, Any]) -> int | None:
+    """Block length of either family's keywords: SDAR `block_length`, Fast-dLLM v2 `block_size`."""
+    return params.get("block_length", params.get("block_size"))
+
+
+def threshold_of(params: Mapping[str, Any]) -> float | None:
+    """Commit threshold of either family: SDAR `confidence_threshold`, Fast-dLLM v2 `threshold`."""
+    return params.get("confidence_threshold", params.get("threshold"))
+
+
 def describe_decoding(kind: str, name: str, params: Mapping[str, Any]) -> str:
-    """Short human label of a decoder configuration, e.g. `dynamic τ=0.9 B=8`."""
-    length, steps = params.get("block_length"), params.get("denoising_steps")
+    """Short human label of a decoder configuration, e.g. `dynamic τ=0.9 B=8`, or with a Fast-dLLM v2
+    sub-block size `S2D2 config_a B=16 SB=4`."""
+    length, steps = block_length_of(params), params.get("denoising_steps")
+    sub_block = f" SB={params['small_block_size']}" if params.get("small_block_size") is not None else ""
     if kind == "ar":
         return "AR mode (B=1)"
     if kind == "static":
         return f"static B={length} S={steps}"
     if kind == "dynamic":
-        return f"dynamic τ={params.get('confidence_threshold'):g} B={length}"
-    short = name[len("s2d2_"):] if name.startswith("s2d2_") else name
-    return f"S2D2 {short} B={length}"
+        return f"dynamic τ={threshold_of(params):g} B={length}{sub_block}"
+    short = next((name[len(prefix):] for prefix in ("s2d2_", "fast_") if name.startswith(prefix)), name)
+    return f"S2D2 {short} B={length}{sub_block}"
 
 
 @dataclass
@@ -67,9 +79,9 @@ def point_from_record(record: Mapping[str, Any]) -> Point:
         label=record.get("label") or describe_decoding(record["decoding"]["kind"], record["decoding"]["name"], params),
         accuracy=metrics["accuracy"], stderr=metrics["accuracy_stderr"], n=metrics["n"], nfe=metrics["nfe_mean"],
         tpf=metrics["tpf"], tokens_per_second=metrics["tokens_per_second"],
-        block_length=params.get("block_length"), denoising_steps=params.get("denoising_steps"),
+        block_length=block_length_of(params), denoising_steps=params.get("denoising_steps"),
         verify_fraction=acceptance.get("verify_fraction", 0.0), mean_accepted=acceptance.get("mean_accepted_length", 0.0),
-        threshold=params.get("confidence_threshold"), path=record.get("_path", ""),
+        threshold=threshold_of(params), path=record.get("_path", ""),
     )
 
 

@@ -3,13 +3,14 @@ Hydra entry point around `run`).
 
 Order of work, cheapest first, so a bad configuration fails in well under a second:
 1. effective decoder keywords (block-length rescaling), typed and checked against the chosen
-   decoder's `config_class`;
+   decoder's `config_class`; a local model's `model_type` checked against the decoder's family;
 2. record path from the resolved configuration; an existing record means the run is skipped;
 3. only then lm-eval, the model and the tasks are loaded and evaluated.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -57,6 +58,16 @@ class RunPlan:
     label: str
 
 
+TINY_MODEL_HINTS = {
+    "sdar-tiny": "the shipped model is made by scripts/train_tiny.py",
+    "fast-dllm-v2-tiny": "the tiny Fast-dLLM v2 model is made by scripts/train_tiny.py --family fast_dllm_v2",
+}
+"""What to run when one of the repository's tiny model directories is missing."""
+
+FAMILY_MODEL_TYPES = {"SDAR": "sdar", "fast_dllm_v2": "Fast_dLLM_Qwen"}
+"""Decoder package -> the config.json `model_type` its decoders are written for."""
+
+
 def _repo_path(path: str) -> Path:
     candidate = Path(path).expanduser()
     return candidate if candidate.is_absolute() else REPO_ROOT / candidate
@@ -74,19 +85,32 @@ def resolve_pretrained(path_or_id: str) -> str:
     looks_local = (path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1 or head == "models"
                    or (REPO_ROOT / head).is_dir() or Path(head).is_dir())
     if looks_local:
-        hint = " (the shipped model is made by scripts/train_tiny.py)" if "sdar-tiny" in path_or_id else ""
+        hint = next((f" ({text})" for name, text in TINY_MODEL_HINTS.items() if name in path_or_id), "")
         raise FileNotFoundError(f"model.pretrained={path_or_id!r}: no model directory at {local}{hint}")
     return path_or_id
 
 
 def effective_decoding_params(cfg: DictConfig) -> dict[str, Any]:
     """The decoder keywords this run uses: the decoding config's params without the unset (None)
-    ones; with top-level `block_length` set, every block decoder (not AR) is moved to it and its
-    steps scaled so that tokens per step are unchanged."""
+    ones; with top-level `block_length` set, every SDAR block decoder (not AR) is moved to it and its
+    steps scaled so that tokens per step are unchanged.
+
+    Fast-dLLM v2 decoders have no steps to scale: they are threshold-driven per sub-block, and the
+    sub-block size is what distinguishes their presets (config A: 4, B: 16, C: the whole block). Moving
+    `block_size` would leave `small_block_size` to be guessed (keep it? scale it? it may no longer
+    divide the block), so a top-level `block_length` with a non-AR Fast-dLLM decoder is an error that
+    names the explicit alternatives: the fast_* presets read `block_size` from `model.block_length`."""
     params = {k: v for k, v in OmegaConf.to_container(cfg.decoding.params, resolve=True).items() if v is not None}
     if cfg.block_length is None or cfg.decoding.kind == "ar":
         return params
     generate = load_object(cfg.decoding.generate, "decoding.generate", (REPO_ROOT,))
+    names = field_types(generate.config_class)
+    if "block_length" not in names or "denoising_steps" not in names:
+        alternative = ("model.block_length=N (the fast_* presets take block_size from it) or "
+                       "decoding.params.block_size=N" if "block_size" in names else "the decoder's own keywords")
+        raise ValueError(f"block_length={cfg.block_length} moves decoders with block_length and denoising_steps "
+                         f"(SDAR); decoding={cfg.decoding.name} ({generate.config_class.__name__}) lacks them: "
+                         f"set {alternative} instead")
     defaults = generate.config_class()
     old_length = params.get("block_length", defaults.block_length)
     old_steps = params.get("denoising_steps", defaults.denoising_steps)
@@ -114,12 +138,14 @@ def _plan(cfg: DictConfig) -> RunPlan:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.task.limit is not None and cfg.task.limit < 1:
         raise ValueError(f"task.limit must be >= 1 (documents per task) or null, got {cfg.task.limit}")
-    resolve_pretrained(cfg.model.pretrained)
+    pretrained = resolve_pretrained(cfg.model.pretrained)
     params = effective_decoding_params(cfg)
     generate = load_object(cfg.decoding.generate, "decoding.generate", (REPO_ROOT,))
     config_class = getattr(generate, "config_class", None)
     if config_class is None:
         raise ValueError(f"decoding.generate={cfg.decoding.generate!r} has no config_class")
+    check_params_fit_decoder(cfg.decoding.name, cfg.decoding.generate, config_class, params)
+    check_model_fits_decoder(pretrained, cfg.decoding.generate, generate)
     typed = type_decoding_args(config_class, params)
     validate_decoding_args(config_class, {**typed, "return_forward_stats": True})
     identity = {
@@ -136,6 +162,38 @@ def _plan(cfg: DictConfig) -> RunPlan:
     defaults = {name: getattr(config_class(), name) for name in field_types(config_class)}
     label = describe_decoding(cfg.decoding.kind, cfg.decoding.name, {**defaults, **params})
     return RunPlan(decoding_params=params, identity=identity, record=path, label=label)
+
+
+def check_params_fit_decoder(name: str, spec: str, config_class: type, params: dict[str, Any]) -> None:
+    """Every key of decoding.params must be a field of the chosen decoder's config; a key that belongs
+    to another decoder (e.g. Fast-dLLM's `small_block_size` given to an SDAR decoder) is named with
+    the decoders that do take it."""
+    from s2d2_eval.config import decoder_config_classes
+
+    unknown = sorted(set(params) - set(field_types(config_class)))
+    if not unknown:
+        return
+    owners = {key: [other for other, cls in decoder_config_classes().items() if key in field_types(cls)]
+              for key in unknown}
+    details = "; ".join(f"{key} is a keyword of {', '.join(found)}" if found else f"{key} is no decoder's keyword"
+                        for key, found in owners.items())
+    raise ValueError(f"decoding={name}: params {unknown} do not fit decoding.generate={spec} "
+                     f"({config_class.__name__}): {details}. Valid: {sorted(field_types(config_class))}")
+
+
+def check_model_fits_decoder(pretrained: str, spec: str, generate: Any) -> None:
+    """A repository decoder with a local model of another family (say `decoding=fast_config_a` with the
+    default `model=sdar_tiny`) fails here, not inside the first forward after the model has loaded.
+    Hub ids and directories without config.json are not checked (that would need a download)."""
+    expected = FAMILY_MODEL_TYPES.get(getattr(generate, "__module__", "").split(".")[0])
+    config_file = Path(pretrained) / "config.json"
+    if expected is None or not config_file.is_file():
+        return
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != expected:
+        raise ValueError(f"decoding.generate={spec} decodes model_type {expected!r}, but model.pretrained="
+                         f"{pretrained} is {model_type!r}; pick a decoding preset of the model's family "
+                         "(fast_* presets for Fast-dLLM v2, the others for SDAR)")
 
 
 def _drop_custom_dataset_notice(record: logging.LogRecord) -> bool:

@@ -5,6 +5,7 @@
     python scripts/run_eval.py task=synthetic_add task.limit=10 dry_run=true   # validate, show the record path
     python scripts/run_eval.py -m decoding=ar,dynamic,s2d2_config_a     # several runs, one record each
     python scripts/run_eval.py sweep=sdar hydra/launcher=slurm          # a sweep on Slurm (submitit)
+    python scripts/run_eval.py model=fast_dllm_v2_7b decoding=fast_config_a   # Fast-dLLM v2: the fast_* presets
 
 The record lands at <results_dir>/<sweep_name>/<model>/<task>/<decoding>-<hash of the resolved
 config>.json and holds the resolved config, seed, git SHA, package versions, device, accuracy with its

@@ -34,6 +34,8 @@ def _compose(overrides: list[str], config_dir: Path = CONFIGS, hydra_cfg: bool =
 def test_every_group_has_options():
     assert {"sdar_tiny", "sdar_8b_chat", "sdar_8b_b16"} <= set(_options("model"))
     assert {"ar", "static", "dynamic", "s2d2_config_a", "s2d2_config_b"} <= set(_options("decoding"))
+    assert {"fast_ar", "fast_threshold", "fast_config_a", "fast_config_b", "fast_config_c"} <= set(_options("decoding"))
+    assert {"fast_dllm_v2_tiny", "fast_dllm_v2_7b", "fast_dllm_v2_1.5b"} <= set(_options("model"))
     assert {"synthetic", "synthetic_add", "humaneval", "gsm8k"} <= set(_options("task"))
 
 
@@ -46,7 +48,8 @@ def test_model_options_compose(option):
 
 @pytest.mark.parametrize("option", _options("decoding"))
 def test_decoding_options_compose_and_fit_their_decoder(option):
-    cfg = _compose([f"decoding={option}"])
+    model = ["model=fast_dllm_v2_tiny"] if option.startswith("fast_") else []  # a preset of the model's family
+    cfg = _compose([*model, f"decoding={option}"])
     assert cfg.decoding.name == option and cfg.decoding.kind in DECODER_KINDS
     config_class = load_object(cfg.decoding.generate, "decoding.generate").config_class
     params = effective_decoding_params(cfg)
@@ -62,7 +65,10 @@ def test_task_options_compose(option):
 @pytest.mark.parametrize("option", _options("sweep"))
 def test_sweep_options_compose(option):
     cfg = _compose([f"sweep={option}"], hydra_cfg=True)
-    assert cfg.sweep_name == "sdar" and cfg.block_length == cfg.model.block_length == 8
+    if option.startswith("fast_dllm_v2"):  # presets read block_size from the model (tests/test_eval_fast_dllm.py)
+        assert cfg.sweep_name == "fast_dllm_v2" and cfg.block_length is None and cfg.model.block_length == 16
+    else:
+        assert cfg.sweep_name == "sdar" and cfg.block_length == cfg.model.block_length == 8
     assert "decoding" in cfg.hydra.sweeper.params and str(cfg.hydra.mode) == "RunMode.MULTIRUN"
 
 
