@@ -21,7 +21,8 @@ Deliberate differences from the reference `generate` (each a fix; see README and
   it, and the output is cut there (the reference rounds it down to whole blocks, then returns whatever
   those blocks hold plus one AR token);
 * no commit forward is spent after the last block (its AR token would lie past the budget) or once
-  every row has stopped;
+  every row has stopped, and positions past the budget are never decoded: they stay masks (as in
+  the reference's canvas) but no step waits for them;
 * a row stops as soon as its generated region holds a stop token with no mask before it, checked after
   every step (the reference finishes the current block first). Nothing before that stop token can
   change afterwards, so the output is the same and only forwards are saved;
@@ -336,13 +337,16 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     blocks.prefill(~finished)
     finished |= blocks.stopped(blocks.prompt_len + 1, stop_ids)  # the prefill's AR token may be a stop
+    budget_end = blocks.prompt_len + cfg.budget  # columns from here on are never output: not decoded
     for b in range(blocks.first_block, blocks.n_blocks):
         recorder.new_block()
         block_end = (b + 1) * cfg.block_size
         for s in range(cfg.block_size // cfg.small_block_size):
             sub, positions = blocks.sub_block(b, s), blocks.sub_positions(b, s)
+            first_column = b * cfg.block_size + s * cfg.small_block_size
+            in_budget = torch.arange(first_column, first_column + cfg.small_block_size, device=device) < budget_end
             while True:
-                masked = (sub == cfg.mask_id) & ~finished[:, None]  # [B, S]
+                masked = (sub == cfg.mask_id) & ~finished[:, None] & in_budget  # [B, S]
                 live = masked.any(-1)  # [B]
                 any_live, refresh = torch.stack([live.any(), (masked[:, 0] & live).any()]).tolist()
                 if not any_live:

@@ -127,7 +127,8 @@ def test_forward_accounting(model):
     out, stats = _run(generate, model, _prompt(8), max_new_tokens=20, threshold=2.0, stopping_criteria_idx=(), **SHAPE)
     assert out.shape == (1, 28) and stats["generated_tokens"] == 20 and (out[0, 8:] != MASK_ID).all()
     # 3 blocks cover columns 8..31, each opened by its AR token; threshold 2 commits one token per draft.
-    assert stats["nfe_by_kind"] == {"prefill": 1, "draft": 3 * 7, "verify": 0, "commit": 2}
+    # The budget ends at column 28, so the last block decodes 25..27 only: columns 28..31 are never output.
+    assert stats["nfe_by_kind"] == {"prefill": 1, "draft": 7 + 7 + 3, "verify": 0, "commit": 2}
 
 
 @pytest.mark.parametrize("policy,extra", [
@@ -153,7 +154,8 @@ def test_no_resample_and_decoding_order(model):
     assert row["resamples"] == 0 and (out[0, 5:] != MASK_ID).all()
     order = row["decoding_order"]
     assert order.count("|") == 3 and order.count(-(8 + 0.5)) == 1  # the AR token of block 1
-    assert len(order) - order.count("|") == (3 + 7 + 7) + 2  # every masked position of blocks 0-2, 2 AR tokens
+    # every masked position up to the budget's end (column 21): 5-7, 9-15, 17-20; plus 2 AR tokens
+    assert len(order) - order.count("|") == (3 + 7 + 4) + 2
 
 
 def test_stop_token_is_included_and_counted(model):
