@@ -216,6 +216,7 @@ class TrainRow:
     labels: list[int]
     branch: list[int]
     block_size: int
+    verifier: list[bool] | None = None  # tokens of a verifier copy (make_shifted_row); None: none
 
 
 def make_row(ids: Sequence[int], prompt_len: int, block_size: int, rng: random.Random,
@@ -250,7 +251,8 @@ def make_row(ids: Sequence[int], prompt_len: int, block_size: int, rng: random.R
 
 def make_shifted_row(ids: Sequence[int], prompt_len: int, block_size: int, rng: random.Random,
                      mask_id: int, pad_id: int) -> TrainRow:
-    """Fast-dLLM v2's row for one encoded example: two complementary masked copies ‖ x_0.
+    """Fast-dLLM v2's row for one encoded example: two complementary masked copies, a verifier copy,
+    then x_0.
 
     The model is shift-aligned (the logit of row t predicts token t + 1), and a decoder never masks a
     block's first position: it comes from the last row of the forward that committed the previous
@@ -262,19 +264,24 @@ def make_shifted_row(ids: Sequence[int], prompt_len: int, block_size: int, rng: 
       masks), so every token is scored exactly once. A masked token at p is scored from row p - 1 of
       its copy's block, which sees that block (bidirectionally) and the clean blocks before it: the
       draft forward. Blocks a copy masks nothing in are left out of it.
+    * beyond Fast-dLLM v2: every maskable token is scored once more, on a VERIFIER copy of its block
+      (clean tokens, causal inside the block, the clean blocks before it as context): exactly the S2D2
+      verifier's forward (block-causal prefix cache, then the block causally), whose shifted logits
+      are q. Fast-dLLM v2 adapts an AR model and relies on it for q; a model trained from scratch
+      has to see this attention pattern to make q agree with its AR mode.
     Labels sit on the TARGET token (the model's shifted loss reads them from the previous row); the
     first token of each copy is a block start, never labelled, so rows can be concatenated. With block
     size 1 nothing is maskable and the row is the plain causal-LM example (AR mode).
     """
     length = math.ceil(len(ids) / block_size) * block_size
     clean = list(ids) + [pad_id] * (length - len(ids))
-    copies: list[list[int]] = [[], []]  # positions of the blocks each copy holds
-    masked: list[set[int]] = [set(), set()]
+    copies: list[list[int]] = [[], [], []]  # positions of the blocks each copy holds (2: verifier)
+    masked: list[set[int]] = [set(), set(), set()]
     for block_start in range((prompt_len // block_size) * block_size, length, block_size):
         maskable = [p for p in range(max(block_start + 1, prompt_len), block_start + block_size)]
         ratio = 1.0 - rng.random()  # t ~ U(0, 1]
         first = {p for p in maskable if rng.random() < ratio}
-        for copy, chosen in enumerate((first, set(maskable) - first)):
+        for copy, chosen in enumerate((first, set(maskable) - first, set(maskable))):
             if chosen:
                 copies[copy].extend(range(block_start, block_start + block_size))
                 masked[copy] |= chosen
@@ -282,18 +289,19 @@ def make_shifted_row(ids: Sequence[int], prompt_len: int, block_size: int, rng: 
     labels: list[int] = []
     branch: list[int] = []
     for copy, positions in enumerate(copies):
-        input_ids += [mask_id if p in masked[copy] else clean[p] for p in positions]
+        input_ids += [mask_id if p in masked[copy] and copy < 2 else clean[p] for p in positions]
         labels += [clean[p] if p in masked[copy] else IGNORE_INDEX for p in positions]
         branch += [copy] * len(positions)
-    n_noised = len(input_ids)
+    n_noised, n_verifier = len(copies[0]) + len(copies[1]), len(copies[2])
     return TrainRow(
         input_ids=input_ids + clean,
-        position_ids=copies[0] + copies[1] + list(range(length)),
-        noised=[True] * n_noised + [False] * length,
+        position_ids=copies[0] + copies[1] + copies[2] + list(range(length)),
+        noised=[True] * n_noised + [False] * (n_verifier + length),
         labels=labels + [clean[p] if p >= prompt_len and p % block_size == 0 else IGNORE_INDEX
                          for p in range(length)],
         branch=branch + [-1] * length,
         block_size=block_size,
+        verifier=[False] * n_noised + [True] * n_verifier + [False] * length,
     )
 
 
@@ -325,27 +333,37 @@ def share_prompt(rows: Sequence[TrainRow]) -> TrainRow:
 
 
 def block_diffusion_mask(position_ids: "torch.Tensor", noised: "torch.Tensor", segment: "torch.Tensor",
-                         branch: "torch.Tensor", block_size: "torch.Tensor") -> "torch.Tensor":
+                         branch: "torch.Tensor", block_size: "torch.Tensor",
+                         verifier: "torch.Tensor | None" = None) -> "torch.Tensor":
     """The SDAR / BD3-LM training mask of doubled rows, from per-token positions and halves.
 
     position_ids [B, T] long, noised [B, T] bool (token of x_t), segment [B, T] long (which packed
     prompt a token belongs to; -1 = batch padding), branch [B, T] long (which answer of that prompt;
-    -1 = shared by all of them), block_size [B, T] long -> bool [B, T, T], True = may attend.
-    Written over positions rather than indices, so a row may hold any subset of an example's x_t
-    tokens, several examples side by side, and several answers sharing one prompt. Each token also
-    keeps itself, so a padding row is never all-False (SDPA would return NaN for it).
+    -1 = shared by all of them), block_size [B, T] long, verifier [B, T] bool or None (tokens of a
+    verifier copy: the clean blocks before theirs, then their own block causally) -> bool [B, T, T],
+    True = may attend. Written over positions rather than indices, so a row may
+    hold any subset of an example's x_t tokens, several examples side by side, and several answers
+    sharing one prompt. Each token also keeps itself, so a padding row is never all-False (SDPA
+    would return NaN for it).
     """
     import torch
 
+    verifier = torch.zeros_like(noised) if verifier is None else verifier
     block = torch.div(position_ids, block_size, rounding_mode="floor")  # [B, T]
     q_block, kv_block = block[:, :, None], block[:, None, :]  # [B, T, 1], [B, 1, T]
     q_noised, kv_noised = noised[:, :, None], noised[:, None, :]
+    q_verifier, kv_verifier = verifier[:, :, None], verifier[:, None, :]
+    q_clean, kv_clean = ~q_noised & ~q_verifier, ~kv_noised & ~kv_verifier
     noised_to_noised = q_noised & kv_noised & (kv_block == q_block)
-    noised_to_clean = q_noised & ~kv_noised & (kv_block < q_block)
-    clean_to_clean = ~q_noised & ~kv_noised & (kv_block <= q_block)
+    noised_to_clean = q_noised & kv_clean & (kv_block < q_block)
+    clean_to_clean = q_clean & kv_clean & (kv_block <= q_block)
+    verifier_to_clean = q_verifier & kv_clean & (kv_block < q_block)
+    verifier_to_verifier = (q_verifier & kv_verifier & (kv_block == q_block)
+                            & (position_ids[:, None, :] <= position_ids[:, :, None]))
     same_example = (segment[:, :, None] == segment[:, None, :]) & (segment >= 0)[:, None, :]
     same_answer = (branch[:, None, :] < 0) | (branch[:, :, None] == branch[:, None, :])
-    mask = (noised_to_noised | noised_to_clean | clean_to_clean) & same_example & same_answer
+    allowed = noised_to_noised | noised_to_clean | clean_to_clean | verifier_to_clean | verifier_to_verifier
+    mask = allowed & same_example & same_answer
     eye = torch.eye(position_ids.shape[1], dtype=torch.bool, device=position_ids.device)
     return mask | eye
 
@@ -408,6 +426,12 @@ def pack(rows: Sequence[TrainRow]) -> list[list[TrainRow]]:
     return lines
 
 
+def _verifier_flags(line: list[TrainRow], width: int) -> list[bool]:
+    """Per-token verifier flags of one packed line, padded to `width`."""
+    flags = [v for r in line for v in (r.verifier or [False] * len(r.input_ids))]
+    return flags + [False] * (width - len(flags))
+
+
 def collate(rows: Sequence[TrainRow], pad_id: int, packed: bool = True) -> dict[str, "torch.Tensor"]:
     """Batch tensors and mask: rows packed into lines (or one row per line), right-padded to the
     longest line of this batch (not a global maximum)."""
@@ -426,6 +450,8 @@ def collate(rows: Sequence[TrainRow], pad_id: int, packed: bool = True) -> dict[
 
     position_ids = torch.tensor([field(line, "position_ids", 0) for line in lines])  # [B, T]
     noised = torch.tensor([field(line, "noised", False) for line in lines])  # [B, T]
+    flags = [v for line in lines for v in _verifier_flags(line, width)]
+    verifier = torch.tensor(flags, dtype=torch.bool).view(len(lines), width)  # [B, T]
     segment = torch.tensor([per_token(line, lambda i, r: i, -1) for line in lines])  # [B, T]
     branch = torch.tensor([field(line, "branch", -1) for line in lines])  # [B, T]
     block_size = torch.tensor([per_token(line, lambda i, r: r.block_size, 1) for line in lines])  # [B, T]
@@ -433,7 +459,7 @@ def collate(rows: Sequence[TrainRow], pad_id: int, packed: bool = True) -> dict[
         "input_ids": torch.tensor([field(line, "input_ids", pad_id) for line in lines]),  # [B, T]
         "position_ids": position_ids,
         "labels": torch.tensor([field(line, "labels", IGNORE_INDEX) for line in lines]),  # [B, T]
-        "attention_mask": block_diffusion_mask(position_ids, noised, segment, branch, block_size),  # [B, T, T]
+        "attention_mask": block_diffusion_mask(position_ids, noised, segment, branch, block_size, verifier),  # [B, T, T]
         "block_size": block_size,  # [B, T]; not a model input, for the per-block-size loss log
     }
 

@@ -275,44 +275,52 @@ def _fast_model(config) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("block_size, prompt_len", [(1, 7), (2, 7), (4, 9), (4, 8), (8, 5)])
-def test_shifted_rows_score_every_answer_token_once(train_tiny, block_size, prompt_len):
-    """Complementary copies: every answer token (EOS and block padding included) is a target exactly
-    once; block starts only on the clean copy, all others only on a masked copy, masked there."""
+def test_shifted_rows_score_every_answer_token_once_per_role(train_tiny, block_size, prompt_len):
+    """Complementary copies: every answer token (EOS and block padding included) is a target; a block
+    start only on the clean copy, every other token once masked on a noised copy and once on the
+    verifier copy, where it is not masked."""
     import random
 
     ids = list(range(10, 10 + prompt_len)) + [40, 41, 42, 43, 44, 45, 2]
+    length = -(-len(ids) // block_size) * block_size
+    padded = ids + [0] * (length - len(ids))
     for seed in range(20):
         row = train_tiny.make_shifted_row(ids, prompt_len, block_size, random.Random(seed), 3, 0)
-        length = -(-len(ids) // block_size) * block_size
-        n_noised = sum(row.noised)
-        assert row.position_ids[n_noised:] == list(range(length)) and set(row.branch[n_noised:]) == {-1}
+        n_clean_start = len(row.input_ids) - length
+        assert row.position_ids[n_clean_start:] == list(range(length)) and set(row.branch[n_clean_start:]) == {-1}
+        assert not any(row.noised[n_clean_start:]) and not any(row.verifier[n_clean_start:])
         targets: dict[int, list[str]] = {}
         for i, label in enumerate(row.labels):
             if label == -100:
                 continue
             pos = row.position_ids[i]
-            padded = ids + [0] * (length - len(ids))
             assert label == padded[pos]
-            targets.setdefault(pos, []).append("clean" if i >= n_noised else "noised")
-            if i < n_noised:
-                assert row.input_ids[i] == 3 and pos % block_size and row.branch[i] in (0, 1)
-                assert row.position_ids[i - 1] == pos - 1 and row.branch[i - 1] == row.branch[i]
-            else:
+            role = "noised" if row.noised[i] else "verifier" if row.verifier[i] else "clean"
+            targets.setdefault(pos, []).append(role)
+            assert row.input_ids[i] == (3 if role == "noised" else padded[pos])
+            if role == "clean":
                 assert pos % block_size == 0
+            else:
+                assert pos % block_size and row.branch[i] == {"noised": row.branch[i], "verifier": 2}[role]
+                assert row.position_ids[i - 1] == pos - 1 and row.branch[i - 1] == row.branch[i]
         assert sorted(targets) == list(range(prompt_len, length))
-        assert all(len(kinds) == 1 for kinds in targets.values())
-        assert row.labels[0] == -100 and (n_noised == 0 or row.position_ids[0] % block_size == 0)
+        for pos, roles in targets.items():
+            assert sorted(roles) == (["clean"] if pos % block_size == 0 else ["noised", "verifier"])
+        assert row.labels[0] == -100 and row.position_ids[0] % block_size == 0
         if block_size == 1:
-            assert n_noised == 0
+            assert len(row.input_ids) == length
 
 
 @pytest.mark.parametrize("block_size, prompt_len", [(1, 6), (4, 9), (4, 8), (8, 5)])
 def test_shifted_rows_give_the_decoders_logits(train_tiny, tiny_fast_dllm_config, block_size, prompt_len):
     """Every scored logit of a packed Fast-dLLM v2 training line equals the logit a decoder gets for
     that token: a masked token from the draft forward of its block (the clean blocks before it, then
-    the noised block, under the model's own block-causal mask), a block start from the block-causal
-    forward of the clean blocks before it (the commit's last row)."""
+    the noised block, under the model's own block-causal mask), a verifier-copy token from the S2D2
+    verifier (block-causal prefix in the cache, then the block causally), a block start from the
+    block-causal forward of the clean blocks before it (the commit's last row)."""
     import random
+
+    from transformers import DynamicCache
 
     model = _fast_model(tiny_fast_dllm_config)
     rng = random.Random(5)
@@ -321,24 +329,35 @@ def test_shifted_rows_give_the_decoders_logits(train_tiny, tiny_fast_dllm_config
     batch = train_tiny.collate(rows, pad_id=0, packed=True)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    position_ids=batch["position_ids"]).logits  # [lines, T, V]
+
+    def verifier_logit(clean: list[int], pos: int) -> torch.Tensor:
+        start = pos - pos % block_size
+        cache = DynamicCache()
+        if start:
+            model(input_ids=torch.tensor([clean[:start]]), block_size=block_size, past_key_values=cache,
+                  use_cache=True, update_past_key_values=True)
+        out = model(input_ids=torch.tensor([clean[start:pos]]), block_size=1, past_key_values=cache, use_cache=True)
+        return out.logits[0, -1]
+
     checked = 0
     for line_index, line in enumerate(train_tiny.pack(rows)):
         offset = 0
         for row in line:
-            n_noised = sum(row.noised)
-            clean = row.input_ids[n_noised:]
+            clean = row.input_ids[len(row.input_ids) - len([b for b in row.branch if b < 0]):]
             for i, label in enumerate(row.labels):
                 if label == -100:
                     continue
                 pos = row.position_ids[i]
                 start = pos - pos % block_size
-                if i < n_noised:  # the draft forward of this copy's block
-                    block = [j for j in range(n_noised) if row.branch[j] == row.branch[i]
+                if row.noised[i]:  # the draft forward of this copy's block
+                    block = [j for j in range(len(row.input_ids)) if row.branch[j] == row.branch[i]
                              and start <= row.position_ids[j] < start + block_size]
                     context = clean[:start] + [row.input_ids[j] for j in block]
+                    reference = model(input_ids=torch.tensor([context]), block_size=block_size).logits[0, pos - 1]
+                elif row.verifier[i]:
+                    reference = verifier_logit(clean, pos)
                 else:  # the block-causal clean prefix
-                    context = clean[:pos]
-                reference = model(input_ids=torch.tensor([context]), block_size=block_size).logits[0, pos - 1]
+                    reference = model(input_ids=torch.tensor([clean[:pos]]), block_size=block_size).logits[0, pos - 1]
                 torch.testing.assert_close(logits[line_index, offset + i - 1], reference, rtol=1e-9, atol=1e-9)
                 checked += 1
             offset += len(row.input_ids)
