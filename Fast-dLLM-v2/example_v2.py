@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--use_attention_mask", action=argparse.BooleanOptionalAction, default=True,
                      help="accepted for compatibility: masks are always exact (explicit where padding needs them)")
     add_dataclass_arguments(parser, S2D2Config)
+    parser.set_defaults(block_size=None)
+    for action in parser._actions:
+        if action.dest == "block_size":
+            action.help = "tokens per block (default: the model config's bd_size, its training block size)"
     parser.add_argument("--no_resample", dest="allow_resample", action="store_false",
                         help="same as --no-allow_resample")
     return parser
@@ -91,16 +95,24 @@ def tokenizer_mask_id(tokenizer) -> int | None:
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     config_cls, decode = DECODERS[args.generate_fn]
+    block_from_model = args.block_size is None
+    if block_from_model:  # checked with the released models' 32 now, with the model's bd_size once loaded
+        args.block_size = FastDecodeConfig.block_size
     try:
         dataclass_from_namespace(S2D2Config, args)
-        cfg = dataclass_from_namespace(config_cls, args)
+        dataclass_from_namespace(config_cls, args)
     except (TypeError, ValueError) as err:
         sys.exit(f"error: {err}")
     problem = {"prompt": args.prompt} if args.prompt is not None else sample_problem()
     model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype)
     if args.mask_id is None:
         args.mask_id = tokenizer_mask_id(tokenizer)
-    cfg = dataclass_from_namespace(config_cls, args)
+    if block_from_model:
+        args.block_size = int(getattr(model.config, "bd_size", FastDecodeConfig.block_size))
+    try:
+        cfg = dataclass_from_namespace(config_cls, args)
+    except (TypeError, ValueError) as err:
+        sys.exit(f"error: {err} (block_size {args.block_size} is the model's bd_size; pass --block_size)")
     text = problem["prompt"]
     if not args.no_chat and tokenizer.chat_template:
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,

@@ -224,7 +224,8 @@ def test_fast_paper_configs_carry_the_paper_values(model, block):
     assert params("fast_config_b") == {**common, **hysteresis, "small_block_size": 16}
     assert params("fast_config_c") == {**common, "small_block_size": block, "do_verify_policy": "mask_span_length",
                                        "min_ssd_span_length": 8, "token_acceptance_estimator": "soft_entropy_negexp"}
-    assert params("fast_greedy") == {**common, **hysteresis, "small_block_size": 4, "acceptance": "greedy_exact"}
+    assert params("fast_greedy") == {**common, "cache_ver": True, "small_block_size": block, "acceptance": "greedy_exact",
+                                     "do_verify_policy": "mask_span_length", "min_ssd_span_length": 1}
     assert params("fast_ar") == {"block_size": 1, "small_block_size": 1, "temperature": 0.0}
     assert params("fast_threshold")["threshold"] == 0.9
     assert all(params(d)["temperature"] == 0.0 for d in FAST_DECODINGS)  # Fast-dLLM evals are greedy

@@ -236,3 +236,17 @@ def test_cli_validates_before_loading_and_names_the_model_flag(tmp_path, capsys)
     if not example_v2.DEFAULT_MODEL.exists():
         with pytest.raises(SystemExit, match="--model"):
             example_v2.main(["--generate_fn", "fast"])
+
+
+@pytest.mark.skipif(not (example_v2.DEFAULT_MODEL / "config.json").is_file(), reason="models/fast-dllm-v2-tiny absent")
+def test_shipped_model_runs_by_default_at_its_block_size(capsys):
+    """example_v2.py with no model flags loads models/fast-dllm-v2-tiny (<= 20 MB) offline, decodes at the
+    model's bd_size, and solves the sample problem with the baseline and with exact S2D2."""
+    size_mb = sum(f.stat().st_size for f in example_v2.DEFAULT_MODEL.iterdir()) / 2**20
+    assert size_mb <= 20, f"shipped model is {size_mb:.1f} MB"
+    for flags in ([], ["--generate_fn", "ssd_policy", "--small_block_size", "16", "--do_verify_policy",
+                        "mask_span_length", "--acceptance", "greedy_exact", "--cache_ver"]):
+        stats = example_v2.main(["--device", "cpu", *flags])
+        printed = capsys.readouterr().out
+        assert "correct: True" in printed, printed
+        assert stats[0]["mean_query_width"] <= 16 and stats[0]["generated_tokens"] > 10
