@@ -12,21 +12,4 @@
 # Every preset decodes at the model's block length (model.block_length=N changes it; the top-level
 # block_length rescales SDAR decoders only and is refused here). Greedy throughout. Runs whose record
 # exists are skipped, so rerunning after an interruption finishes the sweep without repeating work.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python}"
-if [[ -x .venv/bin/python && -z "${VIRTUAL_ENV:-}" ]]; then PYTHON=.venv/bin/python; fi
-
-start=$(date +%s)
-# Validate the configuration and find the record folder before anything long runs.
-sweep_dir=$("$PYTHON" scripts/run_eval.py sweep=fast_dllm_v2 hydra.mode=RUN dry_run=true "$@" | sed -n 's/^sweep_dir: //p')
-if [[ -z "$sweep_dir" ]]; then echo "sweep_fast_dllm_v2.sh: the configuration did not validate (see above)" >&2; exit 2; fi
-
-echo "== stage 1/2: AR mode, threshold baseline, S2D2 (8 runs) -> $sweep_dir"
-"$PYTHON" scripts/run_eval.py sweep=fast_dllm_v2 "$@"
-echo "== stage 2/2: threshold grid (5 runs)"
-"$PYTHON" scripts/run_eval.py sweep=fast_dllm_v2_threshold_grid "$@"
-echo "== table and plots"
-"$PYTHON" scripts/make_table.py "$sweep_dir"
-"$PYTHON" scripts/plot_frontier.py "$sweep_dir"
-echo "== sweep finished in $(( $(date +%s) - start )) s: $sweep_dir"
+exec bash "$(dirname "$0")/sweep_stages.sh" sweep_fast_dllm_v2.sh fast_dllm_v2 "AR mode, threshold baseline, S2D2 (8 runs)" fast_dllm_v2_threshold_grid "threshold grid (5 runs)" "$@"

@@ -11,21 +11,4 @@
 # dynamic baseline over more thresholds. Every block decoder runs at the model's block length
 # (block_length=N overrides it). Runs whose record exists are skipped, so rerunning after an
 # interruption finishes the sweep without repeating work.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python}"
-if [[ -x .venv/bin/python && -z "${VIRTUAL_ENV:-}" ]]; then PYTHON=.venv/bin/python; fi
-
-start=$(date +%s)
-# Validate the configuration and find the record folder before anything long runs.
-sweep_dir=$("$PYTHON" scripts/run_eval.py sweep=sdar hydra.mode=RUN dry_run=true "$@" | sed -n 's/^sweep_dir: //p')
-if [[ -z "$sweep_dir" ]]; then echo "sweep_sdar.sh: the configuration did not validate (see above)" >&2; exit 2; fi
-
-echo "== stage 1/2: AR mode, static, dynamic, S2D2 (9 runs) -> $sweep_dir"
-"$PYTHON" scripts/run_eval.py sweep=sdar "$@"
-echo "== stage 2/2: dynamic-threshold grid (5 runs)"
-"$PYTHON" scripts/run_eval.py sweep=sdar_dynamic_grid "$@"
-echo "== table and plots"
-"$PYTHON" scripts/make_table.py "$sweep_dir"
-"$PYTHON" scripts/plot_frontier.py "$sweep_dir"
-echo "== sweep finished in $(( $(date +%s) - start )) s: $sweep_dir"
+exec bash "$(dirname "$0")/sweep_stages.sh" sweep_sdar.sh sdar "AR mode, static, dynamic, S2D2 (9 runs)" sdar_dynamic_grid "dynamic-threshold grid (5 runs)" "$@"
