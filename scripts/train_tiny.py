@@ -125,6 +125,9 @@ def build_parser() -> OneLineParser:
     optim.add_argument("--answers_per_prompt", type=int, default=1,
                        help="answers drawn per digitsum/letters prompt, sharing its computation; a prompt's "
                             "share of the examples is its --task_weights weight times this")
+    optim.add_argument("--causal_clean_fraction", type=float, default=0.0,
+                       help="fast_dllm_v2: share of block-diffusion rows whose clean copy is causal (the cache_ver "
+                            "cache) instead of block-causal")
     optim.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     optim.add_argument("--min_lr_ratio", type=float, default=0.02, help="cosine floor as a fraction of --lr")
     optim.add_argument("--warmup_steps", type=int, default=100)
@@ -183,6 +186,10 @@ def validate(args: argparse.Namespace) -> None:
         fail(f"--num_heads ({args.num_heads}) must be divisible by --num_kv_heads ({args.num_kv_heads})")
     if args.head_dim % 2:
         fail(f"--head_dim must be even (rotate-half RoPE), got {args.head_dim}")
+    if not 0.0 <= args.causal_clean_fraction <= 1.0:
+        fail(f"--causal_clean_fraction must be in [0, 1], got {args.causal_clean_fraction}")
+    if args.family != "fast_dllm_v2" and args.causal_clean_fraction:
+        fail("--causal_clean_fraction only applies to --family fast_dllm_v2")
     if args.family == "fast_dllm_v2" and args.answers_per_prompt != 1:
         fail("--answers_per_prompt only applies to --family sdar (fast_dllm_v2 rows already hold two "
              "complementary masked copies under one clean copy)")
@@ -217,6 +224,7 @@ class TrainRow:
     branch: list[int]
     block_size: int
     verifier: list[bool] | None = None  # tokens of a verifier copy (make_shifted_row); None: none
+    attention_block: list[int] | None = None  # per-token block size of the mask; None: block_size
 
 
 def make_row(ids: Sequence[int], prompt_len: int, block_size: int, rng: random.Random,
@@ -250,7 +258,7 @@ def make_row(ids: Sequence[int], prompt_len: int, block_size: int, rng: random.R
 
 
 def make_shifted_row(ids: Sequence[int], prompt_len: int, block_size: int, rng: random.Random,
-                     mask_id: int, pad_id: int) -> TrainRow:
+                     mask_id: int, pad_id: int, causal_clean: bool = False) -> TrainRow:
     """Fast-dLLM v2's row for one encoded example: two complementary masked copies, a verifier copy,
     then x_0.
 
@@ -269,6 +277,9 @@ def make_shifted_row(ids: Sequence[int], prompt_len: int, block_size: int, rng: 
       verifier's forward (block-causal prefix cache, then the block causally), whose shifted logits
       are q. Fast-dLLM v2 adapts an AR model and relies on it for q; a model trained from scratch
       has to see this attention pattern to make q agree with its AR mode.
+    With `causal_clean` the clean copy is causal instead of block-causal: the K/V a decoder caches with
+    `cache_ver` (prefill and commits under a causal mask), so drafts and the verifier are trained on
+    that cache as well; the verifier copy then reads exactly AR mode's conditionals.
     Labels sit on the TARGET token (the model's shifted loss reads them from the previous row); the
     first token of each copy is a block start, never labelled, so rows can be concatenated. With block
     size 1 nothing is maskable and the row is the plain causal-LM example (AR mode).
@@ -302,6 +313,7 @@ def make_shifted_row(ids: Sequence[int], prompt_len: int, block_size: int, rng: 
         branch=branch + [-1] * length,
         block_size=block_size,
         verifier=[False] * n_noised + [True] * n_verifier + [False] * length,
+        attention_block=[block_size] * (n_noised + n_verifier) + [1 if causal_clean else block_size] * length,
     )
 
 
@@ -349,17 +361,20 @@ def block_diffusion_mask(position_ids: "torch.Tensor", noised: "torch.Tensor", s
     import torch
 
     verifier = torch.zeros_like(noised) if verifier is None else verifier
-    block = torch.div(position_ids, block_size, rounding_mode="floor")  # [B, T]
-    q_block, kv_block = block[:, :, None], block[:, None, :]  # [B, T, 1], [B, 1, T]
+    # Each token's block under its OWN block size: [start, end). With one block size per example this
+    # is the usual block index comparison; a causal clean copy (block size 1 there) mixes sizes.
+    start = position_ids - torch.remainder(position_ids, block_size)  # [B, T]
+    q_start, q_end, q_pos = start[:, :, None], (start + block_size)[:, :, None], position_ids[:, :, None]
+    kv_pos = position_ids[:, None, :]  # [B, 1, T]
+    in_q_block = (kv_pos >= q_start) & (kv_pos < q_end)
     q_noised, kv_noised = noised[:, :, None], noised[:, None, :]
     q_verifier, kv_verifier = verifier[:, :, None], verifier[:, None, :]
     q_clean, kv_clean = ~q_noised & ~q_verifier, ~kv_noised & ~kv_verifier
-    noised_to_noised = q_noised & kv_noised & (kv_block == q_block)
-    noised_to_clean = q_noised & kv_clean & (kv_block < q_block)
-    clean_to_clean = q_clean & kv_clean & (kv_block <= q_block)
-    verifier_to_clean = q_verifier & kv_clean & (kv_block < q_block)
-    verifier_to_verifier = (q_verifier & kv_verifier & (kv_block == q_block)
-                            & (position_ids[:, None, :] <= position_ids[:, :, None]))
+    noised_to_noised = q_noised & kv_noised & in_q_block
+    noised_to_clean = q_noised & kv_clean & (kv_pos < q_start)
+    clean_to_clean = q_clean & kv_clean & (kv_pos < q_end)
+    verifier_to_clean = q_verifier & kv_clean & (kv_pos < q_start)
+    verifier_to_verifier = q_verifier & kv_verifier & in_q_block & (kv_pos <= q_pos)
     same_example = (segment[:, :, None] == segment[:, None, :]) & (segment >= 0)[:, None, :]
     same_answer = (branch[:, None, :] < 0) | (branch[:, :, None] == branch[:, None, :])
     allowed = noised_to_noised | noised_to_clean | clean_to_clean | verifier_to_clean | verifier_to_verifier
@@ -455,11 +470,13 @@ def collate(rows: Sequence[TrainRow], pad_id: int, packed: bool = True) -> dict[
     segment = torch.tensor([per_token(line, lambda i, r: i, -1) for line in lines])  # [B, T]
     branch = torch.tensor([field(line, "branch", -1) for line in lines])  # [B, T]
     block_size = torch.tensor([per_token(line, lambda i, r: r.block_size, 1) for line in lines])  # [B, T]
+    sizes = [[b for r in line for b in (r.attention_block or [r.block_size] * len(r.input_ids))] for line in lines]
+    attention_block = torch.tensor([row + [1] * (width - len(row)) for row in sizes])  # [B, T]
     return {
         "input_ids": torch.tensor([field(line, "input_ids", pad_id) for line in lines]),  # [B, T]
         "position_ids": position_ids,
         "labels": torch.tensor([field(line, "labels", IGNORE_INDEX) for line in lines]),  # [B, T]
-        "attention_mask": block_diffusion_mask(position_ids, noised, segment, branch, block_size, verifier),  # [B, T, T]
+        "attention_mask": block_diffusion_mask(position_ids, noised, segment, branch, attention_block, verifier),  # [B, T, T]
         "block_size": block_size,  # [B, T]; not a model input, for the per-block-size loss log
     }
 
@@ -610,7 +627,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     mask_id, pad_id = tokenizer.mask_token_id, tokenizer.pad_token_id
     model = build_model(args, tokenizer).train()
     shifted = args.family == "fast_dllm_v2"
-    row_maker = make_shifted_row if shifted else make_row
+
+    def row_maker(ids: list[int], prompt_len: int, block: int) -> TrainRow:
+        if not shifted:
+            return make_row(ids, prompt_len, block, rng, mask_id, pad_id)
+        causal = block > 1 and args.causal_clean_fraction > 0 and rng.random() < args.causal_clean_fraction
+        return make_shifted_row(ids, prompt_len, block, rng, mask_id, pad_id, causal_clean=causal)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -654,7 +676,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             item = next(stream)
             group = [item, *other_answers(item, args.answers_per_prompt - 1, rng)]
             block = 1 if ar_phase else rng.choice(args.block_sizes)
-            answers = [row_maker(*encode_example(tokenizer, it), block, rng, mask_id, pad_id) for it in group]
+            answers = [row_maker(*encode_example(tokenizer, it), block) for it in group]
             rows.append(share_prompt(answers) if len(answers) > 1 else answers[0])
             n_answers += len(answers)
         batch = collate(rows, pad_id, packed=args.pack)

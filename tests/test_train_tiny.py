@@ -311,33 +311,38 @@ def test_shifted_rows_score_every_answer_token_once_per_role(train_tiny, block_s
             assert len(row.input_ids) == length
 
 
+@pytest.mark.parametrize("causal_clean", [False, True])
 @pytest.mark.parametrize("block_size, prompt_len", [(1, 6), (4, 9), (4, 8), (8, 5)])
-def test_shifted_rows_give_the_decoders_logits(train_tiny, tiny_fast_dllm_config, block_size, prompt_len):
+def test_shifted_rows_give_the_decoders_logits(train_tiny, tiny_fast_dllm_config, block_size, prompt_len,
+                                               causal_clean):
     """Every scored logit of a packed Fast-dLLM v2 training line equals the logit a decoder gets for
-    that token: a masked token from the draft forward of its block (the clean blocks before it, then
-    the noised block, under the model's own block-causal mask), a verifier-copy token from the S2D2
-    verifier (block-causal prefix in the cache, then the block causally), a block start from the
-    block-causal forward of the clean blocks before it (the commit's last row)."""
+    that token, over a prefix cache stored block-causally (or causally: `causal_clean`, the decoders'
+    cache_ver): a masked token from the draft forward of its block (the noised block over the cache,
+    under the model's own block mask), a verifier-copy token from the S2D2 verifier (the block
+    causally over the cache), a block start from the last row of the forward that stored the block
+    before it."""
     import random
 
     from transformers import DynamicCache
 
     model = _fast_model(tiny_fast_dllm_config)
     rng = random.Random(5)
-    rows = [train_tiny.make_shifted_row(list(range(10, 10 + prompt_len)) + tail, prompt_len, block_size, rng, 3, 0)
+    rows = [train_tiny.make_shifted_row(list(range(10, 10 + prompt_len)) + tail, prompt_len, block_size, rng, 3, 0,
+                                        causal_clean=causal_clean)
             for tail in ([40, 41, 42, 43, 44, 45, 2], [50, 51, 2], [60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 2])]
     batch = train_tiny.collate(rows, pad_id=0, packed=True)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    position_ids=batch["position_ids"]).logits  # [lines, T, V]
+    cache_block = 1 if causal_clean else block_size
 
-    def verifier_logit(clean: list[int], pos: int) -> torch.Tensor:
-        start = pos - pos % block_size
+    def decoder_logit(prefix: list[int], block: list[int], block_mask: int, row: int = -1) -> torch.Tensor:
+        """Logit at `row` of `block` (mask granularity `block_mask`) over a cache holding `prefix`."""
         cache = DynamicCache()
-        if start:
-            model(input_ids=torch.tensor([clean[:start]]), block_size=block_size, past_key_values=cache,
-                  use_cache=True, update_past_key_values=True)
-        out = model(input_ids=torch.tensor([clean[start:pos]]), block_size=1, past_key_values=cache, use_cache=True)
-        return out.logits[0, -1]
+        if prefix:
+            model(input_ids=torch.tensor([prefix]), block_size=cache_block, past_key_values=cache, use_cache=True,
+                  update_past_key_values=True)
+        return model(input_ids=torch.tensor([block]), block_size=block_mask, past_key_values=cache,
+                     use_cache=True).logits[0, row]
 
     checked = 0
     for line_index, line in enumerate(train_tiny.pack(rows)):
@@ -349,15 +354,14 @@ def test_shifted_rows_give_the_decoders_logits(train_tiny, tiny_fast_dllm_config
                     continue
                 pos = row.position_ids[i]
                 start = pos - pos % block_size
-                if row.noised[i]:  # the draft forward of this copy's block
-                    block = [j for j in range(len(row.input_ids)) if row.branch[j] == row.branch[i]
+                if row.noised[i]:  # the draft forward of this copy's block, read at row pos - 1
+                    block = [row.input_ids[j] for j in range(len(row.input_ids)) if row.branch[j] == row.branch[i]
                              and start <= row.position_ids[j] < start + block_size]
-                    context = clean[:start] + [row.input_ids[j] for j in block]
-                    reference = model(input_ids=torch.tensor([context]), block_size=block_size).logits[0, pos - 1]
+                    reference = decoder_logit(clean[:start], block, block_size, row=pos - 1 - start)
                 elif row.verifier[i]:
-                    reference = verifier_logit(clean, pos)
-                else:  # the block-causal clean prefix
-                    reference = model(input_ids=torch.tensor([clean[:pos]]), block_size=block_size).logits[0, pos - 1]
+                    reference = decoder_logit(clean[:start], clean[start:pos], 1)
+                else:  # the commit (or prefill) forward that stored the block before pos
+                    reference = decoder_logit(clean[: pos - block_size], clean[pos - block_size : pos], cache_block)
                 torch.testing.assert_close(logits[line_index, offset + i - 1], reference, rtol=1e-9, atol=1e-9)
                 checked += 1
             offset += len(row.input_ids)
@@ -374,6 +378,7 @@ def test_fast_dllm_training_writes_a_loadable_model(train_tiny, tmp_path):
 
     out = tmp_path / "fast"
     assert train_tiny.main([*TINY_FLAGS, "--family", "fast_dllm_v2", "--block_sizes", "1,4", "--ar_fraction", "0.3",
+                            "--causal_clean_fraction", "0.5",
                             "--output_dir", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "Fast_dLLM_Qwen" and config["bd_size"] == 4 and config["conplemenrary_mask"]
@@ -396,6 +401,13 @@ def test_fast_dllm_training_writes_a_loadable_model(train_tiny, tmp_path):
         assert [p["task"] for p in predictions] == ["add", "add", "letters", "letters"]
         if mode == "ar":  # one forward per generated token after the prefill (the AR token is free)
             assert all(p["nfe"] >= p["generated_tokens"] - 1 for p in predictions)
+
+
+def test_causal_clean_fraction_is_fast_dllm_only(tmp_path):
+    _assert_fails_fast(["--causal_clean_fraction", "0.5", "--output_dir", str(tmp_path)],
+                       "--causal_clean_fraction only applies to --family fast_dllm_v2")
+    _assert_fails_fast(["--family", "fast_dllm_v2", "--causal_clean_fraction", "1.5", "--output_dir", str(tmp_path)],
+                       "--causal_clean_fraction must be in [0, 1]")
 
 
 def test_answers_per_prompt_is_sdar_only(tmp_path):
