@@ -4,6 +4,7 @@
 #   bash scripts/sweep_sdar.sh                                # shipped tiny model, all 400 synthetic items
 #   bash scripts/sweep_sdar.sh model=sdar_8b_chat task=gsm8k  # a released checkpoint (GPU, hub access)
 #   bash scripts/sweep_sdar.sh block_length=4 task.limit=25   # any run_eval.py override applies to every run
+#   bash scripts/sweep_sdar.sh sweep_name=sdar_t1 decoding.params.do_sample=true decoding.params.temperature=1.0   # sampled at T=1
 #   bash scripts/sweep_sdar.sh hydra/launcher=slurm model=sdar_8b_chat   # one Slurm job per run
 #
 # Stage 1 (configs/sweep/sdar.yaml): AR mode, static, dynamic (tau 0.9), S2D2 configs A and B, the
