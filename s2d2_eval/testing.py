@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-FAMILIES = ("sdar", "fast_dllm_v2")
+from synthetic.checkpoint import FAMILIES
 
 
 def build_random_tiny_model(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 1, seed: int = 0,
@@ -19,47 +19,20 @@ def build_random_tiny_model(out_dir: str | Path, hidden_size: int = 32, num_laye
     """Save config, weights, generation config and tokenizer to `out_dir`; returns it.
 
     `family` picks the architecture: `sdar` (SDARForCausalLM) or `fast_dllm_v2`
-    (Fast_dLLM_QwenForCausalLM, whose `bd_size` is `block_size`). The generation config is built
-    explicitly: one loaded from a model config (`_from_model_config`) drops keys it does not know,
-    such as `mask_token_id`. Stop ids are EOS then pad, as the shipped model's (a block decoded in
-    parallel may show pad before its EOS).
+    (Fast_dLLM_QwenForCausalLM, whose `bd_size` is `block_size`). The layout is the trained models'
+    (`synthetic.checkpoint.save_checkpoint`).
     """
     import torch
-    from transformers import GenerationConfig
 
-    from synthetic.tokenizer import MODEL_MAX_LENGTH, build_tokenizer, save_tokenizer
+    from synthetic.checkpoint import save_checkpoint, tiny_model
+    from synthetic.tokenizer import build_tokenizer
 
-    if family not in FAMILIES:
-        raise ValueError(f"family={family!r}; valid: {', '.join(FAMILIES)}")
-    out = Path(out_dir)
-    tokenizer = build_tokenizer()
     torch.manual_seed(seed)
-    shared = dict(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1, head_dim=hidden_size // 2,
-        max_position_embeddings=MODEL_MAX_LENGTH, tie_word_embeddings=False, use_cache=False,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-        mask_token_id=tokenizer.mask_token_id,
-    )
-    if family == "sdar":
-        from SDAR.configuration_sdar import SDARConfig
-        from SDAR.modeling_sdar import SDARForCausalLM
-
-        model = SDARForCausalLM(SDARConfig(**shared, architectures=["SDARForCausalLM"]))
-    else:
-        from fast_dllm_v2.configuration_fast_dllm import Fast_dLLM_QwenConfig
-        from fast_dllm_v2.modeling_fast_dllm import Fast_dLLM_QwenForCausalLM
-
-        config = Fast_dLLM_QwenConfig(**shared, bd_size=block_size, architectures=["Fast_dLLM_QwenForCausalLM"])
-        model = Fast_dLLM_QwenForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
-        pad_token_id=tokenizer.pad_token_id,
-        mask_token_id=tokenizer.mask_token_id,
-    )
-    model.save_pretrained(out, safe_serialization=True)
-    save_tokenizer(out)
-    return out
+    sizes = dict(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+                 num_attention_heads=2, num_key_value_heads=1, head_dim=hidden_size // 2)
+    if family == "fast_dllm_v2":
+        sizes["bd_size"] = block_size
+    return save_checkpoint(tiny_model(family, build_tokenizer(), **sizes), out_dir)
 
 
 if __name__ == "__main__":

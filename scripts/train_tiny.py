@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
+from synthetic.checkpoint import FAMILIES
 from synthetic.tasks import TASKS
 
 if TYPE_CHECKING:
@@ -68,7 +69,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ("sdar", "fast_dllm_v2")
 DEFAULT_OUTPUT_DIRS = {"sdar": REPO_ROOT / "models" / "sdar-tiny",
                        "fast_dllm_v2": REPO_ROOT / "models" / "fast-dllm-v2-tiny"}
 IGNORE_INDEX = -100
@@ -547,66 +547,23 @@ def source_fingerprint() -> dict[str, str]:
     return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items()}
 
 
-def build_config(args: argparse.Namespace, tokenizer: "PreTrainedTokenizerFast"):
-    """The family's config from the size flags; special-token ids come from the tokenizer, never literals."""
-    from synthetic.tokenizer import MODEL_MAX_LENGTH
-
-    common = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.num_layers,
-        num_attention_heads=args.num_heads,
-        num_key_value_heads=args.num_kv_heads,
-        head_dim=args.head_dim,
-        max_position_embeddings=MODEL_MAX_LENGTH,
-        rope_theta=args.rope_theta,
-        tie_word_embeddings=False,
-        use_cache=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        mask_token_id=tokenizer.mask_token_id,
-    )
-    if args.family == "fast_dllm_v2":
-        from fast_dllm_v2.configuration_fast_dllm import Fast_dLLM_QwenConfig
-
-        return Fast_dLLM_QwenConfig(**common, bd_size=max(args.block_sizes), conplemenrary_mask=True,
-                                    architectures=["Fast_dLLM_QwenForCausalLM"])
-    from SDAR.configuration_sdar import SDARConfig
-
-    return SDARConfig(**common, architectures=["SDARForCausalLM"])
-
-
 def build_model(args: argparse.Namespace, tokenizer: "PreTrainedTokenizerFast"):
-    """A freshly initialised model of `--family` (seeded by the caller)."""
-    config = build_config(args, tokenizer)
+    """A freshly initialised model of `--family` with the size flags (seeded by the caller)."""
+    from synthetic.checkpoint import tiny_model
+
+    sizes = dict(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+                 num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
+                 num_key_value_heads=args.num_kv_heads, head_dim=args.head_dim, rope_theta=args.rope_theta)
     if args.family == "fast_dllm_v2":
-        from fast_dllm_v2.modeling_fast_dllm import Fast_dLLM_QwenForCausalLM
-
-        return Fast_dLLM_QwenForCausalLM(config)
-    from SDAR.modeling_sdar import SDARForCausalLM
-
-    return SDARForCausalLM(config)
+        sizes.update(bd_size=max(args.block_sizes), conplemenrary_mask=True)
+    return tiny_model(args.family, tokenizer, **sizes)
 
 
-def save(model: Any, tokenizer: "PreTrainedTokenizerFast", out_dir: Path, record: dict[str, Any]) -> None:
-    """HF directory: config, safetensors weights, tokenizer, generation config, training record.
+def save(model: Any, out_dir: Path, record: dict[str, Any]) -> None:
+    """HF directory (`synthetic.checkpoint.save_checkpoint`) plus the training record."""
+    from synthetic.checkpoint import save_checkpoint
 
-    The stop tokens are EOS (`<|im_end|>`) and the pad token: pad follows EOS in every training
-    block, so a block decoded in parallel may show pad before its EOS is committed.
-    """
-    from transformers import GenerationConfig
-
-    from synthetic.tokenizer import save_tokenizer
-
-    model.generation_config = GenerationConfig(
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
-        pad_token_id=tokenizer.pad_token_id,
-        mask_token_id=tokenizer.mask_token_id,
-    )
-    model.save_pretrained(out_dir, safe_serialization=True)
-    save_tokenizer(out_dir)
+    save_checkpoint(model, out_dir)
     (out_dir / "training_args.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -727,7 +684,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "data_sources_sha256": data_fingerprint,
         "log": log,
     }
-    save(model, tokenizer, args.output_dir, record)
+    save(model, args.output_dir, record)
     return record
 
 
