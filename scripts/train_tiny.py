@@ -59,7 +59,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from synthetic.checkpoint import FAMILIES
 from synthetic.tasks import TASKS
@@ -441,12 +441,6 @@ def pack(rows: Sequence[TrainRow]) -> list[list[TrainRow]]:
     return lines
 
 
-def _verifier_flags(line: list[TrainRow], width: int) -> list[bool]:
-    """Per-token verifier flags of one packed line, padded to `width`."""
-    flags = [v for r in line for v in (r.verifier or [False] * len(r.input_ids))]
-    return flags + [False] * (width - len(flags))
-
-
 def collate(rows: Sequence[TrainRow], pad_id: int, packed: bool = True) -> dict[str, "torch.Tensor"]:
     """Batch tensors and mask: rows packed into lines (or one row per line), right-padded to the
     longest line of this batch (not a global maximum)."""
@@ -455,8 +449,10 @@ def collate(rows: Sequence[TrainRow], pad_id: int, packed: bool = True) -> dict[
     lines = pack(rows) if packed else [[row] for row in rows]
     width = max(sum(len(r.input_ids) for r in line) for line in lines)
 
-    def field(line: list[TrainRow], name: str, fill: Any) -> list:
-        values = [v for r in line for v in getattr(r, name)]
+    def field(line: list[TrainRow], name: str, fill: Any, missing: Callable[[TrainRow], Any] | None = None) -> list:
+        """The line's values of per-token field `name`, padded with `fill`; a row whose optional
+        field is None contributes `missing(row)` for each of its tokens."""
+        values = [v for r in line for v in (getattr(r, name) or [missing(r)] * len(r.input_ids))]
         return values + [fill] * (width - len(values))
 
     def per_token(line: list[TrainRow], value: Any, fill: Any) -> list:
@@ -465,13 +461,12 @@ def collate(rows: Sequence[TrainRow], pad_id: int, packed: bool = True) -> dict[
 
     position_ids = torch.tensor([field(line, "position_ids", 0) for line in lines])  # [B, T]
     noised = torch.tensor([field(line, "noised", False) for line in lines])  # [B, T]
-    flags = [v for line in lines for v in _verifier_flags(line, width)]
-    verifier = torch.tensor(flags, dtype=torch.bool).view(len(lines), width)  # [B, T]
+    verifier = torch.tensor([field(line, "verifier", False, lambda r: False) for line in lines])  # [B, T]
     segment = torch.tensor([per_token(line, lambda i, r: i, -1) for line in lines])  # [B, T]
     branch = torch.tensor([field(line, "branch", -1) for line in lines])  # [B, T]
     block_size = torch.tensor([per_token(line, lambda i, r: r.block_size, 1) for line in lines])  # [B, T]
-    sizes = [[b for r in line for b in (r.attention_block or [r.block_size] * len(r.input_ids))] for line in lines]
-    attention_block = torch.tensor([row + [1] * (width - len(row)) for row in sizes])  # [B, T]
+    attention_block = torch.tensor([field(line, "attention_block", 1, lambda r: r.block_size)
+                                    for line in lines])  # [B, T]
     return {
         "input_ids": torch.tensor([field(line, "input_ids", pad_id) for line in lines]),  # [B, T]
         "position_ids": position_ids,
