@@ -47,7 +47,7 @@ from synthetic.tasks import TASKS, TEST_SPLIT_PATH, load_jsonl
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODES = ("ar", "baseline", "s2d2")
 EVAL_GEN_LENGTH = 64
-"""Generation budget: the longest synthetic answer is 38 tokens with its EOS; 128 (the decoders'
+"""Generation budget: the longest synthetic answer is 56 tokens with its EOS; 128 (the decoders'
 default) only wastes forwards on a row that never stops."""
 
 

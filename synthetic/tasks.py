@@ -35,17 +35,35 @@ token that depends on a free choice has a broad marginal before it is made):
 
 * ``digitsum`` -- prompt ``sum3 14 in 2..8``: three digits, each in 2..8
   inclusive, whose sum is 14, answered as one 3-character string. The digits
-  are drawn uniformly from all valid solutions, and the target first writes the
-  two free digits, their sum and the remainder, which is the third digit:
-  ``2+5=07,14-07=7 #### 257``. The free choices (``2``, ``5``) stay next to
-  each other, so parallel decoding can still mix modes, while every determined
-  token is one small lookup (in the probe, ``#### 257`` alone reached only 41%,
-  because the third digit ``t-d1-d2`` had to be computed in one token; with
-  this scratchpad it reached 85% after equally few steps). The sum is
-  zero-padded to two digits (``sum3 09 in 0..8``) like the ``chain`` values.
+  are drawn uniformly from all valid solutions. The target makes each free
+  choice inside a range it has just written:
+  ``14-16=00,14-04=10,2..8:2,14-2=12,4..8:5,12-5=7 #### 257``.
+  It first subtracts the largest and the smallest sum the two later digits
+  can make (``2*hi``, ``2*lo``) from the total, floored at ``00``; clipped to
+  ``lo..hi`` these are the first digit's feasible range (``2..8``). Each free
+  digit then follows its range, and each step writes the sum left; the range
+  of the second digit is the sum left minus ``hi`` and minus ``lo``, clipped,
+  and after the last free choice the sum left is the last digit. The free
+  choices (``2``, ``5``) keep broad marginals, and the second range depends
+  on the first choice, so parallel decoding still mixes modes, while every
+  determined token is one small lookup. Earlier formats failed when sampled
+  at temperature 1 (AR mode of the tiny model, greedy 99-100% throughout):
+  ``#### 257`` alone reached only 41% in an early probe, because the third
+  digit had to be computed in one token; ``2+5=07,14-07=7 #### 257`` about
+  88%, because each digit's feasible range was never written and the model
+  put a few percent of mass outside it; ranges without the two subtractions
+  about 93%, because on held-out prompts the model copied ``lo..hi`` where
+  the first range has to be clipped. With the subtractions it reached
+  97-98% (GPU probes of the shipped recipe, two seeds). The sum is
+  zero-padded to two digits (``sum3 09 in 0..8``), like the ``chain`` values.
 * ``letters`` -- prompt ``inc 4 c..p``: four lowercase letters in strictly
-  increasing alphabetical order, the first being ``c`` and none after ``p``.
-  Target is ``#### cfkp`` drawn uniformly from all valid solutions.
+  increasing alphabetical order, the first being ``c`` and none after ``p``,
+  drawn uniformly from all valid solutions. As for ``digitsum``, each free
+  letter follows the range it must come from: after the previous letter and
+  early enough to leave room for the letters after it,
+  ``d..n:f,g..o:k,l..p:p #### cfkp``. With the bare ``#### cfkp`` the model
+  reached 100% greedy but about 88% sampled; its misses overshot ``p`` or
+  left too few letters for the rest.
 
 Why the many-valid tasks carry a range (``in 2..8``, ``..p``): with only
 "three digits summing to t" (28 prompts) or "n letters starting with c"
@@ -230,11 +248,28 @@ def digitsum_params() -> tuple[tuple[int, int, int], ...]:
     )
 
 
-def digitsum_scratchpad(t: int, answer: str) -> str:
-    """``d1+d2=ss,tt-ss=d3``: turns the third digit into two one-lookup steps."""
-    free = answer[:-1]
-    partial = sum(int(d) for d in free)
-    return f"{'+'.join(free)}={partial:02d},{t:02d}-{partial:02d}={answer[-1]}"
+def digitsum_scratchpad(t: int, lo: int, hi: int, answer: str) -> str:
+    """``tt-HH=aa,tt-LL=bb,lo1..hi1:d1,tt-d1=rr,lo2..hi2:d2,rr-d2=d3``: free digits after their ranges.
+
+    ``HH``/``LL`` are the largest/smallest sums the digits after the first can
+    make, and ``aa``/``bb`` the total minus them (floored at 0): the first
+    digit's bounds before clipping to ``lo..hi``. A digit is feasible when the
+    digits after it, each in ``lo..hi``, can still make up the rest of the sum.
+    Sums are zero-padded to two digits except the sum left after the last free
+    choice, which is the last digit itself.
+    """
+    after_first = len(answer) - 1
+    steps = [f"{t:02d}-{after_first * hi:02d}={max(0, t - after_first * hi):02d}",
+             f"{t:02d}-{after_first * lo:02d}={t - after_first * lo:02d}"]
+    left = t
+    for index, digit in enumerate(int(d) for d in answer[:-1]):
+        after = len(answer) - index - 1
+        low, high = max(lo, left - after * hi), min(hi, left - after * lo)
+        rest = left - digit
+        rest_text = str(rest) if after == 1 else f"{rest:02d}"
+        steps.append(f"{low}..{high}:{digit},{left:02d}-{digit}={rest_text}")
+        left = rest
+    return ",".join(steps)
 
 
 def make_digitsum_item(t: int, lo: int, hi: int, answer: str) -> Item:
@@ -242,7 +277,7 @@ def make_digitsum_item(t: int, lo: int, hi: int, answer: str) -> Item:
     if answer not in digitsum_solutions(t, lo, hi):
         raise ValueError(f"{answer!r} is not a solution of sum {t} in {lo}..{hi}")
     prompt = f"sum{DIGITSUM_LENGTH} {t:02d} in {lo}..{hi}"
-    return _item("digitsum", prompt, digitsum_scratchpad(t, answer), answer, {"t": t, "lo": lo, "hi": hi})
+    return _item("digitsum", prompt, digitsum_scratchpad(t, lo, hi, answer), answer, {"t": t, "lo": lo, "hi": hi})
 
 
 def _make_digitsum(rng: random.Random) -> Item:
@@ -273,11 +308,22 @@ def letters_params() -> tuple[tuple[int, str, str], ...]:
     )
 
 
+def letters_scratchpad(hi: str, answer: str) -> str:
+    """``lo..hi:x`` for every letter after the first: after the previous one, leaving room for the rest."""
+    last = ALPHABET.index(hi)
+    steps = []
+    for index in range(1, len(answer)):
+        low = ALPHABET[ALPHABET.index(answer[index - 1]) + 1]
+        high = ALPHABET[last - (len(answer) - 1 - index)]
+        steps.append(f"{low}..{high}:{answer[index]}")
+    return ",".join(steps)
+
+
 def make_letters_item(n: int, c: str, hi: str, answer: str) -> Item:
     """Item whose training target is the given valid ``answer``."""
     if answer not in letters_solutions(n, c, hi):
         raise ValueError(f"{answer!r} is not a solution of inc {n} {c}..{hi}")
-    return _item("letters", f"inc {n} {c}..{hi}", "", answer, {"n": n, "c": c, "hi": hi})
+    return _item("letters", f"inc {n} {c}..{hi}", letters_scratchpad(hi, answer), answer, {"n": n, "c": c, "hi": hi})
 
 
 def _make_letters(rng: random.Random) -> Item:

@@ -134,7 +134,15 @@ def test_length_budget() -> None:
     for task in tasks.TASKS:
         for item in _sample(task, 2000, seed=5):
             assert len(item["prompt"]) <= 24, item
-            assert len(item["target"]) <= 40, item
+            assert len(item["target"]) <= 56, item
+
+
+def test_generation_budget_fits_every_answer() -> None:
+    """The lm-eval task's max_gen_toks leaves room for the longest target and its stop token."""
+    template = Path(__file__).resolve().parent.parent / "s2d2_eval" / "tasks" / "synthetic" / "_synthetic_template_yaml"
+    budget = int(re.search(r"max_gen_toks: (\d+)", template.read_text()).group(1))
+    longest = max(len(item["target"]) for task in tasks.TASKS for item in _sample(task, 500, seed=6))
+    assert longest + 1 <= budget
 
 
 # Targets are correct ---------------------------------------------------------
@@ -201,22 +209,63 @@ def test_padded_known_examples() -> None:
     small = tasks.make_chain_item(4, ["*2", "-1"])
     assert small["target"] == "04*2=08,08-1=07 #### 7" and small["answer"] == "7"
     digits = tasks.make_digitsum_item(9, 0, 8, "225")
-    assert (digits["prompt"], digits["target"]) == ("sum3 09 in 0..8", "2+2=04,09-04=5 #### 225")
+    assert (digits["prompt"], digits["target"]) == ("sum3 09 in 0..8",
+                                                     "09-16=00,09-00=09,0..8:2,09-2=07,0..7:2,07-2=5 #### 225")
     digits = tasks.make_digitsum_item(14, 2, 8, "257")
-    assert (digits["prompt"], digits["target"]) == ("sum3 14 in 2..8", "2+5=07,14-07=7 #### 257")
+    assert (digits["prompt"], digits["target"]) == ("sum3 14 in 2..8",
+                                                     "14-16=00,14-04=10,2..8:2,14-2=12,4..8:5,12-5=7 #### 257")
+    digits = tasks.make_digitsum_item(20, 6, 9, "866")  # both ends of the first range clipped
+    assert digits["target"] == "20-18=02,20-12=08,6..8:8,20-8=12,6..6:6,12-6=6 #### 866"
     letters = tasks.make_letters_item(4, "c", "p", "cfkp")
-    assert (letters["prompt"], letters["target"]) == ("inc 4 c..p", "#### cfkp")
+    assert (letters["prompt"], letters["target"]) == ("inc 4 c..p", "d..n:f,g..o:k,l..p:p #### cfkp")
+    assert tasks.make_letters_item(3, "i", "v", "ikv")["target"] == "j..u:k,l..v:v #### ikv"
+
+
+def _feasible(prefix_ok, candidates) -> str:
+    """``lo..hi`` of the candidates that keep a completion possible (they must be contiguous)."""
+    kept = [c for c in candidates if prefix_ok(c)]
+    assert kept == list(candidates)[candidates.index(kept[0]):candidates.index(kept[-1]) + 1]
+    return f"{kept[0]}..{kept[-1]}"
 
 
 def test_digitsum_targets_recompute() -> None:
-    pattern = re.compile(r"(\d)\+(\d)=(\d\d),(\d\d)-(\d\d)=(\d) #### (\d{3})")
+    """Every range, difference and digit of the scratchpad, against a brute force over all triples."""
+    pattern = re.compile(r"(\d\d)-(\d\d)=(\d\d),(\d\d)-(\d\d)=(\d\d),(\d\.\.\d):(\d),(\d\d)-(\d)=(\d\d),"
+                         r"(\d\.\.\d):(\d),(\d\d)-(\d)=(\d) #### (\d{3})")
     for item in _sample("digitsum", PROPERTY_ITEMS_PER_TASK, seed=25):
         t, lo, hi = map(int, re.fullmatch(r"sum3 (\d\d) in (\d)\.\.(\d)", item["prompt"]).groups())
         assert item["meta"] == {"t": t, "lo": lo, "hi": hi}
-        d1, d2, partial, total, partial_again, d3, answer = pattern.fullmatch(item["target"]).groups()
-        assert int(partial) == int(d1) + int(d2) == int(partial_again)
-        assert int(total) == t and int(d3) == t - int(partial)
-        assert answer == d1 + d2 + d3 == item["answer"]
+        (t1, most, above, t2, least, below, range1, d1, t3, d1_again, left, range2, d2, left_again,
+         d2_again, d3, answer) = pattern.fullmatch(item["target"]).groups()
+        assert int(t1) == int(t2) == int(t3) == t
+        assert (int(most), int(least)) == (2 * hi, 2 * lo)
+        assert (int(above), int(below)) == (max(0, t - 2 * hi), t - 2 * lo)
+        digits = range(lo, hi + 1)
+        triples = [c for c in itertools.product(digits, repeat=3) if sum(c) == t]
+        assert range1 == _feasible(lambda a: any(c[0] == a for c in triples), digits)
+        assert range2 == _feasible(lambda b: any(c[:2] == (int(d1), b) for c in triples), digits)
+        assert d1 == d1_again and d2 == d2_again and int(left) == int(left_again) == t - int(d1)
+        assert int(d3) == int(left) - int(d2)
+        assert answer == d1 + d2 + d3 == item["answer"] and tuple(map(int, answer)) in triples
+
+
+def test_letters_targets_recompute() -> None:
+    """Each written range holds exactly the letters that still allow a valid answer."""
+    for item in _sample("letters", PROPERTY_ITEMS_PER_TASK, seed=26):
+        n, first, hi = item["meta"]["n"], item["meta"]["c"], item["meta"]["hi"]
+        scratch, answer = item["target"].split(" #### ")
+        assert answer == item["answer"] and answer[0] == first and len(answer) == n
+        valid = [first + "".join(rest) for rest in itertools.combinations(string.ascii_lowercase, n - 1)
+                 if first < rest[0] and rest[-1] <= hi]
+        steps = scratch.split(",")
+        assert len(steps) == n - 1
+        for index, step in enumerate(steps, start=1):
+            written, chosen = step.split(":")
+            assert chosen == answer[index]
+            prefix = answer[:index]
+            assert written == _feasible(lambda x: any(v.startswith(prefix + x) for v in valid),
+                                        string.ascii_lowercase)
+        assert answer in valid
 
 
 def test_chain_rejects_out_of_range() -> None:
