@@ -53,6 +53,7 @@ import json
 import math
 import os
 import random
+import re
 import shlex
 import sys
 import tempfile
@@ -141,6 +142,9 @@ def build_parser() -> OneLineParser:
                      help="torch CPU threads. 1 by default: on two cores shared with other work, 2 threads "
                           "measured 7.3 s/step against 0.28 s/step for 1 (each parallel region waits for "
                           "the thread that lost its core); use 2 only on an otherwise idle machine")
+    run.add_argument("--device", default="cpu",
+                     help="torch device to train on (cpu, cuda, cuda:1, ...); the shipped models were trained "
+                          "on cpu, and another device gives different rounding, so not the same weights")
     run.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                      help="bfloat16 autocast for the forward (weights, optimiser and loss stay float32); "
                           "matmuls run about 3x faster on CPUs with AVX512-BF16")
@@ -190,6 +194,13 @@ def validate(args: argparse.Namespace) -> None:
         fail(f"--causal_clean_fraction must be in [0, 1], got {args.causal_clean_fraction}")
     if args.family != "fast_dllm_v2" and args.causal_clean_fraction:
         fail("--causal_clean_fraction only applies to --family fast_dllm_v2")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        fail(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.device != "cpu":
+        import torch  # only here: a CPU run keeps validation free of the torch import
+
+        if not torch.cuda.is_available():
+            fail(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
     if args.family == "fast_dllm_v2" and args.answers_per_prompt != 1:
         fail("--answers_per_prompt only applies to --family sdar (fast_dllm_v2 rows already hold two "
              "complementary masked copies under one clean copy)")
@@ -572,12 +583,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     from synthetic.tasks import iter_training_items
     from synthetic.tokenizer import build_tokenizer, encode_example
 
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     tokenizer = build_tokenizer()
     mask_id, pad_id = tokenizer.mask_token_id, tokenizer.pad_token_id
-    model = build_model(args, tokenizer).train()
+    model = build_model(args, tokenizer).to(device).train()
     shifted = args.family == "fast_dllm_v2"
 
     def row_maker(ids: list[int], prompt_len: int, block: int) -> TrainRow:
@@ -631,11 +643,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             answers = [row_maker(*encode_example(tokenizer, it), block) for it in group]
             rows.append(share_prompt(answers) if len(answers) > 1 else answers[0])
             n_answers += len(answers)
-        batch = collate(rows, pad_id, packed=args.pack)
+        batch = {name: value.to(device) for name, value in collate(rows, pad_id, packed=args.pack).items()}
         block_size = batch.pop("block_size")
         # The math SDPA kernel: for these short rows CPU flash attention's backward costs more than
         # all the matmuls together (measured 0.34 vs 0.27 s/step).
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16), sdpa_kernel(SDPBackend.MATH):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16), sdpa_kernel(SDPBackend.MATH):
             out = model(**batch)
         loss = out.loss
         optimizer.zero_grad(set_to_none=True)

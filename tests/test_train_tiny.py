@@ -93,6 +93,7 @@ def test_training_writes_a_loadable_deterministic_model(train_tiny, tmp_path):
         (["--block_sizes", "1,0,4"], "--block_sizes"),
         (["--num_heads", "3", "--num_kv_heads", "2"], "--num_heads"),
         (["--no_such_flag", "1"], "unrecognized"),
+        (["--device", "tpu"], "--device"),
     ],
 )
 def test_bad_arguments_fail_fast_in_one_line(tmp_path, flags, message):
@@ -104,6 +105,14 @@ def test_unwritable_output_dir_fails_fast(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     _assert_fails_fast(["--output_dir", str(blocker / "model")], "--output_dir")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_fails_before_training(tmp_path):
+    proc = subprocess.run([sys.executable, str(TRAIN_SCRIPT), "--device", "cuda", "--output_dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert proc.returncode != 0 and "--device cuda" in proc.stderr and "no CUDA device" in proc.stderr, proc.stderr
+    assert "parameters" not in proc.stderr and not (tmp_path / "out").exists()
 
 
 def _assert_fails_fast(flags: list[str], message: str) -> None:
