@@ -7,6 +7,7 @@ tokens depend on each other (``add``, ``chain``) and two have many valid answers
 several tokens in parallel fails and self-speculative verification helps.
 
 Modules: :mod:`synthetic.tasks` (seeded generator and the shipped test split),
-:mod:`synthetic.scorer` (pure answer checking) and :mod:`synthetic.tokenizer`
+:mod:`synthetic.validation` (the validation split that chooses between training
+runs), :mod:`synthetic.scorer` (pure answer checking) and :mod:`synthetic.tokenizer`
 (character-level Hugging Face tokenizer with a ChatML-like template).
 """

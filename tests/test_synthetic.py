@@ -23,7 +23,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
 
-from synthetic import scorer, tasks  # noqa: E402
+from synthetic import scorer, tasks, validation  # noqa: E402
 from synthetic import tokenizer as tok_mod  # noqa: E402
 
 PROPERTY_ITEMS_PER_TASK = 3000
@@ -450,6 +450,22 @@ def test_write_test_cli_gives_identical_bytes(tmp_path: Path) -> None:
     out = tmp_path / "test.jsonl"
     assert tasks.main(["--write-test", "--out", str(out)]) == 0
     assert out.read_bytes() == tasks.TEST_SPLIT_PATH.read_bytes()
+
+
+def test_validation_split_file_is_reproducible_and_never_shares_a_test_prompt(tmp_path: Path) -> None:
+    expected = tasks.dump_jsonl(validation.val_split_items()).encode("ascii")
+    assert validation.VAL_SPLIT_PATH.read_bytes() == expected
+    out = tmp_path / "val.jsonl"
+    assert validation.main(["--out", str(out)]) == 0
+    assert out.read_bytes() == expected
+    items = tasks.load_jsonl(validation.VAL_SPLIT_PATH)
+    n = validation.VAL_N_PER_TASK
+    assert Counter(item["task"] for item in items) == {task: n for task in tasks.TASKS}
+    assert len({item["prompt"] for item in items}) == len(items) == 4 * n
+    assert all(item["id"].startswith("val-") for item in items)
+    assert not {item["prompt"] for item in items} & tasks.test_prompts()
+    for item in items:  # every item is a valid one: its own target scores
+        assert scorer.score(item, item["target"])
 
 
 def test_test_split_contents(test_split: list[dict]) -> None:

@@ -1,0 +1,105 @@
+"""Tests of `scripts/select_tiny.py`, which chooses between training runs on the validation split."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_MODEL = REPO_ROOT / "models" / "sdar-tiny"
+
+
+@pytest.fixture(scope="module")
+def select_tiny() -> ModuleType:
+    path = REPO_ROOT / "scripts" / "select_tiny.py"
+    spec = importlib.util.spec_from_file_location("_script_select_tiny", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(per_task: dict[str, tuple[int, int]], seed: int = 0) -> dict:
+    """An eval_tiny record reduced to what selection reads: task -> (correct, n)."""
+    return {"seed": seed, "per_task": {task: {"accuracy": round(c / n, 4), "n": n} for task, (c, n) in per_task.items()}}
+
+
+def test_pooling_sums_counts_over_seeds(select_tiny):
+    runs = [_run({"add": (99, 100), "letters": (93, 100)}, 0), _run({"add": (100, 100), "letters": (98, 100)}, 1)]
+    pooled = select_tiny.pooled(runs)
+    assert pooled["add"] == {"correct": 199, "n": 200, "accuracy": 0.995}
+    assert pooled["letters"] == {"correct": 191, "n": 200, "accuracy": 0.955}
+    summary = select_tiny.summarize(Path("m"), runs)
+    assert summary["worst_task"] == "letters" and summary["worst_task_accuracy"] == 0.955
+    assert summary["overall_accuracy"] == 0.975
+    assert summary["per_seed"] == {"0": {"add": 0.99, "letters": 0.93}, "1": {"add": 1.0, "letters": 0.98}}
+
+
+def test_the_worst_task_decides_then_overall_then_order(select_tiny):
+    # a higher mean does not beat a better worst task
+    strong_mean = select_tiny.summarize(Path("a"), [_run({"add": (200, 200), "letters": (186, 200)})])
+    even = select_tiny.summarize(Path("b"), [_run({"add": (192, 200), "letters": (190, 200)})])
+    assert select_tiny.choose([strong_mean, even]) == 1
+    # equal worst tasks: the higher overall accuracy wins
+    better_rest = select_tiny.summarize(Path("c"), [_run({"add": (196, 200), "letters": (190, 200)})])
+    assert select_tiny.choose([even, better_rest]) == 1
+    # a full tie keeps the earlier candidate
+    same = select_tiny.summarize(Path("d"), [_run({"add": (192, 200), "letters": (190, 200)})])
+    assert select_tiny.choose([even, same]) == 0 and select_tiny.choose([same, even]) == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--split", str(REPO_ROOT / "synthetic" / "data" / "test.jsonl")], "selection on the test set"),
+        (["--temperature", "0"], "--temperature must be > 0"),
+        (["--eval_seeds", "1,1"], "distinct seeds"),
+        (["--limit", "0"], "--limit must be a positive integer"),
+        (["--out", str(REPO_ROOT)], "is a directory"),
+    ],
+)
+def test_bad_input_fails_before_any_decoding(select_tiny, capsys, tmp_path, extra, message):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # never loaded: validation fails first
+    with pytest.raises(SystemExit) as exc:
+        select_tiny.main([str(model), *extra])
+    assert exc.value.code != 0 and message in capsys.readouterr().err
+
+
+def test_missing_or_repeated_candidates_are_refused(select_tiny, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        select_tiny.main([str(tmp_path / "absent")])
+    assert "config.json missing" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        select_tiny.main([str(tmp_path), f"{tmp_path}/."])
+    assert "listed twice" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").is_file(), reason="models/sdar-tiny not trained yet")
+def test_identical_candidates_score_identically_and_the_first_is_chosen(select_tiny, capsys, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(SHIPPED_MODEL, copy)
+    out = tmp_path / "choice.json"
+    assert select_tiny.main([str(copy), str(SHIPPED_MODEL), "--limit", "2", "--eval_seeds", "0,5",
+                             "--threads", "1", "--out", str(out)]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads(out.read_text()) == record
+    first, second = record["candidates"]
+    assert record["chosen"] == str(copy)
+    assert first["per_task"] == second["per_task"] and first["per_seed"] == second["per_seed"]
+    assert {task: entry["n"] for task, entry in first["per_task"].items()} == {
+        "add": 4, "chain": 4, "digitsum": 4, "letters": 4}
+    assert record["split"].endswith("val.jsonl") and record["eval_seeds"] == [0, 5]
