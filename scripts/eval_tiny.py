@@ -142,7 +142,8 @@ def load_items(path: Path, tasks: list[str], limit: int | None) -> dict[str, lis
 def summarize(rows: list[dict], batch_walls: list[float]) -> dict[str, Any]:
     """Accuracy with standard error and speed figures over scored rows (one dict per item)."""
     n = len(rows)
-    acc = sum(r["correct"] for r in rows) / n
+    correct = sum(r["correct"] for r in rows)
+    acc = correct / n
     generated = sum(r["stats"]["generated_tokens"] for r in rows)
     by_kind: dict[str, float] = defaultdict(float)
     for r in rows:
@@ -152,6 +153,7 @@ def summarize(rows: list[dict], batch_walls: list[float]) -> dict[str, Any]:
     wall = sum(batch_walls)
     out = {
         "n": n,
+        "correct": correct,
         "accuracy": round(acc, 4),
         "stderr": round(math.sqrt(acc * (1 - acc) / n), 4),
         "nfe": round(sum(r["stats"]["nfe"] for r in rows) / n, 3),
@@ -251,16 +253,21 @@ def evaluate(args: argparse.Namespace, cfg: Any, generate: Callable) -> dict[str
     }
 
 
+def reject_non_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """`parser.error` for the first of these integer flags that is set and not positive."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name} must be a positive integer, got {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(chosen_family(argv))
     args = parser.parse_args(argv)
     unknown = [t for t in args.tasks.split(",") if t and t not in TASKS]
     if unknown:
         parser.error(f"unknown task(s) {unknown}; valid: {', '.join(TASKS)}")
-    for name in ("limit", "batch_size", "threads"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            parser.error(f"--{name} must be a positive integer, got {value}")
+    reject_non_positive(parser, args, ("limit", "batch_size", "threads"))
     try:
         cfg, generate = decode_setting(args, parser)
     except (TypeError, ValueError) as err:

@@ -70,10 +70,7 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("choosing a model on the test split is selection on the test set; use the validation split")
     if not args.temperature > 0:
         parser.error(f"--temperature must be > 0 (the rule compares sampled accuracy), got {args.temperature}")
-    for name in ("limit", "batch_size", "threads"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            parser.error(f"--{name} must be a positive integer, got {value}")
+    eval_tiny.reject_non_positive(parser, args, ("limit", "batch_size", "threads"))
     if args.out is not None:
         if args.out.is_dir():
             parser.error(f"--out {args.out} is a directory; give a file path")
@@ -89,7 +86,7 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for run in runs:
         for task, stats in run["per_task"].items():
             entry = out.setdefault(task, {"correct": 0, "n": 0})
-            entry["correct"] += round(stats["accuracy"] * stats["n"])
+            entry["correct"] += stats["correct"]
             entry["n"] += stats["n"]
     for entry in out.values():
         entry["accuracy"] = round(entry["correct"] / entry["n"], 4)

@@ -31,7 +31,8 @@ def select_tiny() -> ModuleType:
 
 def _run(per_task: dict[str, tuple[int, int]], seed: int = 0) -> dict:
     """An eval_tiny record reduced to what selection reads: task -> (correct, n)."""
-    return {"seed": seed, "per_task": {task: {"accuracy": round(c / n, 4), "n": n} for task, (c, n) in per_task.items()}}
+    return {"seed": seed,
+            "per_task": {task: {"accuracy": round(c / n, 4), "n": n, "correct": c} for task, (c, n) in per_task.items()}}
 
 
 def test_pooling_sums_counts_over_seeds(select_tiny):
