@@ -32,10 +32,11 @@ Deliberate differences from the reference `generate` (each a fix; see README and
 * `draft_ver` makes the rows before the first masked position of the BLOCK causal (upstream indexed the
   block's rows with a sub-block offset).
 
-Batches are LEFT-padded (as lm-eval and tokenizers with padding_side="left" give them): padded keys are
-masked out, and each row's position ids start at 0 on its first real token, so batch 1 behaves exactly as
-the reference. Rows whose padding is a whole number of blocks decode as they do alone, except that with
-`use_block_cache` a full-block refresh is done for every row when any row needs one.
+Batches come LEFT-padded (as lm-eval and tokenizers with padding_side="left" give them);
+`common.sequence.SequenceBuffer` re-pads each row by whole blocks, so every row's blocks, positions,
+masks and budget are exactly its batch-1 ones and a batch gives each row the tokens it gets alone (for
+decoders that draw no random numbers). One exception: with `use_block_cache`, a full-block refresh is
+done for every row when any row needs one, which changes the other rows' draft logits.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from transformers import DynamicCache
 
 from common.masks import Predicate, block_causal, draft_block, materialize
 from common.sampling import SamplingConfig
+from common.sequence import SequenceBuffer
 from common.stats import DecodeRecorder
 
 
@@ -139,31 +141,15 @@ class FastDLLMBlocks:
 
     def __init__(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
                  cfg: FastDecodeConfig, recorder: DecodeRecorder) -> None:
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be [batch, prompt_len] with prompt_len >= 1 (a shift-aligned model "
-                             f"needs a previous token); got shape {tuple(input_ids.shape)}")
         self.model, self.cfg, self.recorder = model, cfg, recorder
-        batch, prompt_len = input_ids.shape
-        device = input_ids.device
+        self.seq = SequenceBuffer(input_ids, attention_mask, unit=cfg.block_size, budget=cfg.budget,
+                                  mask_id=cfg.mask_id, whole_blocks=False)
+        if not bool((self.seq.prompt_lengths > 0).all()):
+            raise ValueError("every row needs at least one real prompt token (a shift-aligned model needs a "
+                             "previous token)")
+        self.x, self.positions, self.key_valid = self.seq.x, self.seq.positions, self.seq.key_valid  # [B, T]
         self.block_size, self.small = cfg.block_size, cfg.small_block_size
-        self.prompt_len = prompt_len
-        self.first_block = prompt_len // cfg.block_size
-        self.n_blocks = math.ceil((prompt_len + cfg.budget) / cfg.block_size)
-        total = self.n_blocks * cfg.block_size
-        self.x = torch.full((batch, total), cfg.mask_id, dtype=torch.long, device=device)  # [B, T]
-        self.x[:, :prompt_len] = input_ids
-        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        if real.shape != input_ids.shape:
-            raise ValueError(f"attention_mask {tuple(real.shape)} must match input_ids {tuple(input_ids.shape)}")
-        if attention_mask is not None and (real[:, 1:].int() < real[:, :-1].int()).any():
-            raise ValueError("attention_mask must describe LEFT padding (0s before 1s in every row)")
-        if not bool(real[:, -1].all()):
-            raise ValueError("every row needs at least one real prompt token")
-        valid = torch.ones(batch, total, dtype=torch.bool, device=device)  # [B, T]
-        valid[:, :prompt_len] = real
-        self.key_valid = None if bool(real.all()) else valid
-        pad = (~real).sum(-1, keepdim=True)  # [B, 1]
-        self.positions = (torch.arange(total, device=device) - pad).clamp_min(0)  # [B, T]
+        self.n_blocks, self.first_block = self.seq.n_blocks, self.seq.first_block
         self.cache = DynamicCache()
         self.block_cache: DynamicCache | None = None
 
@@ -176,24 +162,15 @@ class FastDLLMBlocks:
         start = b * self.block_size + s * self.small
         return self.positions[:, start : start + self.small]
 
-    def _mask(self, q_start: int, q_len: int, kv_len: int, rule: Predicate) -> Tensor:
-        """Bool [B|1, Q, K] from a predicate over ABSOLUTE buffer columns (query column q_start + q, key
-        column k), with padded keys removed. Every query keeps its own key, so a padded query row never
-        becomes all-False (SDPA would turn it into NaN)."""
-        mask = materialize(lambda q, kv: rule(q + q_start, kv), q_len, kv_len, device=self.x.device)  # [1|B, Q, K]
-        if self.key_valid is None:
-            return mask
-        own = torch.arange(kv_len, device=self.x.device)[None, :] == torch.arange(
-            q_start, q_start + q_len, device=self.x.device)[:, None]  # [Q, K]
-        return (mask & self.key_valid[:, None, :kv_len]) | own
-
     def _forward(self, start: int, end: int, *, block_size: int, rule: Predicate | None = None,
                  ids: Tensor | None = None, update: bool = False, block_call: str | None = None,
                  logits_to_keep: int = 0) -> Tensor:
         """One model call on buffer columns [start, end) (or explicit `ids` for them) over the prefix cache.
 
         `rule` None means the model's own mask for `block_size` (block-causal from column 0; full for a
-        sub-block call), sent as attention_mask=None unless padding forces an explicit mask.
+        sub-block call), sent as attention_mask=None unless padding forces an explicit mask. A rule is a
+        `common.masks` predicate of (query index within this call, key column), i.e. with cache length
+        `start`.
         block_call: None, "fill" (this call refreshes the block cache) or "patch" (a sub-block call).
         Returns logits [B, end - start or logits_to_keep, V], the mask token's logit set to -inf.
         """
@@ -202,7 +179,9 @@ class FastDLLMBlocks:
         kv_len = block_end if block_call == "patch" else end
         mask = None
         if rule is not None or self.key_valid is not None:
-            mask = self._mask(start, end - start, kv_len, rule or block_causal(block_size))
+            key_valid = None if self.key_valid is None else self.key_valid[:, :kv_len]
+            mask = materialize(rule or block_causal(block_size, start), end - start, kv_len, device=self.x.device,
+                               key_valid=key_valid, query_start=start)
         kwargs = {}
         if block_call is not None:
             patch = block_call == "patch"
@@ -223,24 +202,27 @@ class FastDLLMBlocks:
         return logits
 
     def _ar_token(self, column: int, logits: Tensor) -> None:
-        """Write the argmax of the last row into `column` (the next block's first position; argmax even
-        when sampling, as upstream) and mark it in the decoding order as -(position + 0.5)."""
-        self.x[:, column] = logits[:, -1].argmax(-1)
+        """Where `column` is still a mask (a row's next block starts there), write the argmax of the last
+        row (argmax even when sampling, as upstream) and mark it in the decoding order as
+        -(position + 0.5). Rows whose prompt runs past `column` keep their prompt token."""
+        open_rows = self.x[:, column] == self.cfg.mask_id  # [B]
+        self.x[:, column] = torch.where(open_rows, logits[:, -1].argmax(-1), self.x[:, column])
         if self.recorder.record_order:
-            for row, pos in enumerate(self.positions[:, column].tolist()):
-                self.recorder.order[row].append(-(pos + 0.5))
+            for row, (pos, hit) in enumerate(zip(self.positions[:, column].tolist(), open_rows.tolist())):
+                if hit:
+                    self.recorder.order[row].append(-(pos + 0.5))
 
     def prefill(self, rows: Tensor) -> None:
-        """Store K/V of the whole prompt blocks (block-causal, or causal with cache_ver). When the prompt
-        ends on a block boundary, the last row's argmax is the next block's first token."""
+        """Store K/V of the whole prompt blocks (block-causal, or causal with cache_ver). A row whose
+        prompt ends on a block boundary takes the last row's argmax as its next block's first token."""
         end = self.first_block * self.block_size
         if end == 0:
             return
         logits = self._forward(0, end, block_size=1 if self.cfg.cache_ver else self.block_size, update=True,
                                logits_to_keep=1)
-        self.recorder.forward("prefill", rows, end)
-        if end == self.prompt_len:
-            self._ar_token(end, logits)
+        tokens = self.seq.prompt_block_tokens  # [B]: each row is charged its own prompt blocks
+        self.recorder.forward("prefill", rows & (tokens > 0), tokens)
+        self._ar_token(end, logits)
 
     def draft(self, b: int, s: int, rows: Tensor, refresh: bool) -> Tensor:
         """Shifted draft logits of sub-block s of block b, [B, small_block_size, V].
@@ -251,15 +233,16 @@ class FastDLLMBlocks:
         forward of the sub-block alone that patches its K/V into the block cache.
         """
         start, offset = b * self.block_size, s * self.small
-        rule = None
+        first_masked = None
         if self.cfg.draft_ver:
             first_masked = (self.x[:, start : start + self.block_size] == self.cfg.mask_id).int().argmax(-1)  # [B]
-            rule = draft_block(0, causal_rows=start + first_masked)
         if self.cfg.use_block_cache and not refresh and self.block_cache is not None:
+            rule = None if first_masked is None else draft_block(start + offset, causal_rows=first_masked - offset)
             logits = self._forward(start + offset, start + offset + self.small, block_size=self.block_size,
                                    rule=rule, block_call="patch")
             self.recorder.forward("draft", rows, self.small)
             return shifted_rows(logits, 0, self.small)
+        rule = None if first_masked is None else draft_block(start, causal_rows=first_masked)
         logits = self._forward(start, start + self.block_size, block_size=self.block_size, rule=rule,
                                block_call="fill" if self.cfg.use_block_cache else None)
         self.recorder.forward("draft", rows, self.block_size)
@@ -289,30 +272,6 @@ class FastDLLMBlocks:
         self.block_cache = None
         self._ar_token(end, logits)
 
-    def stopped(self, end: int, stop_ids: Tensor) -> Tensor:
-        """[B] bool: the generated region up to column `end` holds a stop token with no mask before it."""
-        region = self.x[:, self.prompt_len : end]
-        is_stop = torch.isin(region, stop_ids)  # [B, R]
-        before_first_stop = torch.cumsum(is_stop.int(), dim=-1) == 0
-        mask_before = ((region == self.cfg.mask_id) & before_first_stop).any(-1)
-        return is_stop.any(-1) & ~mask_before
-
-    def finish(self, input_ids: Tensor, stop_ids: Tensor) -> tuple[Tensor, list[int]]:
-        """Cut each row after its first stop token (INCLUDED, as the Fast-dLLM reference) or before its
-        first mask, at most the budget, and pad the rest with the first stop id (else the mask id).
-        Returns the [B, P + budget] ids and the generated-token counts (stop token included)."""
-        gen = self.x[:, self.prompt_len : self.prompt_len + self.cfg.budget]  # [B, G]
-        width = gen.shape[1]
-        none = torch.full_like(gen[:, 0], width)
-        is_stop, is_mask = torch.isin(gen, stop_ids), gen == self.cfg.mask_id
-        first_stop = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), none)
-        first_mask = torch.where(is_mask.any(-1), is_mask.int().argmax(-1), none)
-        keep = torch.minimum((first_stop + 1).clamp(max=width), first_mask)  # [B]
-        pad_id = int(stop_ids[0]) if stop_ids.numel() else self.cfg.mask_id
-        tail = torch.arange(width, device=gen.device)[None, :] >= keep[:, None]
-        return torch.cat([input_ids, gen.masked_fill(tail, pad_id)], dim=1), keep.tolist()
-
-
 class SubBlockStep:
     """One denoising step of a decoder: given the sub-block's draft logits, choose what to commit."""
 
@@ -336,17 +295,17 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
     stop_ids = torch.tensor(cfg.stopping_criteria_idx, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     blocks.prefill(~finished)
-    finished |= blocks.stopped(blocks.prompt_len + 1, stop_ids)  # the prefill's AR token may be a stop
-    budget_end = blocks.prompt_len + cfg.budget  # columns from here on are never output: not decoded
+    seq, size, small = blocks.seq, cfg.block_size, cfg.small_block_size
+    finished |= seq.stopped(blocks.first_block * size + 1, stop_ids)  # the prefill's AR token may be a stop
     for b in range(blocks.first_block, blocks.n_blocks):
         recorder.new_block()
-        block_end = (b + 1) * cfg.block_size
-        for s in range(cfg.block_size // cfg.small_block_size):
+        block_end = (b + 1) * size
+        for s in range(size // small):
             sub, positions = blocks.sub_block(b, s), blocks.sub_positions(b, s)
-            first_column = b * cfg.block_size + s * cfg.small_block_size
-            in_budget = torch.arange(first_column, first_column + cfg.small_block_size, device=device) < budget_end
+            first_column = b * size + s * small
+            decodable = seq.decodable(first_column, first_column + small)  # [B, S]: past the prompt, in budget
             while True:
-                masked = (sub == cfg.mask_id) & ~finished[:, None] & in_budget  # [B, S]
+                masked = (sub == cfg.mask_id) & ~finished[:, None] & decodable  # [B, S]
                 live = masked.any(-1)  # [B]
                 any_live, refresh = torch.stack([live.any(), (masked[:, 0] & live).any()]).tolist()
                 if not any_live:
@@ -355,13 +314,14 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
                 commit, tokens, kinds = step(blocks, b, s, logits, sub, masked, live)
                 sub.copy_(torch.where(commit, tokens, sub))
                 recorder.commits(kinds, positions)
-                finished |= blocks.stopped(block_end, stop_ids)
+                finished |= seq.stopped(block_end, stop_ids)
+        finished |= seq.exhausted(block_end)
         if b + 1 == blocks.n_blocks or bool(finished.all()):
             break
         blocks.commit(b, ~finished)
-        finished |= blocks.stopped(block_end + 1, stop_ids)
+        finished |= seq.stopped(block_end + 1, stop_ids)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall_time = time.perf_counter() - start_time
-    ids, counted = blocks.finish(input_ids, stop_ids)
+    ids, counted = seq.finish(input_ids, stop_ids, keep_stop=True)
     return ids, recorder.finalize(counted, wall_time)

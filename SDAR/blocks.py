@@ -2,12 +2,12 @@
 forward a block-diffusion decoder makes (prefill, draft, commit, 2L verify). No decoding policy
 lives here: `generate.py` (baseline) and `generate_ssd_policy.py` (S2D2) are loops on top of it.
 
-Layout (ALGORITHM.md §0, §1.1): the buffer has `ceil((P + G) / L) * L` columns, filled with the mask
-token beyond the prompt; block b covers columns [bL, (b+1)L). Only whole prompt blocks are
-prefilled; the `P mod L` trailing prompt tokens sit in the first decode block as known tokens.
-Batches are LEFT-padded (as lm-eval and tokenizers with padding_side="left" give them): padded keys
-are masked out and each row's position ids start at 0 on its first real token, so batch 1 (no
-padding) places blocks exactly as the reference does.
+Layout (ALGORITHM.md §0, §1.1): a row of prompt length P decodes `ceil((P + G) / L)` blocks counted
+from its first token; only its whole prompt blocks are prefilled, and the `P mod L` trailing prompt
+tokens sit in its first decode block as known tokens. Batches come LEFT-padded (as lm-eval and
+tokenizers with padding_side="left" give them); `common.sequence.SequenceBuffer` re-pads each row by
+whole blocks so every row's blocks, positions and masks are exactly its batch-1 ones, and a batch gives
+each row the tokens it gets alone (for decoders that draw no random numbers).
 
 `fold_commit` (default on; an improvement over the reference, ALGORITHM.md §5.2): instead of a
 separate forward that stores a finished block's K/V, the next block's first draft forward carries the
@@ -19,7 +19,6 @@ count drops by one per block, and no commit is spent after the last block or on 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +29,7 @@ from transformers import DynamicCache
 from common.masks import Predicate, block_causal, draft_block, materialize, token_causal, verifier_2l
 from common.remasking import REMASKING_STRATEGIES
 from common.sampling import SamplingConfig
+from common.sequence import SequenceBuffer
 from common.stats import DecodeRecorder
 
 
@@ -102,27 +102,12 @@ class SDARBlocks:
         cfg: BlockDiffusionConfig,
         recorder: DecodeRecorder,
     ) -> None:
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, prompt_len], got shape {tuple(input_ids.shape)}")
         self.model, self.cfg, self.recorder = model, cfg, recorder
-        batch, prompt_len = input_ids.shape
-        device = input_ids.device
-        length = cfg.block_length
-        self.prompt_len = prompt_len
-        self.block_length = length
-        self.n_blocks = math.ceil((prompt_len + cfg.budget) / length)
-        self.first_block = prompt_len // length
-        total = self.n_blocks * length
-        self.x = torch.full((batch, total), cfg.mask_id, dtype=torch.long, device=device)  # [B, T]
-        self.x[:, :prompt_len] = input_ids
-        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        if attention_mask is not None and (real[:, 1:].int() < real[:, :-1].int()).any():
-            raise ValueError("attention_mask must describe LEFT padding (0s before 1s in every row)")
-        self.valid = torch.ones(batch, total, dtype=torch.bool, device=device)  # [B, T]
-        self.valid[:, :prompt_len] = real
-        self.key_valid = None if bool(real.all()) else self.valid
-        pad = (~real).sum(-1, keepdim=True)  # [B, 1]
-        self.positions = (torch.arange(total, device=device) - pad).clamp_min(0)  # [B, T]
+        self.seq = SequenceBuffer(input_ids, attention_mask, unit=cfg.block_length, budget=cfg.budget,
+                                  mask_id=cfg.mask_id, whole_blocks=True)
+        self.x, self.positions, self.key_valid = self.seq.x, self.seq.positions, self.seq.key_valid  # [B, T]
+        self.block_length = cfg.block_length
+        self.n_blocks, self.first_block = self.seq.n_blocks, self.seq.first_block
         self.cache = DynamicCache()
         self.pending_commit: int | None = None
 
@@ -167,7 +152,8 @@ class SDARBlocks:
             return
         predicate = token_causal() if self.cfg.cache_ver else block_causal(self.block_length)
         self._forward(0, end, predicate, store=True)
-        self.recorder.forward("prefill", rows, end)
+        tokens = self.seq.prompt_block_tokens  # [B]: each row is charged its own prompt blocks
+        self.recorder.forward("prefill", rows & (tokens > 0), tokens)
 
     def draft(self, b: int, rows: Tensor, causal_rows: Tensor | None = None) -> Tensor:
         """Draft logits for block b, [B, L, V]: the block attends to the cache and to itself
@@ -216,30 +202,6 @@ class SDARBlocks:
         self.recorder.forward("verify", rows, 2 * length)
         return logits[:, length:]
 
-    def stopped(self, b: int, stop_ids: Tensor) -> Tensor:
-        """[B] bool: a stop token occurs in the generated region up to the end of block b."""
-        region = self.x[:, self.prompt_len : (b + 1) * self.block_length]
-        return torch.isin(region, stop_ids).any(-1)
-
-    def finish(self, input_ids: Tensor, stop_ids: Tensor) -> tuple[Tensor, list[int], list[int]]:
-        """Trim each row at its first stop token (excluded, as the SDAR reference) or first mask, cut at
-        the budget, pad the rest with the first stop id (else the mask id). Returns the
-        [B, P + budget] ids, completion lengths, and generated-token counts that include the stop
-        token (MEASURING.md)."""
-        gen = self.x[:, self.prompt_len : self.prompt_len + self.cfg.budget]
-        width = gen.shape[1]
-        is_stop = torch.isin(gen, stop_ids)
-        is_mask = gen == self.cfg.mask_id
-        first_stop = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), torch.full_like(gen[:, 0], width))
-        first_mask = torch.where(is_mask.any(-1), is_mask.int().argmax(-1), torch.full_like(gen[:, 0], width))
-        keep = torch.minimum(first_stop, first_mask)
-        counted = keep + (first_stop < first_mask).long()
-        pad_id = int(stop_ids[0]) if stop_ids.numel() else self.cfg.mask_id
-        tail = torch.arange(width, device=gen.device)[None, :] >= keep[:, None]
-        out = torch.cat([input_ids, gen.masked_fill(tail, pad_id)], dim=1)
-        return out, keep.tolist(), counted.tolist()
-
-
 class BlockStep:
     """One denoising step of a decoder: given the block and its mask, choose what to commit."""
 
@@ -267,12 +229,14 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
     stop_ids = torch.tensor(cfg.stopping_criteria_idx, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     blocks.prefill(~finished)
+    seq, length = blocks.seq, cfg.block_length
     for b in range(blocks.first_block, blocks.n_blocks):
         recorder.new_block()
         blk = blocks.block(b)
-        masked = (blk == cfg.mask_id) & ~finished[:, None]  # [B, L]
+        start, end = b * length, (b + 1) * length
+        masked = (blk == cfg.mask_id) & ~finished[:, None] & seq.decodable(start, end)  # [B, L]
         step.begin_block(b, masked)
-        positions = blocks.positions[:, b * cfg.block_length : (b + 1) * cfg.block_length]
+        positions = blocks.positions[:, start:end]
         for s in range(cfg.denoising_steps):
             live = masked.any(-1)  # [B]
             if s > 0 and not bool(live.any()):  # a new block of a live batch always has masks
@@ -282,7 +246,7 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
             masked &= ~commit
             recorder.commits(kinds, positions)
         blocks.commit(b, ~finished)
-        finished |= blocks.stopped(b, stop_ids)
+        finished |= seq.stopped(end, stop_ids) | seq.exhausted(end)
         all_stopped, incomplete = torch.stack([finished.all(), masked.any()]).tolist()
         if incomplete:
             raise RuntimeError(f"block {b} still has masks after {cfg.denoising_steps} steps")
@@ -291,5 +255,5 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall_time = time.perf_counter() - start_time
-    ids, _, counted = blocks.finish(input_ids, stop_ids)
+    ids, counted = seq.finish(input_ids, stop_ids, keep_stop=False)
     return ids, recorder.finalize(counted, wall_time)

@@ -25,19 +25,21 @@ def materialize(
     *,
     device: torch.device | str | None = None,
     key_valid: Tensor | None = None,
+    query_start: int | None = None,
 ) -> Tensor:
     """Evaluate `predicate` on the full index grid.
 
     key_valid: optional [B, K] bool; False keys (left padding) are masked out for every query.
-    Each query keeps its own key (the last Q keys are the fed tokens, in order), so a padded query row
-    never becomes all-False: SDPA would turn it into NaN and the NaN would leak through the cache.
+    Each query keeps its own key, so a padded query row never becomes all-False: SDPA would turn it
+    into NaN and the NaN would leak through the cache. Query q's own key is `query_start + q`; by
+    default the fed tokens are the last Q keys (`query_start = K - Q`).
     Returns [1, Q, K] (or [B, Q, K] when the predicate or key_valid is batched).
     """
     q_idx = torch.arange(q_len, device=device).view(1, q_len, 1)
     kv_idx = torch.arange(kv_len, device=device).view(1, 1, kv_len)
     mask = predicate(q_idx, kv_idx).expand(-1, q_len, kv_len)
     if key_valid is not None:
-        own_key = kv_idx == q_idx + (kv_len - q_len)  # [1, Q, K]
+        own_key = kv_idx == q_idx + (kv_len - q_len if query_start is None else query_start)  # [1, Q, K]
         mask = (mask & key_valid[:, None, :].to(mask.device)) | own_key
     return mask
 

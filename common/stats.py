@@ -42,8 +42,9 @@ class DecodeRecorder:
         self.resamples = torch.zeros(b, dtype=torch.long, device=self.device)
         self.order = [[] for _ in range(b)]
 
-    def forward(self, kind: str, rows: Tensor, width: int) -> None:
-        """Charge one forward of `width` query tokens to the rows where `rows` ([B] bool) is True."""
+    def forward(self, kind: str, rows: Tensor, width: int | Tensor) -> None:
+        """Charge one forward of `width` query tokens (an int, or [B] per row) to the rows where `rows`
+        ([B] bool) is True."""
         charged = rows.long()
         self.nfe[:, NFE_KINDS.index(kind)] += charged
         self.query_tokens += charged * width

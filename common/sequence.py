@@ -1,0 +1,113 @@
+"""The sequence buffer every block decoder works on: prompts laid out so that each row's blocks sit
+exactly where they would sit if the row were decoded alone (ALGORITHM.md §0, §1.1-1.2).
+
+A block decoder cuts a row into blocks of `unit` tokens counted from the row's FIRST token: the
+`P // unit` whole prompt blocks are prefilled, the `P % unit` trailing prompt tokens sit at the start
+of the first decode block as known tokens, and generation fills the rest. A left-padded batch whose
+blocks followed buffer columns would shift each row's blocks by its padding and decode it differently
+from batch 1. Here each row is moved right by a whole number of blocks instead:
+
+    row r: prompt P_r, prompt blocks n_r = P_r // unit, tail t_r = P_r % unit
+    F = max_r n_r                       (every row's first decode block is block F of the buffer)
+    offset_r = (F - n_r) * unit         (columns of padding before row r's first token)
+    generation starts at column F * unit + t_r
+
+so block b of the buffer is block b - offset_r / unit of row r, and the row's positions, masks and
+block layout equal its batch-1 ones. Padding columns are invalid keys for every query. Each row also
+has its own end: the budget (`whole_blocks=False`, e.g. Fast-dLLM v2 never decodes past it) or the end
+of the block holding the budget's last token (`whole_blocks=True`, as the SDAR reference decodes).
+
+Shapes: B rows, P prompt columns of the input, T buffer columns (a multiple of `unit`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+class SequenceBuffer:
+    """Tokens, positions, key validity and stop bookkeeping for a batch of prompts decoded together."""
+
+    def __init__(self, input_ids: Tensor, attention_mask: Tensor | None, *, unit: int, budget: int, mask_id: int,
+                 whole_blocks: bool) -> None:
+        """input_ids: [B, P] left-padded prompts; attention_mask: [B, P] (1 = real token) or None."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, prompt_len], got shape {tuple(input_ids.shape)}")
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if real.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(real.shape)} must match input_ids {tuple(input_ids.shape)}")
+        if attention_mask is not None and (real[:, 1:].int() < real[:, :-1].int()).any():
+            raise ValueError("attention_mask must describe LEFT padding (0s before 1s in every row)")
+        device = input_ids.device
+        self.unit, self.budget, self.mask_id = unit, budget, mask_id
+        self.input_width = input_ids.shape[1]
+        lengths = real.sum(-1)  # [B] real prompt tokens per row
+        self.prompt_lengths = lengths
+        prompt_blocks = torch.div(lengths, unit, rounding_mode="floor")  # [B]
+        tail = lengths - prompt_blocks * unit  # [B]
+        self.first_block = int(prompt_blocks.max()) if lengths.numel() else 0  # F: one host sync per batch
+        self.offset = (self.first_block - prompt_blocks) * unit  # [B]
+        self.gen_start = self.first_block * unit + tail  # [B]
+        if whole_blocks:
+            self.row_end = self.first_block * unit + torch.div(tail + budget + unit - 1, unit, rounding_mode="floor") * unit
+        else:
+            self.row_end = self.gen_start + budget  # [B]
+        self.prompt_block_tokens = prompt_blocks * unit  # [B] tokens each row prefills
+        self.n_blocks = math.ceil(int(self.row_end.max()) / unit) if lengths.numel() else 0
+        total = self.n_blocks * unit
+        self.columns = torch.arange(total, device=device)  # [T]
+        self.x = torch.full((input_ids.shape[0], total), mask_id, dtype=torch.long, device=device)  # [B, T]
+        self.x[:, : self.first_block * unit] = 0  # padding columns hold token 0 (never a key, never output)
+        rows, cols = real.nonzero(as_tuple=True)
+        pad = input_ids.shape[1] - lengths  # [B] left padding of the input
+        self.x[rows, cols - pad[rows] + self.offset[rows]] = input_ids[rows, cols]
+        self.valid = self.columns[None, :] >= self.offset[:, None]  # [B, T]
+        self.key_valid = None if bool((self.offset == 0).all()) else self.valid
+        self.positions = (self.columns[None, :] - self.offset[:, None]).clamp_min(0)  # [B, T]
+
+    def block(self, b: int) -> Tensor:
+        """View of buffer block b, [B, unit]; writing into it writes the buffer."""
+        return self.x[:, b * self.unit : (b + 1) * self.unit]
+
+    def decodable(self, start: int, end: int) -> Tensor:
+        """[B, end - start] bool: columns of [start, end) that a row generates (after its prompt, before
+        its end). Positions outside stay as they are and are never waited for."""
+        cols = self.columns[start:end][None, :]
+        return (cols >= self.gen_start[:, None]) & (cols < self.row_end[:, None])
+
+    def exhausted(self, end: int) -> Tensor:
+        """[B] bool: rows with nothing left to generate at or after column `end`."""
+        return self.row_end <= end
+
+    def stopped(self, end: int, stop_ids: Tensor) -> Tensor:
+        """[B] bool: the row's generated columns before `end` hold a stop token with no mask before it
+        (nothing before it can change any more, so the row is done)."""
+        cols = self.columns[:end][None, :]
+        region = self.x[:, :end]
+        generated = cols >= self.gen_start[:, None]  # [B, end]
+        is_stop = torch.isin(region, stop_ids) & generated
+        before_first_stop = torch.cumsum(is_stop.int(), dim=-1) == 0
+        mask_before = ((region == self.mask_id) & generated & before_first_stop).any(-1)
+        return is_stop.any(-1) & ~mask_before
+
+    def finish(self, input_ids: Tensor, stop_ids: Tensor, keep_stop: bool) -> tuple[Tensor, list[int]]:
+        """Cut each row at its first stop token (kept with `keep_stop`, as Fast-dLLM; dropped, as SDAR)
+        or before its first mask, at most the budget, and pad the rest with the first stop id (else the
+        mask id). Returns the [B, P + budget] ids (the input prompt as given, then the generation) and the
+        generated-token counts, the stop token included (MEASURING.md)."""
+        width = self.budget
+        index = self.gen_start[:, None] + torch.arange(width, device=self.x.device)  # [B, G]
+        gen = self.x.gather(1, index)  # [B, G]
+        none = torch.full_like(gen[:, 0], width)
+        is_stop, is_mask = torch.isin(gen, stop_ids), gen == self.mask_id
+        first_stop = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), none)
+        first_mask = torch.where(is_mask.any(-1), is_mask.int().argmax(-1), none)
+        stops_first = first_stop < first_mask
+        counted = torch.where(stops_first, first_stop + 1, first_mask)  # [B]
+        keep = counted if keep_stop else counted - stops_first.long()
+        pad_id = int(stop_ids[0]) if stop_ids.numel() else self.mask_id
+        tail = torch.arange(width, device=gen.device)[None, :] >= keep[:, None]
+        return torch.cat([input_ids, gen.masked_fill(tail, pad_id)], dim=1), counted.tolist()

@@ -1,0 +1,172 @@
+"""A batch decodes each row exactly as that row alone would be decoded.
+
+Ragged prompts are left-padded to one width; every decoder that draws no random numbers (greedy
+baselines at any threshold, greedy-exact S2D2, AR mode) must give each row the tokens and the per-row
+forward counts it gets at batch 1. Decoders that sample are covered by the layout test: each row of a
+batched buffer holds exactly its batch-1 blocks, positions and decodable columns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.sequence import SequenceBuffer
+from fast_dllm_v2.generate import generate as fast_baseline
+from fast_dllm_v2.generate_ssd_policy import generate_ssd_policy as fast_s2d2
+from fast_dllm_v2.modeling_fast_dllm import Fast_dLLM_QwenForCausalLM
+from SDAR.generate import block_diffusion_generate as sdar_baseline
+from SDAR.generate_ssd_policy import block_diffusion_generate as sdar_s2d2
+from SDAR.modeling_sdar import SDARForCausalLM
+
+ROOT = Path(__file__).resolve().parent.parent
+MASK_ID, STOP_ID = 95, 3
+
+SDAR_DECODERS = [
+    (sdar_baseline, dict(block_length=4, denoising_steps=4, remasking_strategy="low_confidence_dynamic",
+                         confidence_threshold=0.05)),
+    (sdar_baseline, dict(block_length=4, denoising_steps=2, remasking_strategy="low_confidence_static")),
+    (sdar_baseline, dict(block_length=1, denoising_steps=1)),  # AR mode
+    (sdar_s2d2, dict(block_length=4, denoising_steps=4, acceptance="greedy_exact", confidence_threshold=0.05)),
+]
+FAST_DECODERS = [
+    (fast_baseline, dict(block_size=4, small_block_size=2, threshold=0.05)),
+    (fast_baseline, dict(block_size=1, small_block_size=1)),  # AR mode
+    (fast_s2d2, dict(block_size=4, small_block_size=4, acceptance="greedy_exact", cache_ver=True)),
+]
+
+
+def _ragged(n: int, seed: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """n prompts of lengths 1..11 and their left-padded batch."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(4, 90, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g) for _ in range(n)]
+    width = max(len(p) for p in prompts)
+    ids = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts])
+    attn = torch.stack([torch.cat([torch.zeros(width - len(p)), torch.ones(len(p))]) for p in prompts]).long()
+    return prompts, ids, attn
+
+
+def _decode_rows(fn, model, ids, attn, batch_size: int, **kw) -> tuple[list[list[int]], list[dict]]:
+    """Generated ids and stats per row, decoding `batch_size` rows at a time."""
+    rows, stats = [], []
+    for i in range(0, ids.shape[0], batch_size):
+        chunk, chunk_mask = ids[i : i + batch_size], attn[i : i + batch_size]
+        keep = chunk_mask.sum(0) > 0  # drop columns that are padding in every row of the chunk
+        out, chunk_stats = fn(model, chunk[:, keep], attention_mask=chunk_mask[:, keep], return_forward_stats=True, **kw)
+        rows += out[:, int(keep.sum()):].tolist()
+        stats += chunk_stats
+    return rows, stats
+
+
+def _per_row(stats: list[dict]) -> list[tuple]:
+    return [(s["generated_tokens"], s["nfe"], tuple(sorted(s["nfe_by_kind"].items())), s["mean_query_width"],
+             tuple(s["accepted_lengths"])) for s in stats]
+
+
+@pytest.fixture(scope="module")
+def sdar_model():
+    from SDAR.configuration_sdar import SDARConfig
+
+    torch.manual_seed(0)
+    config = SDARConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+    model = SDARForCausalLM(config).to(torch.float64).eval()
+    model.generation_config.mask_token_id, model.generation_config.eos_token_id = MASK_ID, STOP_ID
+    return model
+
+
+@pytest.fixture(scope="module")
+def fast_model():
+    from fast_dllm_v2.configuration_fast_dllm import Fast_dLLM_QwenConfig
+
+    torch.manual_seed(0)
+    config = Fast_dLLM_QwenConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                  bd_size=4)
+    model = Fast_dLLM_QwenForCausalLM(config).to(torch.float64).eval()
+    model.generation_config.mask_token_id, model.generation_config.eos_token_id = MASK_ID, STOP_ID
+    return model
+
+
+def _check_invariance(fn, model, kw, n: int = 16, seed: int = 0) -> None:
+    _, ids, attn = _ragged(n, seed)
+    alone, alone_stats = _decode_rows(fn, model, ids, attn, 1, **kw)
+    for batch_size in (4, n):
+        rows, stats = _decode_rows(fn, model, ids, attn, batch_size, **kw)
+        assert rows == alone, f"batch {batch_size}: rows {[i for i, (a, b) in enumerate(zip(rows, alone)) if a != b]}"
+        assert _per_row(stats) == _per_row(alone_stats)
+
+
+@pytest.mark.parametrize("fn,kw", SDAR_DECODERS)
+def test_sdar_batches_equal_batch_one(sdar_model, fn, kw):
+    # The first generated token of a random model is a stop for some rows: early stops are covered too.
+    _check_invariance(fn, sdar_model, dict(gen_length=10, **kw))
+
+
+@pytest.mark.parametrize("fn,kw", FAST_DECODERS)
+def test_fast_dllm_batches_equal_batch_one(fast_model, fn, kw):
+    _check_invariance(fn, fast_model, dict(max_new_tokens=10, **kw))
+
+
+@pytest.mark.parametrize("unit,whole_blocks", [(4, True), (4, False), (1, False), (8, True)])
+def test_each_row_gets_its_batch_one_layout(unit, whole_blocks):
+    """Row r of a batched buffer, read from its own first token, equals the buffer of r alone: the same
+    tokens, positions, decodable columns and prefill length, at a column shift of whole blocks."""
+    prompts, ids, attn = _ragged(12, seed=3)
+    batch = SequenceBuffer(ids, attn, unit=unit, budget=7, mask_id=MASK_ID, whole_blocks=whole_blocks)
+    for r, prompt in enumerate(prompts):
+        alone = SequenceBuffer(prompt[None], None, unit=unit, budget=7, mask_id=MASK_ID, whole_blocks=whole_blocks)
+        shift = int(batch.offset[r])
+        assert shift % unit == 0
+        width = alone.x.shape[1]
+        assert batch.x[r, shift : shift + width].tolist() == alone.x[0].tolist()
+        assert batch.positions[r, shift : shift + width].tolist() == alone.positions[0].tolist()
+        assert batch.decodable(0, batch.x.shape[1])[r, shift : shift + width].tolist() == \
+            alone.decodable(0, width)[0].tolist()
+        assert not batch.decodable(0, batch.x.shape[1])[r, shift + width :].any()
+        assert int(batch.prompt_block_tokens[r]) == int(alone.prompt_block_tokens[0])
+        assert not batch.valid[r, :shift].any() and batch.valid[r, shift:].all()
+
+
+def _shipped(model_dir: str, n: int):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import fast_dllm_v2  # noqa: F401  (registers the model types)
+    import SDAR  # noqa: F401
+    from synthetic.tokenizer import format_prompt
+
+    path = ROOT / "models" / model_dir
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32).eval()
+    items = [json.loads(line) for line in (ROOT / "synthetic" / "data" / "test.jsonl").read_text().splitlines()]
+    items = items[:: len(items) // n][:n]  # every task, ragged prompt lengths
+    enc = tokenizer([format_prompt(tokenizer, it["prompt"]) for it in items], return_tensors="pt", padding=True,
+                    add_special_tokens=False)
+    assert len(set(enc.attention_mask.sum(-1).tolist())) > 4
+    return model, enc.input_ids, enc.attention_mask
+
+
+SHIPPED = [
+    ("sdar-tiny", sdar_baseline, dict(block_length=8, denoising_steps=8, confidence_threshold=0.7, gen_length=96)),
+    ("sdar-tiny", sdar_baseline, dict(block_length=8, denoising_steps=8, confidence_threshold=0.95, gen_length=96)),
+    ("sdar-tiny", sdar_baseline, dict(block_length=1, denoising_steps=1, gen_length=96)),
+    ("sdar-tiny", sdar_s2d2, dict(block_length=8, denoising_steps=8, acceptance="greedy_exact", gen_length=96)),
+    ("fast-dllm-v2-tiny", fast_baseline, dict(block_size=16, small_block_size=8, threshold=0.7, max_new_tokens=96)),
+    ("fast-dllm-v2-tiny", fast_s2d2, dict(block_size=16, small_block_size=16, acceptance="greedy_exact",
+                                          cache_ver=True, max_new_tokens=96)),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_dir,fn,kw", SHIPPED)
+def test_shipped_models_batches_equal_batch_one(model_dir, fn, kw):
+    """On the shipped models and 64 test-split prompts: batch 4, 16 and 64 give every row its batch-1 tokens."""
+    model, ids, attn = _shipped(model_dir, 64)
+    alone, _ = _decode_rows(fn, model, ids, attn, 1, **kw)
+    for batch_size in (4, 16, 64):
+        rows, _ = _decode_rows(fn, model, ids, attn, batch_size, **kw)
+        assert rows == alone, f"batch {batch_size}: {sum(a != b for a, b in zip(rows, alone))} rows differ"
