@@ -51,7 +51,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from common.masks import Predicate, block_causal, draft_block, materialize
-from common.sampling import SamplingConfig
+from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
 from common.sequence import SequenceBuffer
 from common.stats import DecodeRecorder
 
@@ -274,6 +274,17 @@ class FastDLLMBlocks:
 
 class SubBlockStep:
     """One denoising step of a decoder: given the sub-block's draft logits, choose what to commit."""
+
+    def __init__(self, cfg: FastDecodeConfig, generator: torch.Generator | None = None) -> None:
+        self.cfg = cfg
+        self.sampling = cfg.sampling()
+        self.generator = generator
+
+    def draft(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(p [B, S, V], draft tokens [B, S], confidence [B, S]) from shifted draft logits [B, S, V]."""
+        probs = logits_to_probs(logits, self.sampling)
+        drafts, confidence = draft_tokens(probs, self.sampling, self.generator)
+        return probs, drafts, confidence
 
     def __call__(self, blocks: FastDLLMBlocks, b: int, s: int, logits: Tensor, sub: Tensor, masked: Tensor,
                  live: Tensor) -> tuple[Tensor, Tensor, Tensor]:

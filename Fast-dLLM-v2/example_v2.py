@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common.cli import add_dataclass_arguments, dataclass_from_namespace
+from common.cli import OneLineErrorParser, add_dataclass_arguments, dataclass_from_namespace
 from fast_dllm_v2.blocks import FastDecodeConfig
 from fast_dllm_v2.generate import generate
 from fast_dllm_v2.generate_ssd_policy import S2D2Config, generate_ssd_policy
@@ -36,7 +36,7 @@ DECODERS = {"fast": (FastDecodeConfig, generate), "ssd_policy": (S2D2Config, gen
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     run = parser.add_argument_group("run")
     run.add_argument("--model", default=str(DEFAULT_MODEL),
                      help="model directory or hub id (default: the repository's tiny Fast-dLLM v2 model)")

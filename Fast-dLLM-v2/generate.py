@@ -15,7 +15,6 @@ from torch import Tensor
 
 from common.cli import dataclass_from_kwargs, takes_config
 from common.remasking import select_transfer
-from common.sampling import draft_tokens, logits_to_probs
 from common.stats import COMMIT_DIFFUSION
 from fast_dllm_v2.blocks import FastDecodeConfig, FastDLLMBlocks, SubBlockStep, decode_blocks
 
@@ -27,15 +26,9 @@ threshold (strict >) when there is at least one, else the single most confident 
 class BaselineStep(SubBlockStep):
     """Draft the sub-block, commit the confident drafts (at least one)."""
 
-    def __init__(self, cfg: FastDecodeConfig, generator: torch.Generator | None = None) -> None:
-        self.cfg = cfg
-        self.sampling = cfg.sampling()
-        self.generator = generator
-
     def __call__(self, blocks: FastDLLMBlocks, b: int, s: int, logits: Tensor, sub: Tensor, masked: Tensor,
                  live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        probs = logits_to_probs(logits, self.sampling)  # [B, S, V]
-        drafts, confidence = draft_tokens(probs, self.sampling, self.generator)
+        _, drafts, confidence = self.draft(logits)
         commit = select_transfer(BASELINE_STRATEGY, confidence, masked, live.long(), threshold=self.cfg.threshold)
         return commit, drafts, commit.long() * COMMIT_DIFFUSION
 

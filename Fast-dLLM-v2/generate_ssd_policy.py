@@ -20,10 +20,8 @@ import torch
 from torch import Tensor
 
 from common.cli import dataclass_from_kwargs, takes_config
-from common.routing import make_policy
-from common.s2d2 import S2D2Flags, routing_features, top_up, verify_commits
-from common.sampling import draft_tokens, logits_to_probs
-from common.spans import first_masked_span
+from common import s2d2
+from common.s2d2 import S2D2Flags, TopUp
 from fast_dllm_v2.blocks import FastDecodeConfig, FastDLLMBlocks, SubBlockStep, decode_blocks
 from fast_dllm_v2.generate import BASELINE_STRATEGY
 
@@ -39,44 +37,24 @@ class S2D2Config(S2D2Flags, FastDecodeConfig):
 
 
 class S2D2Step(SubBlockStep):
-    """Draft -> route -> (causal verify -> accept / recover) -> baseline rule if nothing was committed."""
+    """Fast-dLLM v2's adapter to the shared step (common.s2d2.S2D2Step): shifted sub-block drafts, the
+    causal verifier, the baseline rule (at least one commit) as top-up, and the sub-block's known
+    fraction as routing context. Verified steps commit the span result only; where nothing was committed
+    (no verification, or a rejection at the span start without resampling) the baseline rule commits."""
 
     def __init__(self, cfg: S2D2Config, batch: int, device: torch.device,
                  generator: torch.Generator | None = None) -> None:
-        self.cfg = cfg
-        self.sampling = cfg.sampling()
-        self.estimator = cfg.estimator()
-        self.verify_cfg = cfg.verification()
-        self.policy = make_policy(cfg.routing(), batch, device)
-        self.generator = generator
+        super().__init__(cfg, generator)
+        self.core = s2d2.S2D2Step(cfg, self.sampling, batch, device, generator)
+        self.rule = TopUp(BASELINE_STRATEGY, cfg.threshold)
 
     def __call__(self, blocks: FastDLLMBlocks, b: int, s: int, logits: Tensor, sub: Tensor, masked: Tensor,
                  live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        cfg, recorder = self.cfg, blocks.recorder
-        probs = logits_to_probs(logits, self.sampling)  # p: [B, S, V]
-        drafts, confidence = draft_tokens(probs, self.sampling, self.generator)
-        drafts = torch.where(masked, drafts, sub)  # [B, S]: the sub-block with every mask drafted
-        span = first_masked_span(masked)
-        progress = (sub != cfg.mask_id).float().mean(-1)  # known fraction of the sub-block (UCB context)
-        features = routing_features(probs, confidence, masked, span, live, progress, cfg.small_block_size,
-                                    cfg.threshold, self.estimator, cfg.ucb_entropy_source)
-        verify = self.policy.decide(features) & live & (span.length > 0)
-        recorder.decision(live)
-
-        tokens, kinds = drafts, torch.zeros_like(sub)
-        widest = int((span.length * verify).max())  # one host sync: skip the verifier when no row routes to it
-        if widest > 0:
-            q = logits_to_probs(blocks.verify(b, s, drafts, verify), self.sampling)  # [B, S, V]
-            tokens, kinds, verdict, recovered = verify_commits(
-                q, probs, drafts, confidence, masked, span, verify, widest, self.verify_cfg, self.generator)
-            recorder.verification(verify, verdict.n_accepted, recovered)
-        # Verified steps commit the span result only; where nothing was committed (no verification, or a
-        # rejection at the span start without resampling) the baseline rule commits instead.
-        kinds = top_up(kinds, masked, confidence, live.long(), live, strategy=BASELINE_STRATEGY,
-                       threshold=cfg.threshold, probs=probs, eb_threshold=0.0, high_confidence=False)
-        commit = kinds > 0
-        self.policy.update(verify, commit.sum(-1), live)
-        return commit, tokens, kinds
+        probs, drafts, confidence = self.draft(logits)
+        return self.core(probs, drafts, confidence, sub, masked, live,
+                         progress=(sub != self.cfg.mask_id).float().mean(-1), context_length=self.cfg.small_block_size,
+                         min_k=live.long(), top_up_rule=self.rule,
+                         verify=lambda drafted, rows: blocks.verify(b, s, drafted, rows), recorder=blocks.recorder)
 
 
 @takes_config(S2D2Config)

@@ -28,7 +28,8 @@ from transformers import DynamicCache
 
 from common.masks import Predicate, block_causal, draft_block, materialize, token_causal, verifier_2l
 from common.remasking import REMASKING_STRATEGIES
-from common.sampling import SamplingConfig
+from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
+from common.schedule import num_transfer_tokens
 from common.sequence import SequenceBuffer
 from common.stats import DecodeRecorder
 
@@ -46,7 +47,7 @@ class BlockDiffusionConfig:
     top_k: int = field(default=0, metadata={"help": "0 disables top-k"})
     top_p: float = 1.0
     do_sample: bool = field(default=False, metadata={"help": "sample drafts (else argmax of the same distribution)"})
-    remasking_strategy: str = field(default="low_confidence_dynamic", metadata={"help": "|".join(REMASKING_STRATEGIES)})
+    remasking_strategy: str = field(default="low_confidence_dynamic", metadata={"choices": REMASKING_STRATEGIES})
     confidence_threshold: float = field(default=0.85, metadata={"help": "dynamic strategy threshold tau (strict >)"})
     eb_threshold: float = field(default=0.35, metadata={"help": "entropy_bounded cumulative entropy budget (nats)"})
     stopping_criteria_idx: tuple[int, ...] | None = field(default=None, metadata={"help": "stop token ids; default: generation config eos"})
@@ -205,8 +206,22 @@ class SDARBlocks:
 class BlockStep:
     """One denoising step of a decoder: given the block and its mask, choose what to commit."""
 
+    def __init__(self, cfg: BlockDiffusionConfig, generator: torch.Generator | None = None) -> None:
+        self.cfg = cfg
+        self.sampling = cfg.sampling()
+        self.schedule = num_transfer_tokens(cfg.block_length, cfg.denoising_steps)
+        self.generator = generator
+
     def begin_block(self, b: int, masked: Tensor) -> None:
         """Called when block b starts (masked: [B, L])."""
+
+    def draft(self, blocks: "SDARBlocks", b: int, masked: Tensor, live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Draft forward of block b and its drafts: (p [B, L, V], draft tokens [B, L], confidence [B, L]).
+        With `draft_ver` the block's decoded prefix (rows before the first mask) attends causally."""
+        first_masked = masked.int().argmax(-1) if self.cfg.draft_ver else None
+        probs = logits_to_probs(blocks.draft(b, live, first_masked), self.sampling)  # [B, L, V]
+        drafts, confidence = draft_tokens(probs, self.sampling, self.generator)
+        return probs, drafts, confidence
 
     def __call__(self, blocks: SDARBlocks, b: int, step: int, blk: Tensor, masked: Tensor,
                  live: Tensor) -> tuple[Tensor, Tensor, Tensor]:

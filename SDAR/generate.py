@@ -15,8 +15,6 @@ from torch import Tensor
 
 from common.cli import dataclass_from_kwargs, takes_config
 from common.remasking import select_transfer, token_entropy
-from common.schedule import num_transfer_tokens
-from common.sampling import draft_tokens, logits_to_probs
 from common.stats import COMMIT_DIFFUSION
 from SDAR.blocks import BlockDiffusionConfig, BlockStep, SDARBlocks, decode_blocks
 
@@ -24,17 +22,9 @@ from SDAR.blocks import BlockDiffusionConfig, BlockStep, SDARBlocks, decode_bloc
 class BaselineStep(BlockStep):
     """Draft, then commit the strategy's choice among masked positions."""
 
-    def __init__(self, cfg: BlockDiffusionConfig, generator: torch.Generator | None = None) -> None:
-        self.cfg = cfg
-        self.sampling = cfg.sampling()
-        self.schedule = num_transfer_tokens(cfg.block_length, cfg.denoising_steps)
-        self.generator = generator
-
     def __call__(self, blocks: SDARBlocks, b: int, step: int, blk: Tensor, masked: Tensor,
                  live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        first_masked = masked.int().argmax(-1) if self.cfg.draft_ver else None
-        probs = logits_to_probs(blocks.draft(b, live, first_masked), self.sampling)  # [B, L, V]
-        drafts, confidence = draft_tokens(probs, self.sampling, self.generator)
+        probs, drafts, confidence = self.draft(blocks, b, masked, live)
         entropy = token_entropy(probs) if self.cfg.remasking_strategy == "entropy_bounded" else None
         k = torch.full_like(live, self.schedule[step], dtype=torch.long)
         commit = select_transfer(

@@ -18,11 +18,8 @@ import torch
 from torch import Tensor
 
 from common.cli import dataclass_from_kwargs, takes_config
-from common.routing import make_policy
-from common.s2d2 import S2D2Flags, routing_features, top_up, verify_commits
-from common.sampling import draft_tokens, logits_to_probs
-from common.schedule import num_transfer_tokens
-from common.spans import first_masked_span
+from common import s2d2
+from common.s2d2 import S2D2Flags, TopUp
 from SDAR.blocks import BlockDiffusionConfig, BlockStep, SDARBlocks, decode_blocks
 
 
@@ -35,17 +32,15 @@ class S2D2Config(S2D2Flags, BlockDiffusionConfig):
 
 
 class S2D2Step(BlockStep):
-    """Draft -> route -> (2L verify -> accept/recover) -> high-confidence and fallback commits."""
+    """SDAR's adapter to the shared step (common.s2d2.S2D2Step): block drafts, the 2L verifier, the
+    scheduled baseline top-up, and block progress for the routing context."""
 
     def __init__(self, cfg: S2D2Config, batch: int, device: torch.device,
                  generator: torch.Generator | None = None) -> None:
-        self.cfg = cfg
-        self.sampling = cfg.sampling()
-        self.schedule = num_transfer_tokens(cfg.block_length, cfg.denoising_steps)
-        self.estimator = cfg.estimator()
-        self.verify_cfg = cfg.verification()
-        self.policy = make_policy(cfg.routing(), batch, device)
-        self.generator = generator
+        super().__init__(cfg, generator)
+        self.core = s2d2.S2D2Step(cfg, self.sampling, batch, device, generator)
+        self.rule = TopUp(cfg.remasking_strategy, cfg.confidence_threshold, cfg.eb_threshold,
+                          cfg.always_check_high_confidence)
         self.decoded_in_block = torch.zeros(batch, dtype=torch.long, device=device)
 
     def begin_block(self, b: int, masked: Tensor) -> None:
@@ -53,34 +48,12 @@ class S2D2Step(BlockStep):
 
     def __call__(self, blocks: SDARBlocks, b: int, step: int, blk: Tensor, masked: Tensor,
                  live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        cfg, recorder = self.cfg, blocks.recorder
-        first_masked = masked.int().argmax(-1) if cfg.draft_ver else None
-        probs = logits_to_probs(blocks.draft(b, live, first_masked), self.sampling)  # p: [B, L, V]
-        drafts, confidence = draft_tokens(probs, self.sampling, self.generator)
-        drafts = torch.where(masked, drafts, blk)
-        span = first_masked_span(masked)
-        features = routing_features(
-            probs, confidence, masked, span, live, self.decoded_in_block.float() / cfg.block_length,
-            cfg.block_length, cfg.confidence_threshold, self.estimator, cfg.ucb_entropy_source,
-        )
-        verify = self.policy.decide(features) & live & (span.length > 0)
-        recorder.decision(live)
-
-        tokens = drafts
-        kinds = torch.zeros_like(blk)
-        widest = int((span.length * verify).max())  # one host sync: skip the verifier when no row routes to it
-        if widest > 0:
-            q = logits_to_probs(blocks.verify(b, drafts, verify), self.sampling)  # [B, L, V]
-            tokens, kinds, verdict, recovered = verify_commits(
-                q, probs, drafts, confidence, masked, span, verify, widest, self.verify_cfg, self.generator)
-            recorder.verification(verify, verdict.n_accepted, recovered)
-        kinds = top_up(kinds, masked, confidence, torch.clamp(masked.sum(-1), max=self.schedule[step]), live,
-                       strategy=cfg.remasking_strategy, threshold=cfg.confidence_threshold, probs=probs,
-                       eb_threshold=cfg.eb_threshold, high_confidence=cfg.always_check_high_confidence)
-        commit = kinds > 0
-        decoded = commit.sum(-1)
-        self.policy.update(verify, decoded, live)
-        self.decoded_in_block += decoded
+        probs, drafts, confidence = self.draft(blocks, b, masked, live)
+        commit, tokens, kinds = self.core(
+            probs, drafts, confidence, blk, masked, live, progress=self.decoded_in_block.float() / self.cfg.block_length,
+            context_length=self.cfg.block_length, min_k=torch.clamp(masked.sum(-1), max=self.schedule[step]),
+            top_up_rule=self.rule, verify=lambda drafted, rows: blocks.verify(b, drafted, rows), recorder=blocks.recorder)
+        self.decoded_in_block += commit.sum(-1)
         return commit, tokens, kinds
 
 

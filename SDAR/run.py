@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from common.cli import add_dataclass_arguments, dataclass_from_namespace
+from common.cli import OneLineErrorParser, add_dataclass_arguments, dataclass_from_namespace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "sdar-tiny"
@@ -33,7 +33,7 @@ def sample_problem() -> dict:
 
 def build_parser(config_cls: type, description: str | None, aliases: dict[str, list[str]] | None,
                  negations: dict[str, str] | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     run = parser.add_argument_group("run")
     run.add_argument("--model_dir", default=str(DEFAULT_MODEL_DIR),
                      help="HF model directory or hub id (default: the shipped tiny SDAR model)")

@@ -29,7 +29,8 @@ def add_dataclass_arguments(
     parser: argparse.ArgumentParser, cls: type, aliases: dict[str, list[str]] | None = None
 ) -> None:
     """One `--name` flag per dataclass field with the field's default. Booleans get
-    `--name/--no-name`; `aliases` adds extra spellings (e.g. the reference's `--forward_stats`)."""
+    `--name/--no-name`; a field's `metadata["choices"]` become the flag's choices (listed by --help);
+    `aliases` adds extra spellings (e.g. the reference's `--forward_stats`)."""
     aliases = aliases or {}
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__)
@@ -45,7 +46,7 @@ def add_dataclass_arguments(
         elif many:
             group.add_argument(*names, type=kind, nargs="+", default=default, help=help_text)
         else:
-            group.add_argument(*names, type=kind, default=default, help=help_text)
+            group.add_argument(*names, type=kind, default=default, choices=f.metadata.get("choices"), help=help_text)
 
 
 def dataclass_from_namespace(cls: type[T], namespace: argparse.Namespace) -> T:
@@ -84,3 +85,11 @@ def takes_config(cls: type) -> Callable[[F], F]:
         return func
 
     return wrap
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (`error: ...`, exit status 2's message)
+    instead of the usage block followed by the message: bad input gets one clear line."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise SystemExit(f"error: {message} (see --help)")

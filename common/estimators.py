@@ -9,12 +9,13 @@ length of an accepted prefix under independent per-token acceptance.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from .remasking import token_entropy
+from common.config import chain_post_init
+from common.remasking import token_entropy
 
 ESTIMATORS = (
     "hard_margin_threshold",
@@ -30,33 +31,35 @@ ESTIMATORS = (
 class EstimatorConfig:
     """Which estimator computes ``α_i`` and its parameter (ALGORITHM.md §3.2 table).
 
-    Defaults follow the SDAR CLI (``entropy_threshold`` 0.1, ``confidence_power`` 0.8); the
+    Field names are the reference's flags. Defaults follow the SDAR CLI (``ssd_entropy_threshold`` 0.1,
+    ``ssd_confidence_power`` 0.8); the
     reference functions use 0.5 and 1.0 (§5.1 item 14), so callers reproducing lm-eval runs of
     the reference must pass those explicitly.
     """
 
-    name: str = "hard_margin_threshold"
-    margin_threshold: float = 0.05
-    entropy_threshold: float = 0.1
-    confidence_power: float = 0.8
-    margin_coef: float = 1.0
-    entropy_temperature: float = 1.0
+    token_acceptance_estimator: str = field(default="hard_margin_threshold", metadata={"choices": ESTIMATORS})
+    ssd_confidence_margin_threshold: float = 0.05
+    ssd_entropy_threshold: float = 0.1
+    ssd_confidence_power: float = 0.8
+    ssd_confidence_margin_coef: float = 1.0
+    ssd_entropy_temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.name not in ESTIMATORS:
+        chain_post_init(self, EstimatorConfig)
+        if self.token_acceptance_estimator not in ESTIMATORS:
             raise ValueError(
-                f"unknown token acceptance estimator {self.name!r}; valid: {', '.join(ESTIMATORS)}"
+                f"unknown token acceptance estimator {self.token_acceptance_estimator!r}; valid: {', '.join(ESTIMATORS)}"
             )
         for field_name in (
-            "margin_threshold",
-            "entropy_threshold",
-            "confidence_power",
-            "margin_coef",
-            "entropy_temperature",
+            "ssd_confidence_margin_threshold",
+            "ssd_entropy_threshold",
+            "ssd_confidence_power",
+            "ssd_confidence_margin_coef",
+            "ssd_entropy_temperature",
         ):
             if not math.isfinite(getattr(self, field_name)):
                 raise ValueError(f"{field_name} must be finite, got {getattr(self, field_name)}")
-        for field_name in ("confidence_power", "margin_coef", "entropy_temperature"):
+        for field_name in ("ssd_confidence_power", "ssd_confidence_margin_coef", "ssd_entropy_temperature"):
             if getattr(self, field_name) < 0:
                 raise ValueError(
                     f"{field_name} must be >= 0 so that α stays in [0, 1], "
@@ -102,18 +105,18 @@ def token_acceptance(probs: Tensor, confidence: Tensor, cfg: EstimatorConfig) ->
     Returns:
         ``[B, L]`` float32; callers restrict it to the span via ``expected_accepted_length``.
     """
-    name = cfg.name
+    name = cfg.token_acceptance_estimator
     if name == "soft_confidence_power":
-        return confidence.float().clamp(0.0, 1.0) ** cfg.confidence_power
+        return confidence.float().clamp(0.0, 1.0) ** cfg.ssd_confidence_power
     probs = probs.float()
     if name == "hard_margin_threshold":
-        return (_top_margin(probs) > cfg.margin_threshold).float()
+        return (_top_margin(probs) > cfg.ssd_confidence_margin_threshold).float()
     if name == "soft_clipped_linear_margin":
-        return (cfg.margin_coef * _top_margin(probs)).clamp(0.0, 1.0)
+        return (cfg.ssd_confidence_margin_coef * _top_margin(probs)).clamp(0.0, 1.0)
     if name == "hard_entropy_threshold":
-        return (normalized_entropy(probs) < cfg.entropy_threshold).float()
+        return (normalized_entropy(probs) < cfg.ssd_entropy_threshold).float()
     if name == "soft_entropy_negexp":
-        return torch.exp(-cfg.entropy_temperature * normalized_entropy(probs)).clamp(0.0, 1.0)
+        return torch.exp(-cfg.ssd_entropy_temperature * normalized_entropy(probs)).clamp(0.0, 1.0)
     if name == "soft_renyi_2_entropy":
         return probs.square().sum(dim=-1).clamp(0.0, 1.0)
     raise ValueError(f"unknown token acceptance estimator {name!r}; valid: {', '.join(ESTIMATORS)}")

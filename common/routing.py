@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from common.config import chain_post_init
 
 ROUTING_POLICIES = (
     "mask_span_length",
@@ -31,46 +33,49 @@ UCB_ENTROPY_SOURCES = ("span", "masked")
 class RoutingConfig:
     """Routing policy choice and parameters (ALGORITHM.md §3.1-§3.6).
 
-    Validation is pure Python so decoders can check a configuration before loading a model.
+    Field names are the reference's flags, so a family's S2D2 config inherits them unchanged (one
+    default per flag). Validation is pure Python so decoders can check a configuration before
+    loading a model.
     ``ucb_entropy_source`` is consumed by the decoders (they compute ``mean_entropy`` over the
     span or over all masked positions); it is validated here so a typo fails early.
     """
 
-    policy: str = "mask_span_length"
-    min_span_length: int = 1
-    legacy_span_strategy: bool = False
-    score_type: str = "difference_dynamic"
+    do_verify_policy: str = field(default="mask_span_length", metadata={"choices": ROUTING_POLICIES})
+    min_ssd_span_length: int = 1
+    legacy_ssd_span_strategy: bool = False
+    do_verify_score_type: str = field(default="difference_dynamic", metadata={"choices": SCORE_TYPES})
     score_penalty_coef: float = 2.0
-    score_threshold: float = 0.0
-    hysteresis_on: float = 0.0
-    hysteresis_off: float = -1.0
+    do_verify_score_threshold: float = 0.0
+    hysteresis_threshold_on: float = 0.0
+    hysteresis_threshold_off: float = -1.0
     ucb_beta: float = 1.0
     ucb_span_length_bins: int = 2
     ucb_block_progress_bins: int = 2
     ucb_entropy_bins: int = 2
-    ucb_entropy_source: str = "span"
+    ucb_entropy_source: str = field(default="span", metadata={"choices": UCB_ENTROPY_SOURCES})
 
     def __post_init__(self) -> None:
-        if self.policy not in ROUTING_POLICIES:
+        chain_post_init(self, RoutingConfig)
+        if self.do_verify_policy not in ROUTING_POLICIES:
             raise ValueError(
-                f"unknown routing policy {self.policy!r}; valid: {', '.join(ROUTING_POLICIES)}"
+                f"unknown routing policy {self.do_verify_policy!r}; valid: {', '.join(ROUTING_POLICIES)}"
             )
-        if self.score_type not in SCORE_TYPES:
+        if self.do_verify_score_type not in SCORE_TYPES:
             raise ValueError(
-                f"unknown score type {self.score_type!r}; valid: {', '.join(SCORE_TYPES)}"
+                f"unknown score type {self.do_verify_score_type!r}; valid: {', '.join(SCORE_TYPES)}"
             )
         if self.ucb_entropy_source not in UCB_ENTROPY_SOURCES:
             raise ValueError(
                 f"unknown ucb_entropy_source {self.ucb_entropy_source!r}; "
                 f"valid: {', '.join(UCB_ENTROPY_SOURCES)}"
             )
-        if not self.hysteresis_on > self.hysteresis_off:
+        if not self.hysteresis_threshold_on > self.hysteresis_threshold_off:
             raise ValueError(
                 "hysteresis_threshold_on must be > hysteresis_threshold_off, got "
-                f"on={self.hysteresis_on}, off={self.hysteresis_off}"
+                f"on={self.hysteresis_threshold_on}, off={self.hysteresis_threshold_off}"
             )
-        if self.min_span_length < 1:
-            raise ValueError(f"min_span_length must be >= 1, got {self.min_span_length}")
+        if self.min_ssd_span_length < 1:
+            raise ValueError(f"min_ssd_span_length must be >= 1, got {self.min_ssd_span_length}")
         for field_name in ("ucb_span_length_bins", "ucb_block_progress_bins", "ucb_entropy_bins"):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"{field_name} must be >= 1, got {getattr(self, field_name)}")
@@ -114,7 +119,7 @@ def score(features: RouteFeatures, cfg: RoutingConfig) -> Tensor:
     """
     k_hat = features.expected_length.float()  # [B]
     coef = cfg.score_penalty_coef
-    if cfg.score_type == "difference_static":
+    if cfg.do_verify_score_type == "difference_static":
         value = k_hat - coef
     else:
         value = k_hat - coef * features.n_high.float()
@@ -198,11 +203,11 @@ def make_policy(
     cfg: RoutingConfig, batch_size: int, device: torch.device | str = "cpu"
 ) -> RoutingPolicy:
     """Fresh policy (fresh state) for one generate call over ``batch_size`` rows."""
-    if cfg.policy not in _POLICY_REGISTRY:
+    if cfg.do_verify_policy not in _POLICY_REGISTRY:
         raise ValueError(
-            f"unknown routing policy {cfg.policy!r}; valid: {', '.join(sorted(_POLICY_REGISTRY))}"
+            f"unknown routing policy {cfg.do_verify_policy!r}; valid: {', '.join(sorted(_POLICY_REGISTRY))}"
         )
-    return _POLICY_REGISTRY[cfg.policy](cfg, batch_size, device)
+    return _POLICY_REGISTRY[cfg.do_verify_policy](cfg, batch_size, device)
 
 
 @register_policy("mask_span_length")
@@ -215,9 +220,9 @@ class MaskSpanLengthPolicy(RoutingPolicy):
     """
 
     def decide(self, f: RouteFeatures) -> Tensor:
-        long_enough = f.span_length >= self.cfg.min_span_length  # [B]
-        if self.cfg.legacy_span_strategy:
-            enough_high = f.n_high >= f.n_masked.clamp(max=self.cfg.min_span_length)  # [B]
+        long_enough = f.span_length >= self.cfg.min_ssd_span_length  # [B]
+        if self.cfg.legacy_ssd_span_strategy:
+            enough_high = f.n_high >= f.n_masked.clamp(max=self.cfg.min_ssd_span_length)  # [B]
             long_enough = long_enough | ~enough_high
         return long_enough & (f.span_length > 0) & f.active.bool()
 
@@ -227,7 +232,7 @@ class ScoreThresholdPolicy(RoutingPolicy):
     """Verify iff ``s ≥ τ_score`` (ALGORITHM.md §3.4); stateless."""
 
     def decide(self, f: RouteFeatures) -> Tensor:
-        verify = score(f, self.cfg) >= self.cfg.score_threshold  # [B]
+        verify = score(f, self.cfg) >= self.cfg.do_verify_score_threshold  # [B]
         return verify & (f.span_length > 0) & f.active.bool()
 
 
@@ -248,8 +253,8 @@ class ScoreHysteresisPolicy(RoutingPolicy):
 
     def decide(self, f: RouteFeatures) -> Tensor:
         s = score(f, self.cfg)  # [B]
-        stay_on = ~(s < self.cfg.hysteresis_off)  # [B]
-        switch_on = s > self.cfg.hysteresis_on  # [B]
+        stay_on = ~(s < self.cfg.hysteresis_threshold_off)  # [B]
+        switch_on = s > self.cfg.hysteresis_threshold_on  # [B]
         verify = torch.where(self.on, stay_on, switch_on)  # [B]
         active = f.active.bool()
         self.on.copy_(torch.where(active, verify, self.on))

@@ -6,6 +6,7 @@ here, so no family carries its own copy (ALGORITHM.md §2.1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -21,95 +22,50 @@ from common.acceptance import (
 )
 from common.estimators import EstimatorConfig, expected_accepted_length, normalized_entropy, token_acceptance
 from common.remasking import select_transfer, token_entropy
-from common.routing import RouteFeatures, RoutingConfig
-from common.spans import Span, scatter_to_span
-from common.stats import COMMIT_ACCEPTED, COMMIT_DIFFUSION, COMMIT_HIGH_CONF, COMMIT_RATIO, COMMIT_RESAMPLED
+from common.config import chain_post_init
+from common.routing import RouteFeatures, RoutingConfig, make_policy
+from common.sampling import SamplingConfig, logits_to_probs
+from common.spans import Span, first_masked_span, scatter_to_span
+from common.stats import (
+    COMMIT_ACCEPTED,
+    COMMIT_DIFFUSION,
+    COMMIT_HIGH_CONF,
+    COMMIT_RATIO,
+    COMMIT_RESAMPLED,
+    DecodeRecorder,
+)
 
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    """How a verified span turns into commits."""
+    """How a verified span turns into commits. Field names are the reference's flags."""
 
-    acceptance: str = "stochastic"
-    allow_resample: bool = True
-    gamma: float = 1.0
-    ratio_threshold: float = -1.0
-    threshold_all_spans: bool = False
-
-    def __post_init__(self) -> None:
-        if self.acceptance not in ACCEPTANCE_MODES:
-            raise ValueError(f"unknown acceptance {self.acceptance!r}; valid: {', '.join(ACCEPTANCE_MODES)}")
-        if self.gamma <= 0:
-            raise ValueError(f"ssd_ratio_tempering_factor must be > 0, got {self.gamma}")
-
-
-@dataclass(frozen=True)
-class S2D2Flags:
-    """The S2D2 options every family shares, under the reference's flag names (ALGORITHM.md §4.1-4.2).
-
-    A family's S2D2 config is `class S2D2Config(S2D2Flags, FamilyConfig)`: its fields then come after
-    the family's own, the CLI and the function share these defaults, and `routing()`, `estimator()`
-    and `verification()` build the configs of `common/`. Where the reference's CLI and function
-    defaults differ, the CLI's (the paper's runs) are used.
-    """
-
-    acceptance: str = field(default="stochastic", metadata={"help": "|".join(ACCEPTANCE_MODES)})
+    acceptance: str = field(default="stochastic", metadata={"choices": ACCEPTANCE_MODES,
+                                                            "help": "speculative-sampling rule, or argmax match"})
     allow_resample: bool = field(default=True, metadata={"help": "resample the first rejected position from (q-p)+; "
                                                                   "off: leave it masked for the fallback rule"})
-    min_ssd_span_length: int = 1
     ssd_ratio_tempering_factor: float = field(default=1.0, metadata={"help": "gamma in min(1, (q/p)^gamma)"})
     ssd_ratio_threshold: float = field(default=-1.0, metadata={"help": ">= 0: also commit drafts with ratio >= it"})
     ssd_threshold_all_spans: bool = field(default=False, metadata={"help": "ratio threshold over all masked positions"})
-    do_verify_policy: str = "mask_span_length"
-    do_verify_score_threshold: float = 0.0
-    hysteresis_threshold_on: float = 0.0
-    hysteresis_threshold_off: float = -1.0
-    do_verify_score_type: str = "difference_dynamic"
-    score_penalty_coef: float = 2.0
-    ucb_beta: float = 1.0
-    ucb_span_length_bins: int = 2
-    ucb_block_progress_bins: int = 2
-    ucb_entropy_bins: int = 2
-    ucb_entropy_source: str = "span"
-    token_acceptance_estimator: str = "hard_margin_threshold"
-    ssd_confidence_margin_threshold: float = 0.05
-    ssd_confidence_power: float = 0.8
-    ssd_entropy_threshold: float = 0.1
-    ssd_confidence_margin_coef: float = 1.0
-    ssd_entropy_temperature: float = 1.0
-    legacy_ssd_span_strategy: bool = False
 
     def __post_init__(self) -> None:
-        parent = super()
-        if hasattr(parent, "__post_init__"):
-            parent.__post_init__()  # the family config's own checks
-        self.verification()
-        self.routing()
-        self.estimator()
+        chain_post_init(self, VerifyConfig)
+        if self.acceptance not in ACCEPTANCE_MODES:
+            raise ValueError(f"unknown acceptance {self.acceptance!r}; valid: {', '.join(ACCEPTANCE_MODES)}")
+        if self.ssd_ratio_tempering_factor <= 0:
+            raise ValueError(f"ssd_ratio_tempering_factor must be > 0, got {self.ssd_ratio_tempering_factor}")
 
-    def verification(self) -> VerifyConfig:
-        return VerifyConfig(
-            acceptance=self.acceptance, allow_resample=self.allow_resample, gamma=self.ssd_ratio_tempering_factor,
-            ratio_threshold=self.ssd_ratio_threshold, threshold_all_spans=self.ssd_threshold_all_spans,
-        )
 
-    def routing(self) -> RoutingConfig:
-        return RoutingConfig(
-            policy=self.do_verify_policy, min_span_length=self.min_ssd_span_length,
-            legacy_span_strategy=self.legacy_ssd_span_strategy, score_type=self.do_verify_score_type,
-            score_penalty_coef=self.score_penalty_coef, score_threshold=self.do_verify_score_threshold,
-            hysteresis_on=self.hysteresis_threshold_on, hysteresis_off=self.hysteresis_threshold_off,
-            ucb_beta=self.ucb_beta, ucb_span_length_bins=self.ucb_span_length_bins,
-            ucb_block_progress_bins=self.ucb_block_progress_bins, ucb_entropy_bins=self.ucb_entropy_bins,
-            ucb_entropy_source=self.ucb_entropy_source,
-        )
+@dataclass(frozen=True)
+class S2D2Flags(EstimatorConfig, RoutingConfig, VerifyConfig):
+    """Every S2D2 option the families share, under the reference's flag names (ALGORITHM.md §4.1-4.2):
+    the verification, routing and estimator configs of `common/`, each field written once there.
 
-    def estimator(self) -> EstimatorConfig:
-        return EstimatorConfig(
-            name=self.token_acceptance_estimator, margin_threshold=self.ssd_confidence_margin_threshold,
-            entropy_threshold=self.ssd_entropy_threshold, confidence_power=self.ssd_confidence_power,
-            margin_coef=self.ssd_confidence_margin_coef, entropy_temperature=self.ssd_entropy_temperature,
-        )
+    A family's S2D2 config is `class S2D2Config(S2D2Flags, FamilyConfig)`: its fields come after the
+    family's own, the CLI and the function share these defaults, and the config itself is what the
+    routing policy, the estimator and the acceptance rule read. Where the reference's CLI and function
+    defaults differ, the CLI's (the paper's runs) are used.
+    """
 
 
 def routing_features(probs: Tensor, confidence: Tensor, masked: Tensor, span: Span, live: Tensor,
@@ -153,10 +109,10 @@ def verify_commits(q: Tensor, probs: Tensor, drafts: Tensor, confidence: Tensor,
     if cfg.acceptance == "stochastic":
         uniforms = torch.rand(verify.shape[0], widest, generator=generator, device=q.device)
         verdict = stochastic_verdict(q_draft, confidence, span.member,
-                                     scatter_to_span(uniforms, span, drafts.shape[1], fill=1.0), cfg.gamma)
+                                     scatter_to_span(uniforms, span, drafts.shape[1], fill=1.0), cfg.ssd_ratio_tempering_factor)
     else:
         verdict = greedy_exact_verdict(drafts, q.argmax(-1), span.member,
-                                       acceptance_ratio(q_draft, confidence, cfg.gamma))
+                                       acceptance_ratio(q_draft, confidence, cfg.ssd_ratio_tempering_factor))
     tokens = drafts.clone()
     kinds = torch.zeros_like(drafts).masked_fill(verdict.accepted & verify[:, None], COMMIT_ACCEPTED)
     recovered = verdict.rejected & verify & (cfg.allow_resample or cfg.acceptance == "greedy_exact")
@@ -165,9 +121,9 @@ def verify_commits(q: Tensor, probs: Tensor, drafts: Tensor, confidence: Tensor,
         at = verdict.reject_index[rows]
         tokens[rows, at] = recover_tokens(q[rows, at], probs[rows, at], cfg.acceptance, generator)
         kinds[rows, at] = COMMIT_RESAMPLED
-    if cfg.ratio_threshold >= 0:
-        region = masked if cfg.threshold_all_spans else span.member
-        extra = region & (kinds == 0) & verify[:, None] & (verdict.ratio >= cfg.ratio_threshold)
+    if cfg.ssd_ratio_threshold >= 0:
+        region = masked if cfg.ssd_threshold_all_spans else span.member
+        extra = region & (kinds == 0) & verify[:, None] & (verdict.ratio >= cfg.ssd_ratio_threshold)
         kinds.masked_fill_(extra, COMMIT_RATIO)
     return tokens, kinds, verdict, recovered
 
@@ -190,3 +146,64 @@ def top_up(kinds: Tensor, masked: Tensor, confidence: Tensor, min_k: Tensor, liv
     fallback = select_transfer(strategy, confidence, masked & (kinds == 0), need, threshold=threshold,
                                entropy=entropy, eb_threshold=eb_threshold) & (need > 0)[:, None]
     return torch.where(fallback, COMMIT_DIFFUSION, kinds)
+
+
+@dataclass(frozen=True)
+class TopUp:
+    """A family's baseline commit rule, applied after the verified span (`top_up`): the remasking
+    strategy, its confidence threshold (also the routing features' `N_hi` threshold), the entropy budget
+    of `entropy_bounded`, and whether every masked draft above the threshold is committed as well."""
+
+    strategy: str
+    threshold: float
+    eb_threshold: float = 0.0
+    high_confidence: bool = False
+
+
+VerifyFn = Callable[[Tensor, Tensor], Tensor]
+"""(drafted tokens [B, L], routed rows [B] bool) -> verifier logits [B, L, V]: row i is the AR
+distribution of position i given the prefix and the drafts left of it (the 2L forward for
+position-aligned families, a shifted causal forward for shift-aligned ones)."""
+
+
+class S2D2Step:
+    """One batched S2D2 step, the same for every family (ALGORITHM.md §2.1):
+
+    drafts -> first masked span -> routing features -> policy decision -> (one host sync: is any row
+    routed?) -> verifier forward over the routed rows -> acceptance and recovery -> baseline top-up ->
+    policy update. The family supplies the draft distribution, the verifier forward and its baseline
+    rule; a step where no row verifies is exactly the family's baseline step.
+    """
+
+    def __init__(self, flags: S2D2Flags, sampling: SamplingConfig, batch: int, device: torch.device | str,
+                 generator: torch.Generator | None = None) -> None:
+        self.flags, self.sampling, self.generator = flags, sampling, generator
+        self.policy = make_policy(flags, batch, device)
+
+    def __call__(self, probs: Tensor, drafts: Tensor, confidence: Tensor, current: Tensor, masked: Tensor,
+                 live: Tensor, *, progress: Tensor, context_length: int, min_k: Tensor, top_up_rule: TopUp,
+                 verify: VerifyFn, recorder: DecodeRecorder) -> tuple[Tensor, Tensor, Tensor]:
+        """probs: [B, L, V] draft distribution p; drafts, confidence: [B, L]; current: [B, L] tokens of the
+        region (masks where undecided); masked: [B, L]; live: [B]; progress: [B] decoded fraction of the
+        routing context; min_k: [B] the baseline's minimum commits this step.
+        Returns (commit [B, L] bool, tokens [B, L], kinds [B, L] COMMIT_* codes)."""
+        drafts = torch.where(masked, drafts, current)  # [B, L]: the region with every mask drafted
+        span = first_masked_span(masked)
+        flags = self.flags
+        features = routing_features(probs, confidence, masked, span, live, progress, context_length,
+                                    top_up_rule.threshold, flags, flags.ucb_entropy_source)
+        routed = self.policy.decide(features) & live & (span.length > 0)  # [B]
+        recorder.decision(live)
+        tokens, kinds = drafts, torch.zeros_like(current)
+        widest = int((span.length * routed).max())  # one host sync: skip the verifier when no row routes to it
+        if widest > 0:
+            q = logits_to_probs(verify(drafts, routed), self.sampling)  # [B, L, V]
+            tokens, kinds, verdict, recovered = verify_commits(q, probs, drafts, confidence, masked, span, routed,
+                                                               widest, flags, self.generator)
+            recorder.verification(routed, verdict.n_accepted, recovered)
+        kinds = top_up(kinds, masked, confidence, min_k, live, strategy=top_up_rule.strategy,
+                       threshold=top_up_rule.threshold, probs=probs, eb_threshold=top_up_rule.eb_threshold,
+                       high_confidence=top_up_rule.high_confidence)
+        commit = kinds > 0
+        self.policy.update(routed, commit.sum(-1), live)
+        return commit, tokens, kinds

@@ -42,7 +42,7 @@ def test_normalized_entropy_literals():
 
 
 def test_hard_margin_threshold():
-    got = token_acceptance(PROBS, CONFIDENCE, EstimatorConfig("hard_margin_threshold", margin_threshold=0.05))
+    got = token_acceptance(PROBS, CONFIDENCE, EstimatorConfig("hard_margin_threshold", ssd_confidence_margin_threshold=0.05))
     assert got.tolist() == [[1.0, 0.0, 0.0, 1.0]]
 
 
@@ -50,25 +50,25 @@ def test_hard_entropy_threshold():
     # H~ of rows 0 and 1 are about 0.648 and 0.770.
     h0, h1 = _norm_entropy([0.6, 0.3, 0.1, 0.0]), _norm_entropy([0.4, 0.38, 0.22, 0.0])
     assert h0 == pytest.approx(0.6477, abs=1e-3) and h1 == pytest.approx(0.7703, abs=1e-3)
-    loose = EstimatorConfig("hard_entropy_threshold", entropy_threshold=0.7)
+    loose = EstimatorConfig("hard_entropy_threshold", ssd_entropy_threshold=0.7)
     assert token_acceptance(PROBS, CONFIDENCE, loose).tolist() == [[1.0, 0.0, 0.0, 1.0]]
-    strict = EstimatorConfig("hard_entropy_threshold", entropy_threshold=0.1)
+    strict = EstimatorConfig("hard_entropy_threshold", ssd_entropy_threshold=0.1)
     got = token_acceptance(PROBS, CONFIDENCE, strict)
     assert got.tolist() == [[0.0, 0.0, 0.0, 1.0]]
 
 
 def test_soft_confidence_power_clamps_confidence():
-    got = token_acceptance(PROBS, CONFIDENCE, EstimatorConfig("soft_confidence_power", confidence_power=0.5))
+    got = token_acceptance(PROBS, CONFIDENCE, EstimatorConfig("soft_confidence_power", ssd_confidence_power=0.5))
     torch.testing.assert_close(got, torch.tensor([[0.8, 0.5, 1.0, 0.0]]))
 
 
 def test_soft_clipped_linear_margin():
-    got = token_acceptance(PROBS, CONFIDENCE, EstimatorConfig("soft_clipped_linear_margin", margin_coef=2.0))
+    got = token_acceptance(PROBS, CONFIDENCE, EstimatorConfig("soft_clipped_linear_margin", ssd_confidence_margin_coef=2.0))
     torch.testing.assert_close(got, torch.tensor([[0.6, 0.04, 0.0, 1.0]]))
 
 
 def test_soft_entropy_negexp():
-    got = token_acceptance(PROBS, CONFIDENCE, EstimatorConfig("soft_entropy_negexp", entropy_temperature=2.0))
+    got = token_acceptance(PROBS, CONFIDENCE, EstimatorConfig("soft_entropy_negexp", ssd_entropy_temperature=2.0))
     expected = [math.exp(-2.0 * _norm_entropy(row)) for row in PROBS[0].tolist()]
     torch.testing.assert_close(got, torch.tensor([expected]))
     assert got[0, 2].item() == pytest.approx(math.exp(-2.0), rel=1e-5)
@@ -96,10 +96,10 @@ def test_estimator_config_validation():
     for name in ESTIMATORS:
         assert name in str(info.value)
     with pytest.raises(ValueError):
-        EstimatorConfig("soft_confidence_power", confidence_power=-1.0)
+        EstimatorConfig("soft_confidence_power", ssd_confidence_power=-1.0)
     with pytest.raises(ValueError):
-        EstimatorConfig(entropy_temperature=float("nan"))
-    assert EstimatorConfig().name == "hard_margin_threshold"
+        EstimatorConfig(ssd_entropy_temperature=float("nan"))
+    assert EstimatorConfig().token_acceptance_estimator == "hard_margin_threshold"
 
 
 def test_expected_accepted_length_hand_computed():

@@ -51,12 +51,12 @@ def features(
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"policy": "always"}, "contextual_bandit_ucb"),
-        ({"score_type": "ratio"}, "difference_dynamic"),
+        ({"do_verify_policy": "always"}, "contextual_bandit_ucb"),
+        ({"do_verify_score_type": "ratio"}, "difference_dynamic"),
         ({"ucb_entropy_source": "block"}, "masked"),
-        ({"hysteresis_on": -1.0, "hysteresis_off": -1.0}, HYSTERESIS_MESSAGE),
-        ({"hysteresis_on": -2.0, "hysteresis_off": -1.0}, HYSTERESIS_MESSAGE),
-        ({"min_span_length": 0}, "min_span_length"),
+        ({"hysteresis_threshold_on": -1.0, "hysteresis_threshold_off": -1.0}, HYSTERESIS_MESSAGE),
+        ({"hysteresis_threshold_on": -2.0, "hysteresis_threshold_off": -1.0}, HYSTERESIS_MESSAGE),
+        ({"min_ssd_span_length": 0}, "min_ssd_span_length"),
         ({"ucb_span_length_bins": 0}, "ucb_span_length_bins"),
         ({"ucb_block_progress_bins": 0}, "ucb_block_progress_bins"),
         ({"ucb_entropy_bins": 0}, "ucb_entropy_bins"),
@@ -69,7 +69,7 @@ def test_config_validation(kwargs, message):
 
 def test_config_defaults_valid_and_every_policy_registered():
     for name in ROUTING_POLICIES:
-        policy = make_policy(RoutingConfig(policy=name), batch_size=2, device="cpu")
+        policy = make_policy(RoutingConfig(do_verify_policy=name), batch_size=2, device="cpu")
         assert policy.decide(features([0, 0])).tolist() == [F, F]
 
 
@@ -78,8 +78,8 @@ def test_config_defaults_valid_and_every_policy_registered():
 
 def test_score_types_and_empty_span():
     f = features([3, 2, 0], expected_length=[2.5, 1.0, 0.0], n_high=[1, 2, 0])
-    static = score(f, RoutingConfig(score_type="difference_static", score_penalty_coef=2.0))
-    dynamic = score(f, RoutingConfig(score_type="difference_dynamic", score_penalty_coef=2.0))
+    static = score(f, RoutingConfig(do_verify_score_type="difference_static", score_penalty_coef=2.0))
+    dynamic = score(f, RoutingConfig(do_verify_score_type="difference_dynamic", score_penalty_coef=2.0))
     assert static.tolist() == [0.5, -1.0, -INF]
     assert dynamic.tolist() == [0.5, -3.0, -INF]
 
@@ -88,13 +88,13 @@ def test_score_types_and_empty_span():
 
 
 def test_mask_span_length():
-    policy = make_policy(RoutingConfig(min_span_length=2), 5, "cpu")
+    policy = make_policy(RoutingConfig(min_ssd_span_length=2), 5, "cpu")
     f = features([0, 1, 2, 3, 4], active=[T, T, T, T, F])
     assert policy.decide(f).tolist() == [F, F, T, T, F]
 
 
 def test_mask_span_length_legacy_rule():
-    policy = make_policy(RoutingConfig(min_span_length=3, legacy_span_strategy=True), 5, "cpu")
+    policy = make_policy(RoutingConfig(min_ssd_span_length=3, legacy_ssd_span_strategy=True), 5, "cpu")
     f = features(
         span_length=[1, 1, 2, 0, 4],
         n_high=[0, 3, 2, 0, 0],
@@ -104,7 +104,7 @@ def test_mask_span_length_legacy_rule():
     # Row 1: short, 3 >= min(3, 5) -> skipped. Row 2: 2 >= min(3, 2) -> skipped.
     # Row 3: empty span, never verified. Row 4: long enough.
     assert policy.decide(f).tolist() == [T, F, F, F, T]
-    plain = make_policy(RoutingConfig(min_span_length=3), 5, "cpu")
+    plain = make_policy(RoutingConfig(min_ssd_span_length=3), 5, "cpu")
     assert plain.decide(f).tolist() == [F, F, F, F, T]
 
 
@@ -113,7 +113,7 @@ def test_mask_span_length_legacy_rule():
 
 def test_score_threshold_static():
     cfg = RoutingConfig(
-        policy="score_threshold", score_type="difference_static", score_penalty_coef=1.0
+        do_verify_policy="score_threshold", do_verify_score_type="difference_static", score_penalty_coef=1.0
     )
     policy = make_policy(cfg, 4, "cpu")
     f = features([2, 2, 0, 2], expected_length=[1.0, 0.99, 5.0, 3.0], active=[T, T, T, F])
@@ -121,7 +121,7 @@ def test_score_threshold_static():
 
 
 def test_score_threshold_never_verifies_empty_span_even_at_minus_inf():
-    cfg = RoutingConfig(policy="score_threshold", score_threshold=-INF)
+    cfg = RoutingConfig(do_verify_policy="score_threshold", do_verify_score_threshold=-INF)
     policy = make_policy(cfg, 2, "cpu")
     assert policy.decide(features([0, 1])).tolist() == [F, T]
 
@@ -131,11 +131,11 @@ def test_score_threshold_never_verifies_empty_span_even_at_minus_inf():
 
 def _hysteresis(batch: int) -> ScoreHysteresisPolicy:
     cfg = RoutingConfig(
-        policy="score_hysteresis",
-        score_type="difference_static",
+        do_verify_policy="score_hysteresis",
+        do_verify_score_type="difference_static",
         score_penalty_coef=0.0,  # score == K̂, so the test drives the score directly
-        hysteresis_on=0.0,
-        hysteresis_off=-1.0,
+        hysteresis_threshold_on=0.0,
+        hysteresis_threshold_off=-1.0,
     )
     policy = make_policy(cfg, batch, "cpu")
     assert isinstance(policy, ScoreHysteresisPolicy)
@@ -224,7 +224,7 @@ def test_ucb_bucket_examples():
 
 
 def _ucb(batch: int, beta: float = 1.0) -> ContextualBanditUCBPolicy:
-    policy = make_policy(RoutingConfig(policy="contextual_bandit_ucb", ucb_beta=beta), batch, "cpu")
+    policy = make_policy(RoutingConfig(do_verify_policy="contextual_bandit_ucb", ucb_beta=beta), batch, "cpu")
     assert isinstance(policy, ContextualBanditUCBPolicy)
     return policy
 

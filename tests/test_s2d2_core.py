@@ -33,7 +33,7 @@ def test_rows_not_verified_commit_nothing_and_ratio_threshold_extends():
     q = _onehot_probs(torch.tensor([[1, 0, 3], [1, 2, 3]]))
     p = _onehot_probs(drafts)
     conf = p.gather(-1, drafts[..., None])[..., 0]
-    cfg = VerifyConfig(acceptance="greedy_exact", ratio_threshold=0.5)
+    cfg = VerifyConfig(acceptance="greedy_exact", ssd_ratio_threshold=0.5)
     _, kinds, _, _ = verify_commits(q, p, drafts, conf, masked, first_masked_span(masked),
                                     torch.tensor([True, False]), 3, cfg)
     assert kinds.tolist() == [[COMMIT_ACCEPTED, COMMIT_RESAMPLED, COMMIT_RATIO], [0, 0, 0]]
@@ -70,4 +70,4 @@ def test_verify_config_validation():
     with pytest.raises(ValueError, match="acceptance"):
         VerifyConfig(acceptance="lenient")
     with pytest.raises(ValueError, match="tempering"):
-        VerifyConfig(gamma=0.0)
+        VerifyConfig(ssd_ratio_tempering_factor=0.0)
