@@ -41,7 +41,6 @@ done for every row when any row needs one, which changes the other rows' draft l
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from transformers import DynamicCache
 from common.masks import Predicate, block_causal, draft_block, materialize
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
 from common.sequence import SequenceBuffer
+from common.token_ids import with_token_ids
 from common.stats import DecodeRecorder
 
 
@@ -105,22 +105,8 @@ class FastDecodeConfig:
         return self.max_gen_toks if self.max_gen_toks is not None else self.max_new_tokens
 
     def resolved(self, model: torch.nn.Module) -> "FastDecodeConfig":
-        """Fill mask_id and stop ids from the model's generation config, then its config, when not given."""
-        sources = [getattr(model, name, None) for name in ("generation_config", "config")]
-        sources = [source for source in sources if source is not None]
-        mask_id = self.mask_id
-        for source in sources:
-            if mask_id is None:
-                mask_id = getattr(source, "mask_token_id", None)
-        if mask_id is None:
-            raise ValueError("no mask token id: pass mask_id= (Fast-dLLM v2: the tokenizer's '|<MASK>|', 151665) "
-                             "or set mask_token_id in generation_config.json")
-        stops = self.stopping_criteria_idx
-        for source in sources:
-            if stops is None:
-                eos = getattr(source, "eos_token_id", None)
-                stops = tuple(eos) if isinstance(eos, (list, tuple)) else (None if eos is None else (eos,))
-        return dataclasses.replace(self, mask_id=int(mask_id), stopping_criteria_idx=tuple(int(s) for s in stops or ()))
+        """mask_id and stop ids filled from the model where not given (common.token_ids precedence)."""
+        return with_token_ids(self, model)
 
 
 def shifted_rows(logits: Tensor, first: int, count: int) -> Tensor:

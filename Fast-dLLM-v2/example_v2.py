@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
+import families
 from common.cli import OneLineErrorParser, add_dataclass_arguments, dataclass_from_namespace
+from common.token_ids import resolve_token_ids
 from fast_dllm_v2.blocks import FastDecodeConfig
 from fast_dllm_v2.generate import generate
 from fast_dllm_v2.generate_ssd_policy import S2D2Config, generate_ssd_policy
@@ -29,8 +31,6 @@ from fast_dllm_v2.generate_ssd_policy import S2D2Config, generate_ssd_policy
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "models" / "fast-dllm-v2-tiny"
 SAMPLE_SPLIT = REPO_ROOT / "synthetic" / "data" / "test.jsonl"
-MASK_TOKEN = "|<MASK>|"
-"""The released tokenizers' mask token (id 151665), an added token that is not declared as mask_token."""
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DECODERS = {"fast": (FastDecodeConfig, generate), "ssd_policy": (S2D2Config, generate_ssd_policy)}
 
@@ -84,14 +84,6 @@ def load_model_and_tokenizer(model: str, device: str, dtype: str):
     return loaded.to(device).eval(), tokenizer
 
 
-def tokenizer_mask_id(tokenizer) -> int | None:
-    """The tokenizer's mask token, or the released models' `|<MASK>|` added token."""
-    if tokenizer.mask_token_id is not None:
-        return tokenizer.mask_token_id
-    token_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
-    return None if token_id is None or token_id == tokenizer.unk_token_id else token_id
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     config_cls, decode = DECODERS[args.generate_fn]
@@ -103,10 +95,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         dataclass_from_namespace(config_cls, args)
     except (TypeError, ValueError) as err:
         sys.exit(f"error: {err}")
+    try:
+        families.check_model(args.model, families.FAMILIES["fast_dllm_v2"])
+    except families.ModelDirError as err:
+        sys.exit(f"error: --model {err}")
     problem = {"prompt": args.prompt} if args.prompt is not None else sample_problem()
     model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype)
-    if args.mask_id is None:
-        args.mask_id = tokenizer_mask_id(tokenizer)
+    try:
+        args.mask_id = resolve_token_ids(model, tokenizer, mask_id=args.mask_id,
+                                         mask_tokens=families.FAMILIES["fast_dllm_v2"].mask_tokens).mask_id
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     if block_from_model:
         args.block_size = int(getattr(model.config, "bd_size", FastDecodeConfig.block_size))
     try:

@@ -18,7 +18,6 @@ count drops by one per block, and no commit is spent after the last block or on 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -31,6 +30,7 @@ from common.remasking import REMASKING_STRATEGIES
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
 from common.schedule import num_transfer_tokens
 from common.sequence import SequenceBuffer
+from common.token_ids import with_token_ids
 from common.stats import DecodeRecorder
 
 
@@ -77,19 +77,8 @@ class BlockDiffusionConfig:
         return self.max_gen_toks if self.max_gen_toks is not None else self.gen_length
 
     def resolved(self, model: torch.nn.Module) -> "BlockDiffusionConfig":
-        """Fill mask_id and stop ids from the model's generation config / config when not given."""
-        gen_cfg = getattr(model, "generation_config", None)
-        mask_id = self.mask_id
-        for source in (gen_cfg, getattr(model, "config", None)):
-            if mask_id is None and source is not None:
-                mask_id = getattr(source, "mask_token_id", None)
-        if mask_id is None:
-            raise ValueError("no mask token id: pass mask_id= (the tokenizer's mask_token_id) or set mask_token_id in generation_config.json")
-        stops = self.stopping_criteria_idx
-        if stops is None:
-            eos = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
-            stops = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
-        return dataclasses.replace(self, mask_id=int(mask_id), stopping_criteria_idx=tuple(int(s) for s in stops))
+        """mask_id and stop ids filled from the model where not given (common.token_ids precedence)."""
+        return with_token_ids(self, model)
 
 
 class SDARBlocks:

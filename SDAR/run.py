@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+import families
 from common.cli import OneLineErrorParser, add_dataclass_arguments, dataclass_from_namespace
+from common.token_ids import resolve_token_ids
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "sdar-tiny"
@@ -63,8 +64,6 @@ def load_model_and_tokenizer(model_dir: str, device: str, dtype: str):
         sys.exit(f"error: the shipped model is missing at {model_dir}; pass --model_dir DIR_OR_HUB_ID")
     torch_dtype = DTYPES.get(dtype) or (torch.float16 if device.startswith("cuda") else torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=local)
-    if tokenizer.mask_token_id is None:
-        sys.exit(f"error: the tokenizer of {model_dir} has no mask token; pass --mask_id")
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch_dtype, local_files_only=local)
     return model.to(device).eval(), tokenizer
 
@@ -77,12 +76,16 @@ def main(config_cls: type, generate: Callable, description: str | None = None,
         dataclass_from_namespace(config_cls, args)
     except (TypeError, ValueError) as err:
         sys.exit(f"error: {err}")
+    try:
+        families.check_model(args.model_dir, families.FAMILIES["sdar"])
+    except families.ModelDirError as err:
+        sys.exit(f"error: --model_dir {err}")
     problem = {"prompt": args.prompt} if args.prompt is not None else sample_problem()
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.model_dir, args.device, args.dtype)
-    if args.mask_id is None:
-        args.mask_id = tokenizer.mask_token_id
+    try:
+        args.mask_id = resolve_token_ids(model, tokenizer, mask_id=args.mask_id).mask_id
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     cfg = dataclass_from_namespace(config_cls, args)
     text = problem["prompt"]
     if not args.no_chat and tokenizer.chat_template:
@@ -93,7 +96,8 @@ def main(config_cls: type, generate: Callable, description: str | None = None,
     input_ids = enc.input_ids.to(args.device)
     kwargs = {k: v for k, v in vars(cfg).items()}
     kwargs["return_forward_stats"] = True
-    ids, stats = generate(model, input_ids, **kwargs)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    ids, stats = generate(model, input_ids, generator=generator, **kwargs)
     row = stats[0]
     completion = tokenizer.decode(ids[0, input_ids.shape[1]:], skip_special_tokens=True)
     print(f"prompt: {problem['prompt']}")

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from families import FAMILIES
 from s2d2_eval.model_args import field_types
 
 DECODER_KINDS = ("ar", "static", "dynamic", "s2d2")
@@ -40,12 +41,7 @@ def _optional_schema_type(annotation: Any) -> Any:
     return Optional[inner]
 
 
-DECODERS = (
-    "SDAR.generate:block_diffusion_generate",
-    "SDAR.generate_ssd_policy:block_diffusion_generate",
-    "fast_dllm_v2.generate:generate",
-    "fast_dllm_v2.generate_ssd_policy:generate_ssd_policy",
-)
+DECODERS = tuple(spec for family in FAMILIES.values() for spec in family.decoder_specs())
 """The repository's decoders (`decoding.generate` specs); `decoding.params` accepts their fields."""
 
 SET_BY_ADAPTER = frozenset({"return_forward_stats"})

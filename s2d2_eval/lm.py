@@ -59,14 +59,14 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
-import fast_dllm_v2  # noqa: F401  (registers model_type "Fast_dLLM_Qwen" with transformers' Auto classes)
-import SDAR  # noqa: F401  (registers model_type "sdar" with transformers' Auto classes)
-from fast_dllm_v2.example_v2 import tokenizer_mask_id
+import families
+from common.token_ids import resolve_token_ids
 from s2d2_eval import REPO_ROOT
 from s2d2_eval.model_args import ModelArgError, field_types, load_object, type_decoding_args, validate_decoding_args
 from s2d2_eval.stats import Completion, summarize
 
 logger = logging.getLogger(__name__)
+families.register_model_types()  # our classes for every family's model_type, no trust_remote_code
 
 DEFAULT_GENERATE = "SDAR.generate_ssd_policy:block_diffusion_generate"
 ADAPTER_ARGS = ("custom_generate", "custom_model_class", "trust_remote_code", "seed", "bucket_by_length")
@@ -128,12 +128,16 @@ class S2D2LM(HFLM):
         self.custom_model_class = parsed.custom_model_class
         if self.custom_model_class is not None:
             self.AUTO_MODEL_CLASS = self.custom_model_class
+        if isinstance(pretrained, str) and self.custom_model_class is None:
+            try:  # one line for a missing directory, an offline hub id or another family's model
+                families.check_model(pretrained, families.by_package(self.generate_fn.__module__.split(".")[0]))
+            except families.ModelDirError as err:
+                raise ModelArgError(f"pretrained={pretrained}: {err}") from None
         trust = self._resolve_trust_remote_code(pretrained, parsed.trust_remote_code, parsed.loader_kwargs)
 
         super().__init__(pretrained=pretrained, trust_remote_code=trust, **parsed.loader_kwargs)
         self.tokenizer.padding_side = "left"
-        self.mask_id = self._resolve_mask_id()
-        self.stop_ids = self._resolve_stop_ids()
+        self.mask_id, self.stop_ids = self._resolve_token_ids()
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.decode_log: list[dict[str, Any]] = []
         self.progress_label = f"s2d2 {self.generate_spec.rsplit(':', 1)[-1]}"
@@ -231,33 +235,19 @@ class S2D2LM(HFLM):
             return
         self._config = config_class.from_pretrained(pretrained, revision=revision, subfolder=subfolder)
 
-    def _resolve_mask_id(self) -> int:
-        """model_args mask_id > generation config > model config > tokenizer.mask_token_id > the
-        released Fast-dLLM v2 tokenizers' `|<MASK>|` (an added token not declared as mask_token)."""
-        candidates = [
-            self.decoding_args.get("mask_id"),
-            getattr(getattr(self.model, "generation_config", None), "mask_token_id", None),
-            getattr(self.model.config, "mask_token_id", None),
-            tokenizer_mask_id(self.tokenizer),
-        ]
-        mask_id = next((c for c in candidates if c is not None), None)
-        if mask_id is None:
-            raise ModelArgError("no mask token id: pass mask_id=... or set mask_token_id in generation_config.json")
-        return int(mask_id)
-
-    def _resolve_stop_ids(self) -> tuple[int, ...]:
-        """model_args stopping_criteria_idx, else generation-config EOS ids plus the tokenizer's EOS
-        (lm-eval's `until` always includes the EOS text, so the decoder should stop there too)."""
-        given = self.decoding_args.get("stopping_criteria_idx")
-        if given is not None:
-            return tuple(given)
-        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids = list(eos) if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos])
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
-        if not ids:
+    def _resolve_token_ids(self) -> tuple[int, tuple[int, ...]]:
+        """(mask id, stop ids) by `common.token_ids` precedence: model_args > generation config > model
+        config > tokenizer (its mask token, or a family's added mask token such as Fast-dLLM v2's
+        `|<MASK>|`)."""
+        mask_tokens = tuple(token for family in families.FAMILIES.values() for token in family.mask_tokens)
+        try:
+            ids = resolve_token_ids(self.model, self.tokenizer, mask_id=self.decoding_args.get("mask_id"),
+                                    stop_ids=self.decoding_args.get("stopping_criteria_idx"), mask_tokens=mask_tokens)
+        except ValueError as err:
+            raise ModelArgError(str(err)) from None
+        if not ids.stop_ids:
             raise ModelArgError("no stop token ids: pass stopping_criteria_idx=... or set eos_token_id")
-        return tuple(int(i) for i in ids)
+        return ids.mask_id, ids.stop_ids
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError("s2d2 evaluates generation tasks (output_type generate_until) only: a "

@@ -25,9 +25,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from families import FAMILIES
 from s2d2_eval import REPO_ROOT
 
-FAMILY_PACKAGES = {"SDAR": "SDAR", "Fast-dLLM-v2": "fast_dllm_v2"}
+FAMILY_PACKAGES = {family.folder: family.package for family in FAMILIES.values()}
 """Repository folder of each model family -> the package it is installed as (pyproject.toml's
 `packages` and `package-dir`)."""
 

@@ -19,18 +19,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from families import FAMILIES
+
 KIND_ORDER = {"ar": 0, "static": 1, "dynamic": 2, "s2d2": 3}
 KIND_TITLES = {"ar": "AR mode", "static": "static", "dynamic": "dynamic", "s2d2": "S2D2"}
 
 
+def _family_field(params: Mapping[str, Any], attribute: str) -> Any:
+    """The first family's `attribute` field (e.g. `block_field`) present in a decoder's keywords."""
+    return next((params[name] for name in (getattr(f, attribute) for f in FAMILIES.values()) if name in params), None)
+
+
 def block_length_of(params: Mapping[str, Any]) -> int | None:
-    """Block length of either family's keywords: SDAR `block_length`, Fast-dLLM v2 `block_size`."""
-    return params.get("block_length", params.get("block_size"))
+    """Block length of any family's keywords (SDAR `block_length`, Fast-dLLM v2 `block_size`, ...)."""
+    return _family_field(params, "block_field")
 
 
 def threshold_of(params: Mapping[str, Any]) -> float | None:
-    """Commit threshold of either family: SDAR `confidence_threshold`, Fast-dLLM v2 `threshold`."""
-    return params.get("confidence_threshold", params.get("threshold"))
+    """Commit threshold of any family's keywords (SDAR `confidence_threshold`, Fast-dLLM v2 `threshold`, ...)."""
+    return _family_field(params, "threshold_field")
 
 
 def describe_decoding(kind: str, name: str, params: Mapping[str, Any]) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+import families
 from s2d2_eval import REPO_ROOT, TASKS_DIR
 from s2d2_eval.config import DECODER_KINDS
 from s2d2_eval.model_args import field_types, load_object, type_decoding_args, validate_decoding_args
@@ -58,16 +59,6 @@ class RunPlan:
     label: str
 
 
-TINY_MODEL_HINTS = {
-    "sdar-tiny": "the shipped model is made by scripts/train_tiny.py",
-    "fast-dllm-v2-tiny": "the tiny Fast-dLLM v2 model is made by scripts/train_tiny.py --family fast_dllm_v2",
-}
-"""What to run when one of the repository's tiny model directories is missing."""
-
-FAMILY_MODEL_TYPES = {"SDAR": "sdar", "fast_dllm_v2": "Fast_dLLM_Qwen"}
-"""Decoder package -> the config.json `model_type` its decoders are written for."""
-
-
 def _repo_path(path: str) -> Path:
     candidate = Path(path).expanduser()
     return candidate if candidate.is_absolute() else REPO_ROOT / candidate
@@ -85,7 +76,8 @@ def resolve_pretrained(path_or_id: str) -> str:
     looks_local = (path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1 or head == "models"
                    or (REPO_ROOT / head).is_dir() or Path(head).is_dir())
     if looks_local:
-        hint = next((f" ({text})" for name, text in TINY_MODEL_HINTS.items() if name in path_or_id), "")
+        shipped = families.by_tiny_model(path_or_id)
+        hint = f" (the shipped tiny model is made by `{shipped.train_command}`)" if shipped else ""
         raise FileNotFoundError(f"model.pretrained={path_or_id!r}: no model directory at {local}{hint}")
     return path_or_id
 
@@ -182,18 +174,19 @@ def check_params_fit_decoder(name: str, spec: str, config_class: type, params: d
 
 
 def check_model_fits_decoder(pretrained: str, spec: str, generate: Any) -> None:
-    """A repository decoder with a local model of another family (say `decoding=fast_config_a` with the
-    default `model=sdar_tiny`) fails here, not inside the first forward after the model has loaded.
-    Hub ids and directories without config.json are not checked (that would need a download)."""
-    expected = FAMILY_MODEL_TYPES.get(getattr(generate, "__module__", "").split(".")[0])
-    config_file = Path(pretrained) / "config.json"
-    if expected is None or not config_file.is_file():
-        return
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type != expected:
-        raise ValueError(f"decoding.generate={spec} decodes model_type {expected!r}, but model.pretrained="
-                         f"{pretrained} is {model_type!r}; pick a decoding preset of the model's family "
-                         "(fast_* presets for Fast-dLLM v2, the others for SDAR)")
+    """A repository decoder with a model of another family (say `decoding=fast_config_a` with the default
+    `model=sdar_tiny`), a missing directory or an offline hub id fails here in one line, before lm-eval
+    starts or any weight loads (`families.check_model`)."""
+    try:
+        found = families.check_model(pretrained)
+    except families.ModelDirError as err:
+        raise ValueError(f"model.pretrained={pretrained}: {err}") from None
+    expected = families.by_package(getattr(generate, "__module__", "").split(".")[0])
+    if expected is not None and found is not None and found is not expected:
+        types = (", ".join(repr(t) for t in f.model_types) for f in (expected, found))
+        raise ValueError(f"decoding.generate={spec} decodes model_type {next(types)} ({expected.title}), but "
+                         f"model.pretrained={pretrained} is {next(types)} ({found.title}); pick a decoding preset "
+                         "of the model's family (fast_* presets for Fast-dLLM v2, the others for SDAR)")
 
 
 def _drop_custom_dataset_notice(record: logging.LogRecord) -> bool:

@@ -28,20 +28,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import math
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+import families
 from common.cli import add_dataclass_arguments, dataclass_from_namespace
+from families import FAMILIES
 from synthetic.tasks import TASKS, TEST_SPLIT_PATH, load_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -49,31 +49,6 @@ MODES = ("ar", "baseline", "s2d2")
 EVAL_GEN_LENGTH = 64
 """Generation budget: the longest synthetic answer is 56 tokens with its EOS; 128 (the decoders'
 default) only wastes forwards on a row that never stops."""
-
-
-@dataclass(frozen=True)
-class Family:
-    """Where a family's decoders live and how its AR mode and budget are spelled."""
-
-    model_dir: Path
-    baseline: str  # module:function of the baseline decoder (its `config_class` is the base config)
-    s2d2: str  # module:function of the S2D2 decoder (its `config_class` holds every flag)
-    ar_fields: dict[str, int]  # the base-config values that make it AR mode
-    budget_field: str  # generation budget field, set to EVAL_GEN_LENGTH by default
-
-    def function(self, mode: str) -> Callable:
-        module, _, name = (self.s2d2 if mode == "s2d2" else self.baseline).partition(":")
-        return getattr(importlib.import_module(module), name)
-
-
-FAMILIES = {
-    "sdar": Family(REPO_ROOT / "models" / "sdar-tiny", "SDAR.generate:block_diffusion_generate",
-                   "SDAR.generate_ssd_policy:block_diffusion_generate",
-                   {"block_length": 1, "denoising_steps": 1}, "gen_length"),
-    "fast_dllm_v2": Family(REPO_ROOT / "models" / "fast-dllm-v2-tiny", "fast_dllm_v2.generate:generate",
-                           "fast_dllm_v2.generate_ssd_policy:generate_ssd_policy",
-                           {"block_size": 1, "small_block_size": 1}, "max_new_tokens"),
-}
 
 
 def chosen_family(argv: list[str] | None) -> str:
@@ -89,7 +64,7 @@ def build_parser(family: str = "sdar") -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     run = parser.add_argument_group("run")
     run.add_argument("--family", choices=sorted(FAMILIES), default="sdar", help="model family (decoders and flags)")
-    run.add_argument("--model_dir", type=Path, default=spec.model_dir)
+    run.add_argument("--model_dir", type=Path, default=spec.tiny_model_dir)
     run.add_argument("--mode", choices=MODES, default="ar",
                      help="ar: block length 1; baseline: the family's block-diffusion decoder; s2d2: S2D2")
     run.add_argument("--split", type=Path, default=TEST_SPLIT_PATH, help="JSONL items (default: the shipped test split)")
@@ -99,7 +74,7 @@ def build_parser(family: str = "sdar") -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seeds torch and the sampling generator")
     run.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     run.add_argument("--predictions", type=Path, default=None, help="also write per-item completions (JSONL)")
-    add_dataclass_arguments(parser, spec.function("s2d2").config_class)
+    add_dataclass_arguments(parser, spec.decoder("s2d2").config_class)
     parser.set_defaults(**{spec.budget_field: EVAL_GEN_LENGTH})
     return parser
 
@@ -107,11 +82,11 @@ def build_parser(family: str = "sdar") -> argparse.ArgumentParser:
 def decode_setting(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, Callable]:
     """The decode config and generate function of `--mode`; flags the mode would ignore are errors."""
     spec = FAMILIES[args.family]
-    s2d2 = spec.function("s2d2")
+    s2d2 = spec.decoder("s2d2")
     full = dataclass_from_namespace(s2d2.config_class, args)
     if args.mode == "s2d2":
         return full, s2d2
-    baseline = spec.function("baseline")
+    baseline = spec.decoder("baseline")
     base_class = baseline.config_class
     base_names = {f.name for f in dataclasses.fields(base_class)}
     defaults = s2d2.config_class()
@@ -121,12 +96,12 @@ def decode_setting(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         parser.error(f"--{', --'.join(ignored)} only apply to --mode s2d2")
     base = base_class(**{name: getattr(full, name) for name in base_names})
     if args.mode == "ar":
-        given = tuple(getattr(base, name) for name in spec.ar_fields)
-        allowed = (tuple(spec.ar_fields.values()), tuple(getattr(defaults, name) for name in spec.ar_fields))
+        given = tuple(getattr(base, name) for name in spec.ar_mode)
+        allowed = (tuple(spec.ar_mode.values()), tuple(getattr(defaults, name) for name in spec.ar_mode))
         if given not in allowed:
-            fixed = ", ".join(f"{name}={value}" for name, value in spec.ar_fields.items())
+            fixed = ", ".join(f"{name}={value}" for name, value in spec.ar_mode.items())
             parser.error(f"--mode ar fixes {fixed}; got {given}")
-        base = dataclasses.replace(base, **spec.ar_fields)
+        base = dataclasses.replace(base, **spec.ar_mode)
     return base, baseline
 
 
@@ -186,8 +161,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, generate: Callable) -> dict[str
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import fast_dllm_v2  # noqa: F401  (registers model_type "Fast_dLLM_Qwen")
-    import SDAR  # noqa: F401  (registers model_type "sdar" with the Auto classes)
+    families.register_model_types()
     from synthetic.scorer import score
     from synthetic.tokenizer import format_prompt
 

@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
+from families import FAMILIES as REGISTRY
 from synthetic.checkpoint import FAMILIES
 from synthetic.tasks import TASKS
 
@@ -70,8 +71,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT_DIRS = {"sdar": REPO_ROOT / "models" / "sdar-tiny",
-                       "fast_dllm_v2": REPO_ROOT / "models" / "fast-dllm-v2-tiny"}
+DEFAULT_OUTPUT_DIRS = {name: family.tiny_model_dir for name, family in REGISTRY.items()}
 IGNORE_INDEX = -100
 PROG = "train_tiny.py"
 
@@ -590,7 +590,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = build_tokenizer()
     mask_id, pad_id = tokenizer.mask_token_id, tokenizer.pad_token_id
     model = build_model(args, tokenizer).to(device).train()
-    shifted = args.family == "fast_dllm_v2"
+    shifted = REGISTRY[args.family].shift_aligned
 
     def row_maker(ids: list[int], prompt_len: int, block: int) -> TrainRow:
         if not shifted:

@@ -10,32 +10,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("sdar", "fast_dllm_v2")
+from families import FAMILIES as REGISTRY
+from families import load
+
+FAMILIES = tuple(REGISTRY)
 
 
 def tiny_model(family: str, tokenizer: Any, **config_kwargs: Any) -> Any:
-    """A freshly initialised model of `family` (seed torch first): SDARForCausalLM, or
-    Fast_dLLM_QwenForCausalLM (pass its `bd_size`). The special-token ids, vocabulary and context
+    """A freshly initialised model of `family` (seed torch first): the registry's causal-LM class with
+    its configuration (Fast-dLLM v2: pass its `bd_size`). The special-token ids, vocabulary and context
     length come from the synthetic tokenizer, never literals; `config_kwargs` give the sizes."""
     from synthetic.tokenizer import MODEL_MAX_LENGTH
 
+    if family not in REGISTRY:
+        raise ValueError(f"family={family!r}; valid: {', '.join(FAMILIES)}")
     shared = dict(
         vocab_size=len(tokenizer), max_position_embeddings=MODEL_MAX_LENGTH, tie_word_embeddings=False,
         use_cache=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None, mask_token_id=tokenizer.mask_token_id,
     )
-    if family == "sdar":
-        from SDAR.configuration_sdar import SDARConfig
-        from SDAR.modeling_sdar import SDARForCausalLM
-
-        return SDARForCausalLM(SDARConfig(**shared, **config_kwargs, architectures=["SDARForCausalLM"]))
-    if family == "fast_dllm_v2":
-        from fast_dllm_v2.configuration_fast_dllm import Fast_dLLM_QwenConfig
-        from fast_dllm_v2.modeling_fast_dllm import Fast_dLLM_QwenForCausalLM
-
-        config = Fast_dLLM_QwenConfig(**shared, **config_kwargs, architectures=["Fast_dLLM_QwenForCausalLM"])
-        return Fast_dLLM_QwenForCausalLM(config)
-    raise ValueError(f"family={family!r}; valid: {', '.join(FAMILIES)}")
+    config_class, model_class = load(REGISTRY[family].config_class), load(REGISTRY[family].model_class)
+    return model_class(config_class(**shared, **config_kwargs, architectures=[model_class.__name__]))
 
 
 def save_checkpoint(model: Any, out_dir: str | Path) -> Path:

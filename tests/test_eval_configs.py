@@ -21,6 +21,14 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 register_configs()
 
 
+
+def _sdar_dir(tmp_path):
+    """A model directory as far as planning reads one: its config.json (no weights are loaded)."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"model_type": "sdar"}')
+    return model_dir
+
 def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
@@ -126,8 +134,7 @@ def test_block_length_rescales_block_decoders_but_not_ar():
 
 
 def test_plan_rejects_bad_runs_before_loading(tmp_path):
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
+    model_dir = _sdar_dir(tmp_path)
     ok = _compose([f"model.pretrained={model_dir}", f"results_dir={tmp_path}"])
     assert plan(ok).record.parent == tmp_path / "default" / "sdar_tiny" / "synthetic"
     for bad in (["decoding=ar", "decoding.params.do_verify_policy=score_threshold"],
@@ -139,8 +146,7 @@ def test_plan_rejects_bad_runs_before_loading(tmp_path):
 
 
 def test_record_path_is_a_function_of_the_resolved_config(tmp_path):
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
+    model_dir = _sdar_dir(tmp_path)
     base = [f"model.pretrained={model_dir}", f"results_dir={tmp_path}", "decoding=dynamic"]
     first, again = plan(_compose(base)).record, plan(_compose(base)).record
     other = plan(_compose([*base, "decoding.params.confidence_threshold=0.5"])).record
@@ -158,8 +164,7 @@ def test_a_missing_metric_filter_or_task_fails_before_the_model_loads(tmp_path, 
     monkeypatch.setattr(s2d2_eval.lm.S2D2LM, "__init__", fail)
     from s2d2_eval.runner import run
 
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
+    model_dir = _sdar_dir(tmp_path)
     base = [f"model.pretrained={model_dir}", f"results_dir={tmp_path}", "task=synthetic_add"]
     for bad, needle in (("task.metric=acc", "no metric 'acc'"), ("task.filter=strict-match", "no filter"),
                         ("task.tasks=[no_such_task]", "no_such_task")):

@@ -180,11 +180,17 @@ def test_union_of_fields_refuses_one_name_with_two_types():
 
 @pytest.mark.parametrize("model", FAST_MODELS)
 @pytest.mark.parametrize("decoding", FAST_DECODINGS)
-def test_every_fast_decoding_preset_plans_with_every_fast_model(model, decoding, fast_model_dir, tmp_path):
+def test_every_fast_decoding_preset_plans_with_every_fast_model(model, decoding, fast_model_dir, tmp_path,
+                                                                 monkeypatch):
     overrides = [f"model={model}", f"decoding={decoding}", f"results_dir={tmp_path}"]
     if model == "fast_dllm_v2_tiny" and not (REPO / "models" / "fast-dllm-v2-tiny" / "config.json").is_file():
         overrides.append(f"model.pretrained={fast_model_dir}")  # a random model of the same family stands in
     cfg = _compose(overrides)
+    if model != "fast_dllm_v2_tiny":  # a hub id: refused in one line while offline, planned with hub access
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        with pytest.raises(ConfigError, match="HF_HUB_OFFLINE=0"):
+            plan(cfg)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     run_plan = plan(cfg)
     assert run_plan.record.parent == tmp_path / "default" / model / "synthetic"
     assert run_plan.record.name.startswith(f"{decoding}-")
@@ -262,6 +268,7 @@ def test_fast_dllm_key_on_an_sdar_decoder_is_a_clear_error(no_model_loading, tmp
 
     sdar_model = tmp_path / "model"
     sdar_model.mkdir()
+    (sdar_model / "config.json").write_text('{"model_type": "sdar"}')
     with pytest.raises(ConfigError, match=r"small_block_size is a keyword of fast_dllm_v2\."):
         plan(_compose([f"model.pretrained={sdar_model}", "decoding=dynamic", "decoding.params.small_block_size=4"]))
     with pytest.raises(ConfigError, match=r"denoising_steps is a keyword of SDAR\."):

@@ -4,8 +4,11 @@ import `common/` and never each other."""
 import ast
 from pathlib import Path
 
+from families import FAMILIES as REGISTRY
+
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = {"SDAR": "SDAR", "Fast-dLLM-v2": "fast_dllm_v2", "LLaDA2": "LLaDA2", "D2F": "D2F"}
+FAMILIES = {family.folder: family.package for family in REGISTRY.values()}
+FAMILIES.update({"LLaDA2": "LLaDA2", "D2F": "D2F"})  # folders of families not registered yet
 COMMON_ALLOWED = {"torch", "common", "__future__", "dataclasses", "typing", "math", "argparse", "types", "collections", "inspect"}
 
 
@@ -38,3 +41,22 @@ def test_sdar_uses_common():
     for path in (ROOT / "SDAR").glob("*.py"):
         uses |= _imports(path)
     assert "common" in uses
+
+
+def test_every_registered_family_is_packaged():
+    """Adding a family is its folder, its registry entry and its package in pyproject.toml."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = project.get("package-dir", {})
+    for family in REGISTRY.values():
+        assert family.package in project["packages"], family.name
+        assert dirs.get(family.package, family.package) == family.folder, family.name
+        assert (ROOT / family.folder / "__init__.py").is_file(), family.name
+
+
+def test_common_knows_no_family():
+    """`common/` stays family-free: no family's name, package or model type appears in its code."""
+    names = {f.package for f in REGISTRY.values()} | {t for f in REGISTRY.values() for t in f.model_types}
+    for path in (ROOT / "common").glob("*.py"):
+        assert not (_imports(path) & names), path.name

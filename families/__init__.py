@@ -1,0 +1,158 @@
+"""The model-family registry: everything the evaluation pipeline, the scripts and the tests need to know
+about a family, in one entry per family.
+
+Adding a family is its folder (modeling, configuration, decoders on `common/`) plus one `Family` entry
+here, plus its package in pyproject.toml's `packages` (a test checks that). Entries name code by
+"module:attribute" strings and import nothing, so reading the registry costs no torch import: command
+lines validate their arguments (and a model directory's family, from its config.json) before any heavy
+import or model load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family and where its pieces live."""
+
+    name: str  # registry key, e.g. "sdar" (also scripts' --family value)
+    title: str  # human name, e.g. "SDAR"
+    folder: str  # folder in the repository, e.g. "Fast-dLLM-v2"
+    package: str  # importable package of that folder, e.g. "fast_dllm_v2"
+    model_types: tuple[str, ...]  # config.json `model_type` values its modeling registers
+    config_class: str  # "module:Class" of the configuration
+    model_class: str  # "module:Class" of the causal-LM model
+    baseline: str  # "module:function" of the baseline decoder (its `config_class` is the base config)
+    s2d2: str  # "module:function" of the S2D2 decoder (its `config_class` holds every flag)
+    block_field: str  # decode-config field of the block length
+    budget_field: str  # decode-config field of the generation budget
+    threshold_field: str  # decode-config field of the baseline's commit threshold
+    ar_mode: Mapping[str, int]  # decode-config values that make the decoder AR mode
+    tiny_model: str  # repo-relative folder of the shipped tiny model
+    entry_point: str  # the single-run command line, repo-relative
+    train_command: str  # how the tiny model is made
+    shift_aligned: bool = False  # logit t-1 predicts token t (causal verifier) instead of logit t
+    mask_tokens: tuple[str, ...] = ()  # added mask tokens of released tokenizers that declare no mask_token
+
+    @property
+    def tiny_model_dir(self) -> Path:
+        return REPO_ROOT / self.tiny_model
+
+    def decoder(self, mode: str) -> Any:
+        """The baseline ("baseline", "ar") or S2D2 ("s2d2") generate function (imports the family)."""
+        return load(self.s2d2 if mode == "s2d2" else self.baseline)
+
+    def decoder_specs(self) -> tuple[str, str]:
+        return self.baseline, self.s2d2
+
+
+def load(spec: str) -> Any:
+    """Import "module:attribute"."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family(
+            name="sdar", title="SDAR", folder="SDAR", package="SDAR", model_types=("sdar",),
+            config_class="SDAR.configuration_sdar:SDARConfig", model_class="SDAR.modeling_sdar:SDARForCausalLM",
+            baseline="SDAR.generate:block_diffusion_generate",
+            s2d2="SDAR.generate_ssd_policy:block_diffusion_generate",
+            block_field="block_length", budget_field="gen_length", threshold_field="confidence_threshold",
+            ar_mode={"block_length": 1, "denoising_steps": 1}, tiny_model="models/sdar-tiny",
+            entry_point="SDAR/generate_ssd_policy.py", train_command="python scripts/train_tiny.py",
+        ),
+        Family(
+            name="fast_dllm_v2", title="Fast-dLLM v2", folder="Fast-dLLM-v2", package="fast_dllm_v2",
+            model_types=("Fast_dLLM_Qwen",),
+            config_class="fast_dllm_v2.configuration_fast_dllm:Fast_dLLM_QwenConfig",
+            model_class="fast_dllm_v2.modeling_fast_dllm:Fast_dLLM_QwenForCausalLM",
+            baseline="fast_dllm_v2.generate:generate", s2d2="fast_dllm_v2.generate_ssd_policy:generate_ssd_policy",
+            block_field="block_size", budget_field="max_new_tokens", threshold_field="threshold",
+            ar_mode={"block_size": 1, "small_block_size": 1}, tiny_model="models/fast-dllm-v2-tiny",
+            entry_point="Fast-dLLM-v2/example_v2.py",
+            train_command="python scripts/train_tiny.py --family fast_dllm_v2", shift_aligned=True,
+            mask_tokens=("|<MASK>|",),
+        ),
+    )
+}
+
+
+def by_package(package: str) -> Family | None:
+    """The family whose package is `package` (e.g. a decoder function's module root), else None."""
+    return next((f for f in FAMILIES.values() if f.package == package), None)
+
+
+def by_model_type(model_type: str | None) -> Family | None:
+    """The family registered for a config.json `model_type`, else None."""
+    return next((f for f in FAMILIES.values() if model_type in f.model_types), None)
+
+
+def by_tiny_model(path: str | Path) -> Family | None:
+    """The family whose shipped tiny model folder has this name, else None."""
+    name = Path(path).name
+    return next((f for f in FAMILIES.values() if Path(f.tiny_model).name == name), None)
+
+
+def register_model_types() -> None:
+    """Import every family package, which registers its classes with transformers' Auto classes."""
+    for family in FAMILIES.values():
+        importlib.import_module(family.package)
+
+
+class ModelDirError(ValueError):
+    """A model directory or hub id that cannot be used by the chosen decoder; the message is one line."""
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and not Path(path).exists()
+
+
+def check_model(path: str | Path, expected: Family | None = None) -> Family | None:
+    """Validate a model directory or hub id before any weight is loaded.
+
+    - a local directory: it must hold config.json; its `model_type` must be a registered family, and
+      `expected`'s when given ("this is a <family> model; use <entry point>");
+    - a hub id (`org/name`, not an existing path): allowed only when the hub is reachable, i.e. unless
+      HF_HUB_OFFLINE=1 (then: "set HF_HUB_OFFLINE=0"). Its family is not known without a download.
+    Returns the directory's family (None for a hub id). Raises ModelDirError with a one-line message.
+    """
+    text = str(path)
+    folder = Path(text).expanduser()
+    if not folder.exists():
+        if _looks_like_hub_id(text):
+            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+                raise ModelDirError(f"{text} is a hub id and the hub is offline here (HF_HUB_OFFLINE=1): set "
+                                    "HF_HUB_OFFLINE=0 with network access, or pass a local model directory")
+            return None
+        shipped = by_tiny_model(folder)
+        hint = f" (the shipped tiny model is made by `{shipped.train_command}`)" if shipped else ""
+        raise ModelDirError(f"no such model directory: {text}{hint}")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelDirError(f"{text} is not a model directory: it has no config.json")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError) as err:
+        raise ModelDirError(f"{config_file} is not valid JSON: {err}") from None
+    family = by_model_type(model_type)
+    if family is None:
+        known = ", ".join(f"{t} ({f.title})" for f in FAMILIES.values() for t in f.model_types)
+        raise ModelDirError(f"{text} has model_type {model_type!r}, which no family here decodes; known: {known}")
+    if expected is not None and family is not expected:
+        raise ModelDirError(f"{text} is a {family.title} model (model_type {model_type!r}), not {expected.title}; "
+                            f"use {family.entry_point}")
+    return family
