@@ -178,7 +178,8 @@ class LLaDA2MoeConfig(PretrainedConfig):
             )
         if not 0.0 < self.partial_rotary_factor <= 1.0:
             raise ValueError(
-                f"LLaDA2MoeConfig.partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor!r}."
+                "LLaDA2MoeConfig.partial_rotary_factor must be in (0, 1], "
+                f"got {self.partial_rotary_factor!r}."
             )
         if self.rope_dim <= 0 or self.rope_dim % 2 != 0:
             raise ValueError(
@@ -227,7 +228,8 @@ class LLaDA2MoeConfig(PretrainedConfig):
         """Group-limited top-k needs equal groups of >= 2 experts (group score = sum of the top 2)."""
         if self.num_experts % self.n_group != 0:
             raise ValueError(
-                f"LLaDA2MoeConfig.num_experts ({self.num_experts}) must be divisible by n_group ({self.n_group})."
+                f"LLaDA2MoeConfig.num_experts ({self.num_experts}) must be divisible by "
+                f"n_group ({self.n_group})."
             )
         per_group = self.num_experts // self.n_group
         if per_group < 2:

@@ -97,8 +97,8 @@ class LLaDA2MoeRotaryEmbedding(nn.Module):
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """position_ids [B|1, Q], model dtype -> (cos, sin), each [B|1, Q, R] in float32 (float64)."""
         angle_dtype = _compute_dtype(dtype)
-        exponents = torch.arange(0, self.rope_dim, 2, device=position_ids.device).to(angle_dtype) / self.rope_dim
-        inv_freq = 1.0 / (self.rope_theta**exponents)  # [R/2]
+        even_dims = torch.arange(0, self.rope_dim, 2, device=position_ids.device).to(angle_dtype)  # [R/2]
+        inv_freq = 1.0 / (self.rope_theta ** (even_dims / self.rope_dim))  # [R/2]
         freqs = position_ids[..., None].to(angle_dtype) * inv_freq  # [B|1, Q, R/2]
         angles = torch.cat((freqs, freqs), dim=-1)  # [B|1, Q, R]
         return angles.cos(), angles.sin()
@@ -133,9 +133,8 @@ class LLaDA2MoeAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         # Output rows are [H query heads | Hkv key heads | Hkv value heads] x D.
-        self.query_key_value = nn.Linear(
-            config.hidden_size, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim, bias=config.use_qkv_bias
-        )
+        qkv_width = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        self.query_key_value = nn.Linear(config.hidden_size, qkv_width, bias=config.use_qkv_bias)
         self.use_qk_norm = config.use_qk_norm
         if self.use_qk_norm:
             self.query_layernorm = LLaDA2MoeRMSNorm(self.head_dim, eps=config.rms_norm_eps)
@@ -183,7 +182,8 @@ class LLaDA2MoeAttention(nn.Module):
             key = self.key_layernorm(key)
         query = apply_partial_rotary(query.transpose(1, 2), cos, sin)  # [B, H, Q, D]
         key = apply_partial_rotary(key.transpose(1, 2), cos, sin)  # [B, Hkv, Q, D]
-        key, value = self._keys_values(key, value.transpose(1, 2), past_key_values, store_kv)  # [B, Hkv, K, D]
+        # [B, Hkv, K, D] each
+        key, value = self._keys_values(key, value.transpose(1, 2), past_key_values, store_kv)
         out = F.scaled_dot_product_attention(
             query,
             key,
@@ -211,7 +211,9 @@ class LLaDA2MoeMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
-def group_limited_topk(routing_scores: torch.Tensor, top_k: int, n_group: int, topk_group: int) -> torch.Tensor:
+def group_limited_topk(
+    routing_scores: torch.Tensor, top_k: int, n_group: int, topk_group: int
+) -> torch.Tensor:
     """Choose top_k experts per token among the topk_group best expert groups.
 
     routing_scores [N, X] (biased sigmoid scores) -> expert indices [N, k], best first.
@@ -244,7 +246,8 @@ def route(
     ignores `norm_topk_prob`), then multiplied by routed_scaling_factor.
     Returns expert indices [N, k] and weights [N, k] in scores' dtype.
     """
-    expert_idx = group_limited_topk(scores + expert_bias.to(scores.dtype), top_k, n_group, topk_group)  # [N, k]
+    biased = scores + expert_bias.to(scores.dtype)  # [N, X]
+    expert_idx = group_limited_topk(biased, top_k, n_group, topk_group)  # [N, k]
     weights = scores.gather(1, expert_idx)  # [N, k]
     if top_k > 1:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + _ROUTING_NORM_EPS)
@@ -267,10 +270,13 @@ class LLaDA2MoeGate(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden_states [N, E] -> expert indices [N, k], routing weights [N, k] (float32 or float64)."""
         router_dtype = _compute_dtype(hidden_states.dtype)
-        # `router_dtype: fp32`: logits and scores in float32 even for a bf16 model.
-        logits = F.linear(hidden_states.to(router_dtype), self.weight.to(router_dtype))  # [N, X]
+        # `router_dtype: fp32`: logits and scores in float32 even for a bf16 model, and also under
+        # torch.autocast, which would otherwise run this matmul in half precision.
+        with torch.autocast(device_type=hidden_states.device.type, enabled=False):
+            logits = F.linear(hidden_states.to(router_dtype), self.weight.to(router_dtype))  # [N, X]
+        scores = torch.sigmoid(logits)  # [N, X]
         return route(
-            torch.sigmoid(logits), self.expert_bias, self.top_k, self.n_group, self.topk_group, self.routed_scaling_factor
+            scores, self.expert_bias, self.top_k, self.n_group, self.topk_group, self.routed_scaling_factor
         )
 
 
@@ -414,7 +420,8 @@ def prepare_attention_mask(
             raise ValueError(
                 f"attention_mask is required when more than one token is fed (Q = {q_len}): LLaDA2 "
                 "builds no mask of its own, and transformers 4.52.4's SDPA turns a missing mask into a "
-                f"causal one. Pass a bool mask {expected} (True = may attend), e.g. all True for full attention."
+                f"causal one. Pass a bool mask {expected} (True = may attend), e.g. all True for "
+                "full attention."
             )
         return None
     if not isinstance(attention_mask, torch.Tensor):

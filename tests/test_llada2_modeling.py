@@ -183,7 +183,9 @@ def _ref_rope(x: torch.Tensor, positions: torch.Tensor, rope_dim: int, theta: fl
     return out
 
 
-def _ref_attention(x: torch.Tensor, weights: dict, prefix: str, positions: torch.Tensor, allowed: torch.Tensor, cfg: dict) -> torch.Tensor:
+def _ref_attention(
+    x: torch.Tensor, weights: dict, prefix: str, positions: torch.Tensor, allowed: torch.Tensor, cfg: dict
+) -> torch.Tensor:
     """x [T, E], allowed bool [T, T] -> [T, E], one head at a time."""
     heads, kv_heads, dim = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     qkv = x @ weights[f"{prefix}.query_key_value.weight"].T  # [T, (H + 2 Hkv) D]
@@ -321,7 +323,8 @@ def test_moe_dispatch_gradients_match_dense_formulation() -> None:
 
     def grads() -> list[torch.Tensor]:
         # An expert that received no token has no .grad; its true gradient is zero.
-        return [x.grad.clone()] + [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in block.parameters()]
+        params = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in block.parameters()]
+        return [x.grad.clone()] + params
 
     block(x).square().sum().backward()
     dispatched = grads()
@@ -329,7 +332,8 @@ def test_moe_dispatch_gradients_match_dense_formulation() -> None:
     block.zero_grad()
     tokens = x.reshape(7, -1)
     idx, weights = block.gate(tokens)  # [N, k]
-    dense_weights = torch.zeros(7, TINY["num_experts"], dtype=torch.float64).scatter(1, idx, weights)  # [N, X]
+    dense_weights = torch.zeros(7, TINY["num_experts"], dtype=torch.float64)
+    dense_weights = dense_weights.scatter(1, idx, weights)  # [N, X]: zero for unchosen experts
     every = torch.stack([expert(tokens) for expert in block.experts], dim=1)  # [N, X, E]
     dense = (every * dense_weights[..., None]).sum(1) + block.shared_experts(tokens)
     dense.square().sum().backward()
@@ -394,14 +398,11 @@ def test_cached_block_forward_equals_full_block_causal_forward() -> None:
             positions = torch.arange(start, start + block)[None].expand(2, -1)  # [B, L]
             block_ids = input_ids[:, start : start + block]
             full_attention = torch.ones(1, block, start + block, dtype=torch.bool)  # [1, L, C+L]
-            read_only = model(
-                block_ids, attention_mask=full_attention, position_ids=positions, past_key_values=cache, store_kv=False
-            ).logits
+            inputs = {"attention_mask": full_attention, "position_ids": positions, "past_key_values": cache}
+            read_only = model(block_ids, **inputs, store_kv=False).logits
             torch.testing.assert_close(read_only, full[:, start : start + block], **TIGHT)
             assert cache.get_seq_length() == start
-            committed = model(
-                block_ids, attention_mask=full_attention, position_ids=positions, past_key_values=cache, store_kv=True
-            ).logits
+            committed = model(block_ids, **inputs, store_kv=True).logits
             torch.testing.assert_close(committed, full[:, start : start + block], **TIGHT)
             assert cache.get_seq_length() == start + block
 
@@ -411,11 +412,11 @@ def test_store_kv_false_leaves_cache_contents_unchanged() -> None:
     input_ids = _tokens(1, 12)
     cache = DynamicCache()
     with torch.no_grad():
-        model(input_ids[:, :8], attention_mask=_block_causal(0, 8, 8, 4), past_key_values=cache, store_kv=True)
+        prefill_mask = _block_causal(0, 8, 8, 4)
+        model(input_ids[:, :8], attention_mask=prefill_mask, past_key_values=cache, store_kv=True)
         before = [(k.clone(), v.clone()) for k, v in zip(cache.key_cache, cache.value_cache)]
-        out = model(
-            input_ids[:, 8:], attention_mask=torch.ones(1, 4, 12, dtype=torch.bool), past_key_values=cache, store_kv=False
-        )
+        full_attention = torch.ones(1, 4, 12, dtype=torch.bool)
+        out = model(input_ids[:, 8:], attention_mask=full_attention, past_key_values=cache, store_kv=False)
     assert out.past_key_values is cache and cache.get_seq_length() == 8
     assert len(cache.key_cache) == TINY["num_hidden_layers"]
     for (key, value), (key_before, value_before) in zip(zip(cache.key_cache, cache.value_cache), before):
@@ -428,10 +429,12 @@ def test_default_position_ids_follow_cache_length() -> None:
     mask = torch.ones(1, 4, 9, dtype=torch.bool)
     with torch.no_grad():
         cache = DynamicCache()
-        model(input_ids[:, :5], attention_mask=_block_causal(0, 5, 5, 5), past_key_values=cache, store_kv=True)
+        prompt_mask = torch.ones(1, 5, 5, dtype=torch.bool)
+        model(input_ids[:, :5], attention_mask=prompt_mask, past_key_values=cache, store_kv=True)
         implicit = model(input_ids[:, 5:], attention_mask=mask, past_key_values=cache).logits
+        positions = torch.arange(5, 9)[None]  # [1, 4]
         explicit = model(
-            input_ids[:, 5:], attention_mask=mask, position_ids=torch.arange(5, 9)[None], past_key_values=cache
+            input_ids[:, 5:], attention_mask=mask, position_ids=positions, past_key_values=cache
         ).logits
     torch.testing.assert_close(implicit, explicit, **EXACT)
 
@@ -473,9 +476,11 @@ def test_single_token_without_mask_attends_everything() -> None:
     input_ids = _tokens(1, 6)
     with torch.no_grad():
         cache = DynamicCache()
-        model(input_ids[:, :5], attention_mask=_block_causal(0, 5, 5, 5), past_key_values=cache, store_kv=True)
+        prompt_mask = torch.ones(1, 5, 5, dtype=torch.bool)
+        model(input_ids[:, :5], attention_mask=prompt_mask, past_key_values=cache, store_kv=True)
         implicit = model(input_ids[:, 5:], past_key_values=cache).logits
-        explicit = model(input_ids[:, 5:], attention_mask=torch.ones(1, 1, 6, dtype=torch.bool), past_key_values=cache).logits
+        everything = torch.ones(1, 1, 6, dtype=torch.bool)
+        explicit = model(input_ids[:, 5:], attention_mask=everything, past_key_values=cache).logits
     torch.testing.assert_close(implicit, explicit, **EXACT)
 
 
@@ -506,7 +511,8 @@ def test_missing_mask_with_several_queries_is_rejected() -> None:
     with pytest.raises(ValueError, match="attention_mask is required"):
         model(_tokens(1, 4))
     cache = DynamicCache()
-    model(_tokens(1, 4), attention_mask=torch.ones(1, 4, 4, dtype=torch.bool), past_key_values=cache, store_kv=True)
+    prompt_mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    model(_tokens(1, 4), attention_mask=prompt_mask, past_key_values=cache, store_kv=True)
     with pytest.raises(ValueError, match="attention_mask is required"):
         model(_tokens(1, 3), past_key_values=cache, store_kv=False)
 
@@ -541,6 +547,44 @@ def test_unknown_kwargs_are_rejected() -> None:
         _model()(_tokens(1, 1), store_kvv=True)
 
 
+def test_gradient_checkpointing_matches_plain_backward() -> None:
+    input_ids = _tokens(2, 8)
+    mask = _block_causal(0, 8, 8, 4)
+    grads = []
+    for checkpointing in (False, True):
+        model = _model().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(input_ids, attention_mask=mask, labels=input_ids).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, **TIGHT)
+
+
+def test_bf16_autocast_training_step_runs() -> None:
+    """Upstream's training-mode MoE path fails under bf16 autocast (MODEL-FAMILIES.md §8.1)."""
+    model = _model().train()
+    input_ids = _tokens(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(input_ids, attention_mask=_block_causal(0, 8, 8, 4), labels=input_ids)
+    out.loss.backward()
+    assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert torch.isfinite(model.model.layers[2].mlp.gate.weight.grad).all()
+
+
+def test_router_stays_float32_under_autocast() -> None:
+    gate = _model().model.layers[1].mlp.gate
+    tokens = torch.randn(16, TINY["hidden_size"], generator=torch.Generator().manual_seed(6))  # [N, E]
+    with torch.no_grad():
+        expected_idx, expected_weights = gate(tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            idx, weights = gate(tokens)
+    assert weights.dtype == torch.float32
+    assert torch.equal(idx, expected_idx)
+    torch.testing.assert_close(weights, expected_weights, **EXACT)
+
+
 # ---------------------------------------------------------------------- checkpoint loading / auto
 
 
@@ -548,10 +592,16 @@ def _released_key_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     """State-dict names and shapes of a released checkpoint (MODEL-FAMILIES.md §3.3)."""
     e, d = cfg["hidden_size"], cfg["head_dim"]
     qkv = (cfg["num_attention_heads"] + 2 * cfg["num_key_value_heads"]) * d
-    shapes = {"model.word_embeddings.weight": (cfg["vocab_size"], e), "model.norm.weight": (e,), "lm_head.weight": (cfg["vocab_size"], e)}
+    shapes = {
+        "model.word_embeddings.weight": (cfg["vocab_size"], e),
+        "model.norm.weight": (e,),
+        "lm_head.weight": (cfg["vocab_size"], e),
+    }
 
     def swiglu(prefix: str, width: int) -> None:
-        shapes.update({f"{prefix}.gate_proj.weight": (width, e), f"{prefix}.up_proj.weight": (width, e), f"{prefix}.down_proj.weight": (e, width)})
+        shapes[f"{prefix}.gate_proj.weight"] = (width, e)
+        shapes[f"{prefix}.up_proj.weight"] = (width, e)
+        shapes[f"{prefix}.down_proj.weight"] = (e, width)
 
     for i in range(cfg["num_hidden_layers"]):
         layer = f"model.layers.{i}"
@@ -580,14 +630,15 @@ def _write_released_style_checkpoint(directory: Path) -> dict[str, torch.Tensor]
     assert set(config_json) == set(RELEASED) | set(RELEASED_EXTRAS)
     (directory / "config.json").write_text(json.dumps(config_json))
     generator = torch.Generator().manual_seed(7)
-    tensors = {
-        name: 0.1 * torch.randn(shape, generator=generator) for name, shape in _released_key_shapes(config_json).items()
-    }
+    shapes = _released_key_shapes(config_json)
+    tensors = {name: 0.1 * torch.randn(shape, generator=generator) for name, shape in shapes.items()}
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return tensors
 
 
-def test_released_style_checkpoint_loads_without_remote_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_released_style_checkpoint_loads_without_remote_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tensors = _write_released_style_checkpoint(tmp_path)
 
     def refuse_prompt(*args: object) -> str:
@@ -610,7 +661,8 @@ def test_released_style_checkpoint_loads_without_remote_code(tmp_path: Path, mon
     mask = _block_causal(0, 6, 6, 3)
     with torch.no_grad():
         expected = _ref_logits(model.eval(), input_ids[0], mask[0])
-        torch.testing.assert_close(model(input_ids, attention_mask=mask).logits[0].double(), expected, rtol=1e-4, atol=1e-5)
+        logits = model(input_ids, attention_mask=mask).logits[0]  # [T, V]
+    torch.testing.assert_close(logits.double(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_save_pretrained_round_trip(tmp_path: Path) -> None:
@@ -622,7 +674,8 @@ def test_save_pretrained_round_trip(tmp_path: Path) -> None:
     input_ids = _tokens(2, 7)
     mask = _block_causal(0, 7, 7, 4)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids, attention_mask=mask).logits, model(input_ids, attention_mask=mask).logits, **EXACT)
+        expected = model(input_ids, attention_mask=mask).logits
+        torch.testing.assert_close(loaded(input_ids, attention_mask=mask).logits, expected, **EXACT)
 
 
 def test_registration_is_idempotent() -> None:
