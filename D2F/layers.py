@@ -1,0 +1,282 @@
+"""Pieces shared by the two D2F backbones (LLaDA and Dream): the forward's mask contract, the
+`store_kv` cache contract, RMSNorm, rotate-half RoPE and SDPA attention.
+
+Both models take the same masks and cache arguments, so a decoder can drive either family with one
+call convention. Shapes: B batch, Q query tokens of this call, P cached tokens, K = P + Q keys,
+H query heads, Hkv key/value heads, D head dimension, E hidden size.
+
+Mask contract (what `prepare_attention_mask` accepts):
+* a FULL mask `[B|1, Q, K]` or `[B|1, 1, Q, K]` (B = 1 broadcasts over the batch):
+  - bool: True = may attend;
+  - integer: 0/1 with 1 = may attend (the released LLaDA code accepts bool/int8 this way);
+  - floating: ADDITIVE, added to the attention scores (0 = may attend, -inf or a large negative
+    number = blocked). Positive entries are refused: a float 0/1 keep-mask passed by mistake
+    would otherwise be added to the scores and silently attend everywhere.
+* a PADDING mask `[B, K]` (bool or 0/1, 1 = real token) that removes padded keys for every query.
+  Both may be given; they are combined.
+No mask at all means full (bidirectional) attention over cache + current tokens. There is no
+implicit causal mask anywhere: the released LLaDA code switches to a causal mask when a cache is
+given without one (MODEL-FAMILIES.md §8.2). Here a forward that is given `past_key_values` (empty
+or not) and has more than one query token but no full mask is an error (`check_mask_with_cache`).
+
+Cache contract: `past_key_values` is a transformers `DynamicCache` of post-RoPE keys and values.
+`store_kv` says how many of this call's tokens are appended: False (none: a read-only forward that
+leaves the cache unchanged), True (all Q), or an int n in [0, Q] (the first n, e.g. the committed
+blocks at the front of a pipelined D2F window while the blocks behind them are still decoding).
+Every call attends over cached + ALL current keys, whatever it stores.
+"""
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.cache_utils import DynamicCache
+
+_MASK_SHAPES = "[B, Q, K] or [B, 1, Q, K] (B may be 1)"
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm in float32, cast back to the input dtype before the weight (LLaDA's and Qwen2's order)."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [..., E] -> [..., E]
+        input_dtype = hidden_states.dtype
+        # float64 stays float64 so a double-precision reference run is not limited to float32.
+        compute_dtype = torch.float64 if input_dtype == torch.float64 else torch.float32
+        hidden = hidden_states.to(compute_dtype)
+        variance = hidden.pow(2).mean(-1, keepdim=True)
+        normed = hidden * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * normed.to(input_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+def rope_tables(
+    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half RoPE tables for position_ids [B|1, Q] -> (cos, sin), each [B|1, Q, D].
+
+    Frequencies and angles are float32 (float64 for a float64 model) whatever the model dtype, as
+    LLaDA's `rope_full_precision` and HF's Qwen2 rotary embedding both compute them. They are built
+    per call from the config, so no buffer can be rounded by `model.to(bfloat16)` or left on the meta
+    device by low-memory loading.
+    """
+    angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    exponents = torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.int64).to(angle_dtype)
+    inv_freq = 1.0 / (theta ** (exponents / head_dim))  # [D/2]
+    freqs = position_ids[..., None].to(angle_dtype) * inv_freq  # [B|1, Q, D/2]
+    angles = torch.cat((freqs, freqs), dim=-1)  # [B|1, Q, D]
+    return angles.cos(), angles.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., D]
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool) -> torch.Tensor:
+    """Rotate x [B, H, Q, D] by cos/sin [B|1, Q, D].
+
+    full_precision=True rotates in the tables' dtype and casts the result back (LLaDA's
+    `rope_full_precision`); False casts the tables to x's dtype first (HF Qwen2, hence Dream). The two
+    agree exactly in float32 and differ by rounding in bfloat16/float16.
+    """
+    cos = cos.unsqueeze(1)  # [B|1, 1, Q, D]
+    sin = sin.unsqueeze(1)  # [B|1, 1, Q, D]
+    if full_precision:
+        wide = x.to(cos.dtype)
+        return (wide * cos + _rotate_half(wide) * sin).to(x.dtype)
+    return x * cos.to(x.dtype) + _rotate_half(x) * sin.to(x.dtype)
+
+
+def _full_mask(mask: torch.Tensor, batch: int, q_len: int, kv_len: int, name: str) -> torch.Tensor:
+    """Validate a full mask and return it as [B|1, 1, Q, K] (bool, or floating additive)."""
+    expected = f"{_MASK_SHAPES} with Q = {q_len}, K = cached + Q = {kv_len}, B = {batch}"
+    if mask.dim() == 3:
+        mask = mask[:, None]
+    if mask.dim() != 4 or mask.shape[1] != 1:
+        raise ValueError(f"{name} must have shape {expected}; got {tuple(mask.shape)}.")
+    if mask.shape[0] not in (1, batch) or mask.shape[2] != q_len or mask.shape[3] != kv_len:
+        raise ValueError(f"{name} must have shape {expected}; got {tuple(mask.shape)}.")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_floating_point():
+        # One host sync per forward; it guards against a 0/1 keep-mask read as additive scores.
+        if bool((mask > 0).any()) or bool(mask.isnan().any()):
+            raise ValueError(
+                f"A floating {name} is ADDITIVE (0 = may attend, -inf or a large negative value = "
+                "blocked) and must have no positive or NaN entries; pass a bool mask for a 0/1 "
+                "keep-mask."
+            )
+        return mask
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"An integer {name} must hold 0/1 (1 = may attend); got other values.")
+    return mask != 0
+
+
+def prepare_attention_mask(
+    full_mask: Optional[torch.Tensor],
+    padding_mask: Optional[torch.Tensor],
+    batch: int,
+    q_len: int,
+    kv_len: int,
+    device: torch.device,
+) -> Optional[torch.Tensor]:
+    """Combine a full mask and a padding mask (module docstring) into one SDPA mask.
+
+    Returns None (full attention), a bool [B|1, 1, Q, K] mask (True = may attend) or an additive
+    floating [B|1, 1, Q, K] mask.
+    """
+    mask = None
+    if full_mask is not None:
+        mask = _full_mask(full_mask.to(device), batch, q_len, kv_len, "attention mask")
+    if padding_mask is None:
+        return mask
+    if padding_mask.shape != (batch, kv_len):
+        raise ValueError(
+            f"A 2-D padding attention_mask must have shape [B, K] = [{batch}, {kv_len}] (K = cached + Q "
+            f"keys, 1 = real token); got {tuple(padding_mask.shape)}."
+        )
+    padding_mask = padding_mask.to(device)
+    if padding_mask.dtype != torch.bool:
+        if not bool(((padding_mask == 0) | (padding_mask == 1)).all()):
+            raise ValueError("A 2-D padding attention_mask must hold 0/1 or bool (1 = real token).")
+        padding_mask = padding_mask != 0
+    keys_valid = padding_mask[:, None, None, :]  # [B, 1, 1, K]
+    if mask is None:
+        return keys_valid
+    if mask.dtype == torch.bool:
+        return mask & keys_valid
+    return mask.masked_fill(~keys_valid, torch.finfo(mask.dtype).min)
+
+
+def split_masks(
+    attention_mask: Optional[torch.Tensor], attention_bias: Optional[torch.Tensor]
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Read the two mask keywords -> (full mask or None, padding mask or None).
+
+    `attention_bias` (the released LLaDA name, also used at the paper's Dream call sites) is always a
+    full mask. `attention_mask` is a 2-D padding mask or, when it has 3 or 4 dimensions, a full mask
+    (the released Dream name); giving a full mask under both names is ambiguous and refused.
+    """
+    for name, mask in (("attention_mask", attention_mask), ("attention_bias", attention_bias)):
+        if mask is not None and not isinstance(mask, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor or None; got {type(mask)}.")
+    if attention_mask is None or attention_mask.dim() == 2:
+        return attention_bias, attention_mask
+    if attention_bias is not None:
+        raise ValueError(
+            "Got a full (3-D/4-D) mask as both attention_mask and attention_bias; pass it once "
+            "(attention_mask may then only be the 2-D [B, K] padding mask)."
+        )
+    return attention_mask, None
+
+
+def check_mask_with_cache(
+    full_mask: Optional[torch.Tensor], past_key_values: Optional[DynamicCache], q_len: int
+) -> None:
+    """Refuse a cached forward with Q > 1 and no full mask (module docstring: no implicit causal mask)."""
+    if full_mask is None and past_key_values is not None and q_len > 1:
+        raise ValueError(
+            f"A forward with past_key_values and {q_len} query tokens needs an explicit full attention "
+            "mask [B|1, 1, Q, K] (attention_bias, or a 3-D/4-D attention_mask). None is refused "
+            "rather than guessed: the released LLaDA code silently turns it into a causal mask."
+        )
+
+
+def tokens_to_store(store_kv: Union[bool, int], q_len: int) -> int:
+    """store_kv (False / True / int n) -> how many leading query tokens to append to the cache."""
+    if isinstance(store_kv, bool):
+        return q_len if store_kv else 0
+    if not isinstance(store_kv, int) or not 0 <= store_kv <= q_len:
+        raise ValueError(
+            f"store_kv must be a bool or an int in [0, Q] = [0, {q_len}] (the number of leading query "
+            f"tokens whose K/V are appended); got {store_kv!r}."
+        )
+    return store_kv
+
+
+def keys_values_with_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    past_key_values: Optional[DynamicCache],
+    layer_idx: int,
+    n_store: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """key/value [B, Hkv, Q, D] -> keys/values over cache + all current tokens [B, Hkv, K, D].
+
+    The first n_store current tokens are appended to the cache; the rest are attended to but not kept.
+    """
+    if past_key_values is None:
+        return key, value
+    if n_store > 0:
+        cached_key, cached_value = past_key_values.update(
+            key[:, :, :n_store], value[:, :, :n_store], layer_idx
+        )  # [B, Hkv, P + n, D]
+        if n_store == key.shape[2]:
+            return cached_key, cached_value
+        return (
+            torch.cat([cached_key, key[:, :, n_store:]], dim=-2),
+            torch.cat([cached_value, value[:, :, n_store:]], dim=-2),
+        )
+    if past_key_values.get_seq_length(layer_idx) == 0:
+        return key, value
+    return (
+        torch.cat([past_key_values.key_cache[layer_idx], key], dim=-2),
+        torch.cat([past_key_values.value_cache[layer_idx], value], dim=-2),
+    )
+
+
+def attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    dropout_p: float,
+) -> torch.Tensor:
+    """Non-causal SDPA with grouped K/V heads and scale 1/sqrt(D).
+
+    query [B, H, Q, D], key/value [B, Hkv, K, D], mask from `prepare_attention_mask` -> [B, Q, H, D].
+    K/V heads are expanded explicitly instead of `enable_gqa`, which restricts SDPA to the flash and
+    math kernels (flash takes no mask), so masked GQA would fall back to the slow math kernel.
+    No torch backend flag is changed: SDPA picks its kernel per call.
+    """
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)  # [B, H, K, D]
+        value = value.repeat_interleave(groups, dim=1)  # [B, H, K, D]
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(query.dtype)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p, is_causal=False)
+    return out.transpose(1, 2)  # [B, Q, H, D]
+
+
+def reject_unsupported_kwargs(
+    family: str, labels: Optional[torch.Tensor], output_attentions: Optional[bool], kwargs: dict
+) -> None:
+    """One clear error for keywords this model would otherwise ignore silently."""
+    if labels is not None:
+        raise ValueError(
+            f"{family} forward computes no loss: D2F losses (masked-token cross entropy, soft cross "
+            "entropy to a teacher) are computed from the returned logits by the training code."
+        )
+    if output_attentions:
+        raise ValueError(f"{family} attention runs in SDPA, which returns no attention weights.")
+    if "update_kvcache" in kwargs:
+        raise TypeError(
+            "update_kvcache is the reference code's cache switch; use store_kv (False, True or the "
+            "number of leading query tokens to append)."
+        )
+    if kwargs:
+        raise TypeError(f"Unexpected keyword arguments for {family} forward: {sorted(kwargs)}.")
+
+
+def check_logits_to_keep(logits_to_keep: int) -> None:
+    if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be a non-negative int (0 = all rows); got {logits_to_keep!r}.")
