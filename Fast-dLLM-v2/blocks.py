@@ -50,6 +50,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from common.masks import Predicate, block_causal, draft_block, materialize
+from common.config import require_positive
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
 from common.sequence import SequenceBuffer
 from common.token_ids import with_token_ids
@@ -84,11 +85,7 @@ class FastDecodeConfig:
     return_decoding_order: bool = field(default=False, metadata={"help": "add decoding-order markers to the stats"})
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "block_size", "small_block_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.max_gen_toks is not None and self.max_gen_toks <= 0:
-            raise ValueError(f"max_gen_toks must be positive when given, got {self.max_gen_toks}")
+        require_positive(self, ("max_new_tokens", "block_size", "small_block_size"), optional=("max_gen_toks",))
         if self.block_size % self.small_block_size:
             raise ValueError(f"small_block_size ({self.small_block_size}) must divide block_size ({self.block_size})")
         if not math.isfinite(self.threshold):

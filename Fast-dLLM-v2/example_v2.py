@@ -15,22 +15,20 @@ validated before the tokenizer or the model is loaded. Prints the completion, wh
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 import families
+from families.cli import print_result, sample_problem
 from common.cli import OneLineErrorParser, add_dataclass_arguments, dataclass_from_namespace
-from common.token_ids import resolve_token_ids
 from fast_dllm_v2.blocks import FastDecodeConfig
 from fast_dllm_v2.generate import generate
 from fast_dllm_v2.generate_ssd_policy import S2D2Config, generate_ssd_policy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "models" / "fast-dllm-v2-tiny"
-SAMPLE_SPLIT = REPO_ROOT / "synthetic" / "data" / "test.jsonl"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DECODERS = {"fast": (FastDecodeConfig, generate), "ssd_policy": (S2D2Config, generate_ssd_policy)}
 
@@ -62,14 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sample_problem() -> dict:
-    """The first item of the shipped synthetic test split, or a literal fallback."""
-    if SAMPLE_SPLIT.exists():
-        with SAMPLE_SPLIT.open() as handle:
-            return json.loads(handle.readline())
-    return {"prompt": "add 478+95"}
-
-
 def load_model_and_tokenizer(model: str, device: str, dtype: str):
     """Load with our registered classes (no trust_remote_code); a local directory never touches the network."""
     import fast_dllm_v2  # noqa: F401  (registers model_type "Fast_dLLM_Qwen" with the Auto classes)
@@ -95,17 +85,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         dataclass_from_namespace(config_cls, args)
     except (TypeError, ValueError) as err:
         sys.exit(f"error: {err}")
-    try:
-        families.check_model(args.model, families.FAMILIES["fast_dllm_v2"])
-    except families.ModelDirError as err:
-        sys.exit(f"error: --model {err}")
+    families.require_model(args.model, "fast_dllm_v2", "--model")
     problem = {"prompt": args.prompt} if args.prompt is not None else sample_problem()
     model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype)
-    try:
-        args.mask_id = resolve_token_ids(model, tokenizer, mask_id=args.mask_id,
-                                         mask_tokens=families.FAMILIES["fast_dllm_v2"].mask_tokens).mask_id
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    args.mask_id = families.require_mask_id(model, tokenizer, "fast_dllm_v2", args.mask_id)
     if block_from_model:
         args.block_size = int(getattr(model.config, "bd_size", FastDecodeConfig.block_size))
     try:
@@ -125,17 +108,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         sys.exit(f"error: {err}")
     row = stats[0]
     completion = tokenizer.decode(ids[0, input_ids.shape[1]:], skip_special_tokens=True)
-    print(f"prompt: {problem['prompt']}")
-    print(f"completion: {completion}")
-    if "task" in problem:
-        from synthetic.scorer import score
-
-        print(f"correct: {score(problem, completion)}")
-    print("stats: " + json.dumps({k: v for k, v in row.items() if k not in ("accepted_lengths", "decoding_order")}))
-    if row["accepted_lengths"]:
-        print(f"accepted lengths: {row['accepted_lengths']}")
-    if cfg.return_decoding_order:
-        print(f"decoding order: {row['decoding_order']}")
+    print_result(problem, completion, row, cfg.return_decoding_order)
     return stats
 
 

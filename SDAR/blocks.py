@@ -27,6 +27,7 @@ from transformers import DynamicCache
 
 from common.masks import Predicate, block_causal, draft_block, materialize, token_causal, verifier_2l
 from common.remasking import REMASKING_STRATEGIES
+from common.config import require_positive
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
 from common.schedule import num_transfer_tokens
 from common.sequence import SequenceBuffer
@@ -58,11 +59,7 @@ class BlockDiffusionConfig:
     record_decoding_order: bool = field(default=False, metadata={"help": "add decoding-order markers to the stats"})
 
     def __post_init__(self) -> None:
-        for name in ("gen_length", "block_length", "denoising_steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.max_gen_toks is not None and self.max_gen_toks <= 0:
-            raise ValueError(f"max_gen_toks must be positive when given, got {self.max_gen_toks}")
+        require_positive(self, ("gen_length", "block_length", "denoising_steps"), optional=("max_gen_toks",))
         if self.remasking_strategy not in REMASKING_STRATEGIES:
             raise ValueError(
                 f"unknown remasking_strategy {self.remasking_strategy!r}; valid: {', '.join(REMASKING_STRATEGIES)}"

@@ -7,7 +7,6 @@ loaded, so a typo costs milliseconds, not a model load.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -15,21 +14,12 @@ from typing import Callable
 import torch
 
 import families
+from families.cli import print_result, sample_problem
 from common.cli import OneLineErrorParser, add_dataclass_arguments, dataclass_from_namespace
-from common.token_ids import resolve_token_ids
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "sdar-tiny"
-SAMPLE_SPLIT = REPO_ROOT / "synthetic" / "data" / "test.jsonl"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def sample_problem() -> dict:
-    """The first item of the shipped synthetic test split, or a literal fallback."""
-    if SAMPLE_SPLIT.exists():
-        with SAMPLE_SPLIT.open() as handle:
-            return json.loads(handle.readline())
-    return {"prompt": "add 478+95"}
 
 
 def build_parser(config_cls: type, description: str | None, aliases: dict[str, list[str]] | None,
@@ -76,16 +66,10 @@ def main(config_cls: type, generate: Callable, description: str | None = None,
         dataclass_from_namespace(config_cls, args)
     except (TypeError, ValueError) as err:
         sys.exit(f"error: {err}")
-    try:
-        families.check_model(args.model_dir, families.FAMILIES["sdar"])
-    except families.ModelDirError as err:
-        sys.exit(f"error: --model_dir {err}")
+    families.require_model(args.model_dir, "sdar", "--model_dir")
     problem = {"prompt": args.prompt} if args.prompt is not None else sample_problem()
     model, tokenizer = load_model_and_tokenizer(args.model_dir, args.device, args.dtype)
-    try:
-        args.mask_id = resolve_token_ids(model, tokenizer, mask_id=args.mask_id).mask_id
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    args.mask_id = families.require_mask_id(model, tokenizer, "sdar", args.mask_id)
     cfg = dataclass_from_namespace(config_cls, args)
     text = problem["prompt"]
     if not args.no_chat and tokenizer.chat_template:
@@ -100,16 +84,5 @@ def main(config_cls: type, generate: Callable, description: str | None = None,
     ids, stats = generate(model, input_ids, generator=generator, **kwargs)
     row = stats[0]
     completion = tokenizer.decode(ids[0, input_ids.shape[1]:], skip_special_tokens=True)
-    print(f"prompt: {problem['prompt']}")
-    print(f"completion: {completion}")
-    if "task" in problem:
-        from synthetic.scorer import score
-
-        print(f"correct: {score(problem, completion)}")
-    summary = {k: v for k, v in row.items() if k not in ("accepted_lengths", "decoding_order")}
-    print("stats: " + json.dumps(summary))
-    if cfg.return_forward_stats and "accepted_lengths" in row:
-        print(f"accepted lengths: {row['accepted_lengths']}")
-    if cfg.record_decoding_order:
-        print(f"decoding order: {row['decoding_order']}")
+    print_result(problem, completion, row, cfg.record_decoding_order)
     return stats

@@ -156,3 +156,22 @@ def check_model(path: str | Path, expected: Family | None = None) -> Family | No
         raise ModelDirError(f"{text} is a {family.title} model (model_type {model_type!r}), not {expected.title}; "
                             f"use {family.entry_point}")
     return family
+
+
+def require_model(path: str | Path, family: str, flag: str) -> None:
+    """`check_model` for command lines: exit with `error: <flag> <one line>` on a bad model."""
+    try:
+        check_model(path, FAMILIES[family])
+    except ModelDirError as err:
+        raise SystemExit(f"error: {flag} {err}") from None
+
+
+def require_mask_id(model: Any, tokenizer: Any, family: str, given: int | None) -> int:
+    """The mask id for command lines (`common.token_ids` precedence, the family's added mask tokens);
+    exits with one line when there is none."""
+    from common.token_ids import resolve_token_ids
+
+    try:
+        return resolve_token_ids(model, tokenizer, mask_id=given, mask_tokens=FAMILIES[family].mask_tokens).mask_id
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
