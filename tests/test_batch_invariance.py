@@ -170,3 +170,27 @@ def test_shipped_models_batches_equal_batch_one(model_dir, fn, kw):
     for batch_size in (4, 16, 64):
         rows, _ = _decode_rows(fn, model, ids, attn, batch_size, **kw)
         assert rows == alone, f"batch {batch_size}: {sum(a != b for a, b in zip(rows, alone))} rows differ"
+
+
+@pytest.mark.slow
+def test_published_greedy_record_reproduces(tmp_path):
+    """scripts/check_published.py re-decodes a published batch-1 record's first items with today's code
+    and finds the published completions; a tampered completion is reported."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import check_published
+
+    source = next((ROOT / "results" / "fast_dllm_v2").rglob("fast_greedy-*.json"))
+    folder = tmp_path / "published"
+    folder.mkdir()
+    record = folder / source.name
+    shutil.copy(source, record)
+    samples = source.with_name(source.stem + ".samples.jsonl")
+    shutil.copy(samples, folder / samples.name)
+    assert check_published.main([str(folder), "--per_task", "1"]) == 0
+    rows = [json.loads(line) for line in (folder / samples.name).read_text().splitlines()]
+    rows[0]["completion"] += " tampered"
+    (folder / samples.name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert check_published.main([str(folder), "--per_task", "1"]) == 1

@@ -1,0 +1,95 @@
+"""Check that the published sweep records still reproduce with the current code.
+
+For every record under the given results folders whose decoder draws no random numbers (no sampled
+drafts; S2D2 only with greedy-exact acceptance), rerun its exact resolved configuration on the first
+`--per_task` items of each task, in a temporary folder, and compare each completion with the one in the
+published samples file. Records of sampling decoders depend on the whole run's random stream and are
+listed as skipped. Prints one JSON record last; exits 1 when any completion differs.
+
+    python scripts/check_published.py                       # results/sdar, results/fast_dllm_v2, 3 items a task
+    python scripts/check_published.py results/sdar --per_task 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FOLDERS = ("results/sdar", "results/fast_dllm_v2")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="*", default=list(DEFAULT_FOLDERS), help="published sweep folders")
+    parser.add_argument("--per_task", type=int, default=3, help="items per task to re-decode")
+    args = parser.parse_args(argv)
+    if args.per_task < 1:
+        parser.error("--per_task must be >= 1")
+    for folder in args.folders:
+        if not (REPO_ROOT / folder).is_dir() and not Path(folder).is_dir():
+            parser.error(f"no such results folder: {folder}")
+    return args
+
+
+def records_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.json") if not p.name.endswith(".samples.json"))
+
+
+def samples_of(record: Path) -> dict[tuple[str, int], str]:
+    path = record.with_name(record.stem + ".samples.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(row["task"], row["doc_id"]): row["completion"] for row in rows}
+
+
+def is_deterministic(record: dict) -> bool:
+    """No random draw in the decoder: argmax drafts, and S2D2 only with greedy-exact acceptance."""
+    from families import load
+
+    decoding = record["decoding"]
+    config = load(decoding["generate"]).config_class(**decoding["params"])
+    stochastic_acceptance = getattr(config, "acceptance", "greedy_exact") != "greedy_exact"
+    return not config.sampling().do_sample and not (decoding["kind"] == "s2d2" and stochastic_acceptance)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from s2d2_eval import set_offline_defaults
+
+    set_offline_defaults()
+    from omegaconf import OmegaConf
+
+    from s2d2_eval.config import register_configs
+    from s2d2_eval.runner import run
+
+    register_configs()
+    checked, skipped, differing = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in args.folders:
+            base = REPO_ROOT / folder if (REPO_ROOT / folder).is_dir() else Path(folder)
+            for path in records_in(base):
+                record = json.loads(path.read_text())
+                name = str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
+                if not is_deterministic(record):
+                    skipped.append(name)
+                    continue
+                cfg = OmegaConf.create(record["config"])
+                cfg.task.limit, cfg.results_dir, cfg.sweep_name, cfg.overwrite = args.per_task, tmp, "check", True
+                fresh = samples_of(run(cfg))
+                published = samples_of(path)
+                diff = [f"{task}#{doc}" for (task, doc), text in fresh.items() if published.get((task, doc)) != text]
+                checked.append({"record": name, "items": len(fresh), "differing": diff})
+                if diff:
+                    differing.append(name)
+                print(f"{'DIFF' if diff else 'same'} {name} ({len(fresh)} items)", file=sys.stderr)
+    summary = {"checked": len(checked), "items": sum(c["items"] for c in checked), "differing_records": differing,
+               "skipped_sampling_records": skipped, "records": checked}
+    print(json.dumps(summary))
+    return 1 if differing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
