@@ -8,6 +8,7 @@ listed as skipped. Prints one JSON record last; exits 1 when any completion diff
 
     python scripts/check_published.py                       # results/sdar, results/fast_dllm_v2, 3 items a task
     python scripts/check_published.py results/sdar --per_task 10
+    python scripts/check_published.py --per_task 100 --batch_size 16 --match threshold   # batch 16 == batch 1
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="*", default=list(DEFAULT_FOLDERS), help="published sweep folders")
     parser.add_argument("--per_task", type=int, default=3, help="items per task to re-decode")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="re-decode at this batch size (default: the record's); greedy decoders must still agree")
+    parser.add_argument("--match", default="", help="only records whose path contains this text")
     args = parser.parse_args(argv)
-    if args.per_task < 1:
-        parser.error("--per_task must be >= 1")
+    if args.per_task < 1 or (args.batch_size is not None and args.batch_size < 1):
+        parser.error("--per_task and --batch_size must be >= 1")
     for folder in args.folders:
         if not (REPO_ROOT / folder).is_dir() and not Path(folder).is_dir():
             parser.error(f"no such results folder: {folder}")
@@ -73,11 +77,15 @@ def main(argv: list[str] | None = None) -> int:
             for path in records_in(base):
                 record = json.loads(path.read_text())
                 name = str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
+                if args.match not in name:
+                    continue
                 if not is_deterministic(record):
                     skipped.append(name)
                     continue
                 cfg = OmegaConf.create(record["config"])
                 cfg.task.limit, cfg.results_dir, cfg.sweep_name, cfg.overwrite = args.per_task, tmp, "check", True
+                if args.batch_size is not None:
+                    cfg.batch_size = args.batch_size
                 fresh = samples_of(run(cfg))
                 published = samples_of(path)
                 diff = [f"{task}#{doc}" for (task, doc), text in fresh.items() if published.get((task, doc)) != text]
