@@ -49,12 +49,13 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from common.masks import Predicate, block_causal, draft_block, materialize
+from common.cache import cache_rows, row_mask
 from common.config import require_positive
+from common.masks import Predicate, block_causal, draft_block, materialize
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
 from common.sequence import SequenceBuffer
-from common.token_ids import with_token_ids
 from common.stats import DecodeRecorder
+from common.token_ids import with_token_ids
 
 
 @dataclass(frozen=True)
@@ -130,11 +131,28 @@ class FastDLLMBlocks:
         if not bool((self.seq.prompt_lengths > 0).all()):
             raise ValueError("every row needs at least one real prompt token (a shift-aligned model needs a "
                              "previous token)")
-        self.x, self.positions, self.key_valid = self.seq.x, self.seq.positions, self.seq.key_valid  # [B, T]
         self.block_size, self.small = cfg.block_size, cfg.small_block_size
         self.n_blocks, self.first_block = self.seq.n_blocks, self.seq.first_block
         self.cache = DynamicCache()
         self.block_cache: DynamicCache | None = None
+
+    @property
+    def x(self) -> Tensor:  # [B, T] tokens of the rows still decoding
+        return self.seq.x
+
+    @property
+    def positions(self) -> Tensor:  # [B, T]
+        return self.seq.positions
+
+    @property
+    def key_valid(self) -> Tensor | None:  # [B, T] or None (no padding)
+        return self.seq.key_valid
+
+    def select(self, keep: Tensor) -> None:
+        """Drop every row but `keep` ([K] long) from the buffer and the prefix cache (called between
+        blocks, when no block cache exists)."""
+        self.seq.select(keep)
+        self.cache.batch_select_indices(keep)
 
     def sub_block(self, b: int, s: int) -> Tensor:
         """View of sub-block s of block b, [B, small_block_size]; writing into it writes the buffer."""
@@ -147,7 +165,7 @@ class FastDLLMBlocks:
 
     def _forward(self, start: int, end: int, *, block_size: int, rule: Predicate | None = None,
                  ids: Tensor | None = None, update: bool = False, block_call: str | None = None,
-                 logits_to_keep: int = 0) -> Tensor:
+                 logits_to_keep: int = 0, rows: Tensor | None = None) -> Tensor:
         """One model call on buffer columns [start, end) (or explicit `ids` for them) over the prefix cache.
 
         `rule` None means the model's own mask for `block_size` (block-causal from column 0; full for a
@@ -155,14 +173,17 @@ class FastDLLMBlocks:
         `common.masks` predicate of (query index within this call, key column), i.e. with cache length
         `start`.
         block_call: None, "fill" (this call refreshes the block cache) or "patch" (a sub-block call).
+        rows ([R] long): a read-only forward over those batch rows only (`ids` are then theirs).
         Returns logits [B, end - start or logits_to_keep, V], the mask token's logit set to -inf.
         """
         ids = self.x[:, start:end] if ids is None else ids
         block_end = (start // self.block_size + 1) * self.block_size
         kv_len = block_end if block_call == "patch" else end
+        valid = self.key_valid if rows is None or self.key_valid is None else self.key_valid[rows]
+        positions = self.positions[:, start:end] if rows is None else self.positions[rows, start:end]
         mask = None
-        if rule is not None or self.key_valid is not None:
-            key_valid = None if self.key_valid is None else self.key_valid[:, :kv_len]
+        if rule is not None or valid is not None:
+            key_valid = None if valid is None else valid[:, :kv_len]
             mask = materialize(rule or block_causal(block_size, start), end - start, kv_len, device=self.x.device,
                                key_valid=key_valid, query_start=start)
         kwargs = {}
@@ -171,8 +192,8 @@ class FastDLLMBlocks:
             kwargs = dict(use_block_cache=True, block_past_key_values=self.block_cache if patch else None,
                           replace_position=start % self.block_size if patch else None)
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=self.positions[:, start:end], past_key_values=self.cache,
-            use_cache=True, update_past_key_values=update, block_size=block_size, logits_to_keep=logits_to_keep,
+            input_ids=ids, attention_mask=mask, position_ids=positions,
+            past_key_values=self.cache if rows is None else cache_rows(self.cache, rows), use_cache=True, update_past_key_values=update, block_size=block_size, logits_to_keep=logits_to_keep,
             **kwargs,
         )
         if block_call == "fill":
@@ -232,16 +253,19 @@ class FastDLLMBlocks:
         return shifted_rows(logits, offset, self.small)
 
     def verify(self, b: int, s: int, drafted: Tensor, rows: Tensor) -> Tensor:
-        """Causal verifier (ALGORITHM.md §2.2b): ONE forward with block_size=1 over the block from its
-        start to the end of sub-block s, whose masked positions are filled with their drafts (`drafted`
-        [B, small_block_size]); prefix from the cache, nothing written, no block cache. The shifted
-        logit of position t then conditions on the tokens and drafts left of t only: the AR (block
-        size 1) distribution q_t. Returns [B, small_block_size, V]."""
+        """Causal verifier (ALGORITHM.md §2.2b) over batch rows `rows` ([R] long): ONE forward with
+        block_size=1 over the block from its start to the end of sub-block s, whose masked positions are
+        filled with their drafts (`drafted` [R, small_block_size]); prefix from the cache, nothing written,
+        no block cache. The shifted logit of position t then conditions on the tokens and drafts left of
+        t only: the AR (block size 1) distribution q_t. Returns [R, small_block_size, V]."""
         start, offset = b * self.block_size, s * self.small
-        ids = torch.cat([self.x[:, start : start + offset], drafted], dim=1)  # [B, offset + small]
+        subset = None if rows.numel() == self.x.shape[0] else rows  # every row: no cache copy
+        prefix = self.x[:, start : start + offset] if subset is None else self.x[rows, start : start + offset]
+        ids = torch.cat([prefix, drafted], dim=1)  # [R, offset + small]
         keep = self.small + (1 if offset else 0)  # rows from the one before the sub-block on
-        logits = self._forward(start, start + offset + self.small, block_size=1, ids=ids, logits_to_keep=keep)
-        self.recorder.forward("verify", rows, offset + self.small)
+        logits = self._forward(start, start + offset + self.small, block_size=1, ids=ids, logits_to_keep=keep,
+                               rows=subset)
+        self.recorder.forward("verify", row_mask(rows, self.x.shape[0]), offset + self.small)
         return shifted_rows(logits, 1 if offset else 0, self.small)
 
     def commit(self, b: int, rows: Tensor) -> None:
@@ -262,6 +286,9 @@ class SubBlockStep:
         self.cfg = cfg
         self.sampling = cfg.sampling()
         self.generator = generator
+
+    def select(self, keep: Tensor) -> None:
+        """The decoder keeps rows `keep` only ([K] long); per-row state follows."""
 
     def draft(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(p [B, S, V], draft tokens [B, S], confidence [B, S]) from shifted draft logits [B, S, V]."""
@@ -310,8 +337,14 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
                 recorder.commits(kinds, positions)
                 finished |= seq.stopped(block_end, stop_ids)
         finished |= seq.exhausted(block_end)
-        if b + 1 == blocks.n_blocks or bool(finished.all()):
+        all_stopped, any_stopped = torch.stack([finished.all(), finished.any()]).tolist()
+        if b + 1 == blocks.n_blocks or all_stopped:
             break
+        if any_stopped:  # stopped rows leave the batch: the commit and later forwards skip them
+            keep = (~finished).nonzero().squeeze(-1)
+            for holder in (blocks, step, recorder):
+                holder.select(keep)
+            finished = finished[keep]
         blocks.commit(b, ~finished)
         finished |= seq.stopped(block_end + 1, stop_ids)
     if device.type == "cuda":

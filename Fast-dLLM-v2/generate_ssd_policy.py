@@ -48,6 +48,9 @@ class S2D2Step(SubBlockStep):
         self.core = s2d2.S2D2Step(cfg, self.sampling, batch, device, generator)
         self.rule = TopUp(BASELINE_STRATEGY, cfg.threshold)
 
+    def select(self, keep: Tensor) -> None:
+        self.core.select(keep)
+
     def __call__(self, blocks: FastDLLMBlocks, b: int, s: int, logits: Tensor, sub: Tensor, masked: Tensor,
                  live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         probs, drafts, confidence = self.draft(logits)

@@ -25,14 +25,15 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
+from common.cache import cache_rows, row_mask
+from common.config import require_positive
 from common.masks import Predicate, block_causal, draft_block, materialize, token_causal, verifier_2l
 from common.remasking import REMASKING_STRATEGIES
-from common.config import require_positive
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
 from common.schedule import num_transfer_tokens
 from common.sequence import SequenceBuffer
-from common.token_ids import with_token_ids
 from common.stats import DecodeRecorder
+from common.token_ids import with_token_ids
 
 
 @dataclass(frozen=True)
@@ -92,31 +93,51 @@ class SDARBlocks:
         self.model, self.cfg, self.recorder = model, cfg, recorder
         self.seq = SequenceBuffer(input_ids, attention_mask, unit=cfg.block_length, budget=cfg.budget,
                                   mask_id=cfg.mask_id, whole_blocks=True)
-        self.x, self.positions, self.key_valid = self.seq.x, self.seq.positions, self.seq.key_valid  # [B, T]
         self.block_length = cfg.block_length
         self.n_blocks, self.first_block = self.seq.n_blocks, self.seq.first_block
         self.cache = DynamicCache()
         self.pending_commit: int | None = None
+
+    @property
+    def x(self) -> Tensor:  # [B, T] tokens of the rows still decoding
+        return self.seq.x
+
+    @property
+    def positions(self) -> Tensor:  # [B, T]
+        return self.seq.positions
+
+    @property
+    def key_valid(self) -> Tensor | None:  # [B, T] or None (no padding)
+        return self.seq.key_valid
+
+    def select(self, keep: Tensor) -> None:
+        """Drop every row but `keep` ([K] long) from the buffer and the cache (stopped rows leave)."""
+        self.seq.select(keep)
+        self.cache.batch_select_indices(keep)
 
     def block(self, b: int) -> Tensor:
         """View of block b's tokens, [B, L]; writing into it writes the buffer."""
         return self.x[:, b * self.block_length : (b + 1) * self.block_length]
 
     def _forward(self, start: int, end: int, predicate: Predicate | None, store: bool, ids: Tensor | None = None,
-                 positions: Tensor | None = None, extra_keys: int = 0) -> Tensor:
+                 positions: Tensor | None = None, extra_keys: int = 0, keep: int = 0,
+                 rows: Tensor | None = None) -> Tensor:
         """One model call on columns [start, end) (or explicit ids/positions) over the cache; logits
-        [B, Q, V] with the mask token's logit at -inf.
+        [B, Q, V] (the last `keep` rows only when keep > 0: the head runs on those alone) with the mask
+        token's logit at -inf. `rows` ([R] long): a read-only forward over those batch rows only (`ids`
+        and `positions` are then theirs).
         predicate None means full attention; with no padding it is sent as attention_mask=None so a
         GPU can take the flash-attention path."""
         ids = self.x[:, start:end] if ids is None else ids
         positions = self.positions[:, start:end] if positions is None else positions
         q_len = ids.shape[1]
         kv_len = start + q_len
+        valid = self.key_valid if rows is None or self.key_valid is None else self.key_valid[rows]
         mask = None
-        if predicate is not None or self.key_valid is not None:
+        if predicate is not None or valid is not None:
             key_valid = None
-            if self.key_valid is not None:
-                key_valid = self.key_valid[:, : start + q_len - extra_keys]
+            if valid is not None:
+                key_valid = valid[:, : start + q_len - extra_keys]
                 if extra_keys:
                     key_valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], extra_keys)], dim=1)
             mask = materialize(
@@ -125,7 +146,8 @@ class SDARBlocks:
             )
         logits = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions,
-            past_key_values=self.cache, use_cache=True, store_kv=store,
+            past_key_values=self.cache if rows is None else cache_rows(self.cache, rows), use_cache=True,
+            store_kv=store, logits_to_keep=keep,
         ).logits
         # The mask token is never a valid output: a trained model gives it ~0 mass anyway, and an
         # untrained one must not commit it (the output is trimmed at the first mask token).
@@ -138,7 +160,7 @@ class SDARBlocks:
         if end == 0:
             return
         predicate = token_causal() if self.cfg.cache_ver else block_causal(self.block_length)
-        self._forward(0, end, predicate, store=True)
+        self._forward(0, end, predicate, store=True, keep=1)  # K/V only: no full-vocabulary logits
         tokens = self.seq.prompt_block_tokens  # [B]: each row is charged its own prompt blocks
         self.recorder.forward("prefill", rows & (tokens > 0), tokens)
 
@@ -160,11 +182,11 @@ class SDARBlocks:
         def joint(q: Tensor, kv: Tensor) -> Tensor:
             return torch.where(q < length, prev_rule(q, kv), cur(q - length, kv))
 
-        logits = self._forward(prev, start + length, joint, store=True)
+        logits = self._forward(prev, start + length, joint, store=True, keep=length)
         self.cache.crop(start)
         self.pending_commit = None
         self.recorder.forward("draft", rows, 2 * length)
-        return logits[:, length:]
+        return logits
 
     def commit(self, b: int, rows: Tensor) -> None:
         """Store block b's final K/V: now (a separate forward) or inside the next draft (fold_commit)."""
@@ -173,21 +195,23 @@ class SDARBlocks:
             return
         start = b * self.block_length
         predicate = token_causal(start) if self.cfg.cache_ver else None
-        self._forward(start, start + self.block_length, predicate, store=True)
+        self._forward(start, start + self.block_length, predicate, store=True, keep=1)
         self.recorder.forward("commit", rows, self.block_length)
 
     def verify(self, b: int, drafted: Tensor, rows: Tensor) -> Tensor:
-        """2L verifier (common.masks.verifier_2l) for block b: `drafted` [B, L] is the block with every
-        masked position filled by its draft. Returns the mask half's logits, [B, L, V]: row i is the
-        AR distribution q_i given the cache and drafts left of i."""
+        """2L verifier (common.masks.verifier_2l) for block b over batch rows `rows` ([R] long): `drafted`
+        [R, L] is their block with every masked position filled by its draft. Returns the mask half's
+        logits, [R, L, V]: row i is the AR distribution q_i given the cache and drafts left of i."""
         length = self.block_length
         start = b * length
-        ids = torch.cat([drafted, torch.full_like(drafted, self.cfg.mask_id)], dim=1)  # [B, 2L]
-        pos = self.positions[:, start : start + length]
-        logits = self._forward(start, start + 2 * length, verifier_2l(start, length), store=False,
-                               ids=ids, positions=torch.cat([pos, pos], dim=1), extra_keys=length)
-        self.recorder.forward("verify", rows, 2 * length)
-        return logits[:, length:]
+        ids = torch.cat([drafted, torch.full_like(drafted, self.cfg.mask_id)], dim=1)  # [R, 2L]
+        subset = None if rows.numel() == self.x.shape[0] else rows  # every row: no cache copy
+        pos = self.positions[:, start : start + length] if subset is None else self.positions[rows, start : start + length]
+        logits = self._forward(start, start + 2 * length, verifier_2l(start, length), store=False, ids=ids,
+                               positions=torch.cat([pos, pos], dim=1), extra_keys=length, keep=length, rows=subset)
+        self.recorder.forward("verify", row_mask(rows, self.x.shape[0]), 2 * length)
+        return logits
+
 
 class BlockStep:
     """One denoising step of a decoder: given the block and its mask, choose what to commit."""
@@ -200,6 +224,9 @@ class BlockStep:
 
     def begin_block(self, b: int, masked: Tensor) -> None:
         """Called when block b starts (masked: [B, L])."""
+
+    def select(self, keep: Tensor) -> None:
+        """The decoder keeps rows `keep` only ([K] long); per-row state follows."""
 
     def draft(self, blocks: "SDARBlocks", b: int, masked: Tensor, live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Draft forward of block b and its drafts: (p [B, L, V], draft tokens [B, L], confidence [B, L]).
@@ -248,11 +275,16 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
             recorder.commits(kinds, positions)
         blocks.commit(b, ~finished)
         finished |= seq.stopped(end, stop_ids) | seq.exhausted(end)
-        all_stopped, incomplete = torch.stack([finished.all(), masked.any()]).tolist()
+        all_stopped, any_stopped, incomplete = torch.stack([finished.all(), finished.any(), masked.any()]).tolist()
         if incomplete:
             raise RuntimeError(f"block {b} still has masks after {cfg.denoising_steps} steps")
         if all_stopped:
             break
+        if any_stopped:  # stopped rows leave the batch: later forwards run on the others only
+            keep = (~finished).nonzero().squeeze(-1)
+            for holder in (blocks, step, recorder):
+                holder.select(keep)
+            finished = finished[keep]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall_time = time.perf_counter() - start_time

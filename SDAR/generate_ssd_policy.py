@@ -46,6 +46,10 @@ class S2D2Step(BlockStep):
     def begin_block(self, b: int, masked: Tensor) -> None:
         self.decoded_in_block.zero_()
 
+    def select(self, keep: Tensor) -> None:
+        self.core.select(keep)
+        self.decoded_in_block = self.decoded_in_block[keep]
+
     def __call__(self, blocks: SDARBlocks, b: int, step: int, blk: Tensor, masked: Tensor,
                  live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         probs, drafts, confidence = self.draft(blocks, b, masked, live)

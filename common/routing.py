@@ -183,6 +183,14 @@ class RoutingPolicy:
         """Feed back the step outcome (``[B]`` bool, ``[B]`` long, ``[B]`` bool); default no-op."""
         return None
 
+    def select(self, keep: Tensor) -> None:
+        """Keep the state of rows ``keep`` only (``[K]`` long indices): the decoder dropped the others.
+        Every per-row state tensor (first dimension = batch) is indexed."""
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor) and value.dim() and value.shape[0] == self.batch_size:
+                setattr(self, name, value[keep])
+        self.batch_size = int(keep.numel())
+
 
 _POLICY_REGISTRY: dict[str, type[RoutingPolicy]] = {}
 

@@ -161,9 +161,10 @@ class TopUp:
 
 
 VerifyFn = Callable[[Tensor, Tensor], Tensor]
-"""(drafted tokens [B, L], routed rows [B] bool) -> verifier logits [B, L, V]: row i is the AR
-distribution of position i given the prefix and the drafts left of it (the 2L forward for
-position-aligned families, a shifted causal forward for shift-aligned ones)."""
+"""(drafted tokens [R, L] of the routed rows, their batch indices [R] long) -> verifier logits
+[R, L, V]: row i is the AR distribution of position i given the prefix and the drafts left of it (the
+2L forward for position-aligned families, a shifted causal forward for shift-aligned ones). The
+forward runs over the routed rows only."""
 
 
 class S2D2Step:
@@ -180,6 +181,10 @@ class S2D2Step:
         self.flags, self.sampling, self.generator = flags, sampling, generator
         self.policy = make_policy(flags, batch, device)
 
+    def select(self, keep: Tensor) -> None:
+        """The decoder keeps rows `keep` only (`RoutingPolicy.select`)."""
+        self.policy.select(keep)
+
     def __call__(self, probs: Tensor, drafts: Tensor, confidence: Tensor, current: Tensor, masked: Tensor,
                  live: Tensor, *, progress: Tensor, context_length: int, min_k: Tensor, top_up_rule: TopUp,
                  verify: VerifyFn, recorder: DecodeRecorder) -> tuple[Tensor, Tensor, Tensor]:
@@ -195,12 +200,18 @@ class S2D2Step:
         routed = self.policy.decide(features) & live & (span.length > 0)  # [B]
         recorder.decision(live)
         tokens, kinds = drafts, torch.zeros_like(current)
-        widest = int((span.length * routed).max())  # one host sync: skip the verifier when no row routes to it
-        if widest > 0:
-            q = logits_to_probs(verify(drafts, routed), self.sampling)  # [B, L, V]
-            tokens, kinds, verdict, recovered = verify_commits(q, probs, drafts, confidence, masked, span, routed,
-                                                               widest, flags, self.generator)
-            recorder.verification(routed, verdict.n_accepted, recovered)
+        n_routed, widest = torch.stack([routed.sum(), (span.length * routed).max()]).tolist()  # one host sync
+        if n_routed:  # the verifier runs over the routed rows only
+            idx = torch.argsort((~routed).to(torch.uint8), stable=True)[:n_routed]  # [R] routed rows, in order
+            q = logits_to_probs(verify(drafts[idx], idx), self.sampling)  # [R, L, V]
+            sub_span = Span(member=span.member[idx], start=span.start[idx], length=span.length[idx])
+            sub_tokens, sub_kinds, verdict, recovered = verify_commits(
+                q, probs[idx], drafts[idx], confidence[idx], masked[idx], sub_span, routed[idx], widest, flags,
+                self.generator)
+            tokens, kinds = drafts.index_copy(0, idx, sub_tokens), kinds.index_copy(0, idx, sub_kinds)
+            zeros = torch.zeros_like(span.length)
+            recorder.verification(routed, zeros.index_copy(0, idx, verdict.n_accepted),
+                                  zeros.bool().index_copy(0, idx, recovered))
         kinds = top_up(kinds, masked, confidence, min_k, live, strategy=top_up_rule.strategy,
                        threshold=top_up_rule.threshold, probs=probs, eb_threshold=top_up_rule.eb_threshold,
                        high_confidence=top_up_rule.high_confidence)

@@ -67,6 +67,24 @@ class SequenceBuffer:
         self.valid = self.columns[None, :] >= self.offset[:, None]  # [B, T]
         self.key_valid = None if bool((self.offset == 0).all()) else self.valid
         self.positions = (self.columns[None, :] - self.offset[:, None]).clamp_min(0)  # [B, T]
+        self.rows = torch.arange(input_ids.shape[0], device=device)  # [B] original row of each held row
+        self._all_x, self._all_gen_start = self.x, self.gen_start  # every row, for `finish`
+
+    def _write_back(self) -> None:
+        """Copy the held rows' tokens into the buffer of every row (a no-op before the first `select`)."""
+        if self.x is not self._all_x:
+            self._all_x[self.rows] = self.x
+
+    _PER_ROW = ("x", "valid", "positions", "offset", "gen_start", "row_end", "prompt_lengths",
+                "prompt_block_tokens", "rows")
+
+    def select(self, keep: Tensor) -> None:
+        """Keep only the held rows `keep` ([K] long indices into the held rows): rows that have stopped
+        leave the batch, so later forwards skip them. Their tokens are kept for `finish`."""
+        self._write_back()
+        for name in self._PER_ROW:
+            setattr(self, name, getattr(self, name)[keep])
+        self.key_valid = None if bool((self.offset == 0).all()) else self.valid
 
     def block(self, b: int) -> Tensor:
         """View of buffer block b, [B, unit]; writing into it writes the buffer."""
@@ -99,8 +117,9 @@ class SequenceBuffer:
         mask id). Returns the [B, P + budget] ids (the input prompt as given, then the generation) and the
         generated-token counts, the stop token included (MEASURING.md)."""
         width = self.budget
-        index = self.gen_start[:, None] + torch.arange(width, device=self.x.device)  # [B, G]
-        gen = self.x.gather(1, index)  # [B, G]
+        self._write_back()
+        index = self._all_gen_start[:, None] + torch.arange(width, device=self.x.device)  # [B, G]
+        gen = self._all_x.gather(1, index)  # [B, G]
         none = torch.full_like(gen[:, 0], width)
         is_stop, is_mask = torch.isin(gen, stop_ids), gen == self.mask_id
         first_stop = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), none)

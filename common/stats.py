@@ -31,8 +31,9 @@ class DecodeRecorder:
     query_tokens: Tensor = field(init=False)  # [B] long, summed query width of charged forwards
     decisions: Tensor = field(init=False)  # [B] long, routing decisions taken
     resamples: Tensor = field(init=False)  # [B] long
-    _accepted: list[tuple[Tensor, Tensor]] = field(init=False, default_factory=list)
+    _accepted: list[tuple[Tensor, Tensor, Tensor]] = field(init=False, default_factory=list)
     order: list[list[float | str]] = field(init=False)
+    index: Tensor = field(init=False)  # [B'] original row of each row the decoder still holds
 
     def __post_init__(self) -> None:
         b = self.batch_size
@@ -41,33 +42,39 @@ class DecodeRecorder:
         self.decisions = torch.zeros(b, dtype=torch.long, device=self.device)
         self.resamples = torch.zeros(b, dtype=torch.long, device=self.device)
         self.order = [[] for _ in range(b)]
+        self.index = torch.arange(b, device=self.device)
+
+    def select(self, keep: Tensor) -> None:
+        """The decoder keeps only rows `keep` (indices into the rows it holds): later calls pass tensors
+        over those rows, charged to their original rows."""
+        self.index = self.index[keep]
 
     def forward(self, kind: str, rows: Tensor, width: int | Tensor) -> None:
         """Charge one forward of `width` query tokens (an int, or [B] per row) to the rows where `rows`
         ([B] bool) is True."""
         charged = rows.long()
-        self.nfe[:, NFE_KINDS.index(kind)] += charged
-        self.query_tokens += charged * width
+        self.nfe[self.index, NFE_KINDS.index(kind)] += charged
+        self.query_tokens[self.index] += charged * width
 
     def decision(self, rows: Tensor) -> None:
-        self.decisions += rows.long()
+        self.decisions[self.index] += rows.long()
 
     def verification(self, rows: Tensor, n_accepted: Tensor, resampled: Tensor) -> None:
-        """Record one verification for `rows` with accepted-prefix lengths and resample flags ([B])."""
-        self._accepted.append((rows.clone(), n_accepted.clone()))
-        self.resamples += (resampled & rows).long()
+        """Record one verification for `rows` with accepted-prefix lengths and resample flags ([B'])."""
+        self._accepted.append((self.index, rows.clone(), n_accepted.clone()))  # filtered at finalize: no sync
+        self.resamples[self.index] += (resampled & rows).long()
 
     def new_block(self) -> None:
         if self.record_order:
-            for row in self.order:
-                row.append("|")
+            for row in self.index.tolist():
+                self.order[row].append("|")
 
     def commits(self, kinds: Tensor, positions: Tensor) -> None:
         """Append markers for this step's commits. kinds: [B, L] COMMIT_* codes; positions: [B, L]
         absolute positions. Costs a host transfer, so it only runs with `record_order`."""
         if not self.record_order:
             return
-        for row, (kind_row, pos_row) in enumerate(zip(kinds.tolist(), positions.tolist())):
+        for row, kind_row, pos_row in zip(self.index.tolist(), kinds.tolist(), positions.tolist()):
             for code in (COMMIT_ACCEPTED, COMMIT_RESAMPLED, COMMIT_RATIO, COMMIT_HIGH_CONF, COMMIT_DIFFUSION):
                 for kind, pos in zip(kind_row, pos_row):
                     if kind != code:
@@ -86,10 +93,12 @@ class DecodeRecorder:
         decisions = self.decisions.tolist()
         resamples = self.resamples.tolist()
         accepted: list[list[int]] = [[] for _ in range(self.batch_size)]
-        for rows, n_acc in self._accepted:
-            for row, (hit, n) in enumerate(zip(rows.tolist(), n_acc.tolist())):
-                if hit:
-                    accepted[row].append(n)
+        if self._accepted:  # one transfer: every verification's (original row, accepted length), in order
+            hit = torch.cat([verified for _, verified, _ in self._accepted])
+            rows = torch.cat([index for index, _, _ in self._accepted])[hit].tolist()
+            lengths = torch.cat([n for _, _, n in self._accepted])[hit].tolist()
+            for row, n in zip(rows, lengths):
+                accepted[row].append(n)
         out = []
         for row in range(self.batch_size):
             by_kind = dict(zip(NFE_KINDS, nfe[row]))

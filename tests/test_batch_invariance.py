@@ -194,3 +194,30 @@ def test_published_greedy_record_reproduces(tmp_path):
     rows[0]["completion"] += " tampered"
     (folder / samples.name).write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert check_published.main([str(folder), "--per_task", "1"]) == 1
+
+
+def test_verifier_over_routed_rows_equals_the_full_batch_forward(sdar_model, fast_model):
+    """The verifier forward over a subset of rows (a copied cache of those rows) gives those rows'
+    logits of the forward over every row, for both verifier kinds."""
+    from common.stats import DecodeRecorder
+    from fast_dllm_v2.blocks import FastDecodeConfig, FastDLLMBlocks
+    from SDAR.blocks import BlockDiffusionConfig, SDARBlocks
+
+    _, ids, attn = _ragged(4, seed=5)
+    every, some = torch.arange(4), torch.tensor([1, 3])
+    cfg = BlockDiffusionConfig(block_length=4, gen_length=8).resolved(sdar_model)
+    blocks = SDARBlocks(sdar_model, ids, attn, cfg, DecodeRecorder(4))
+    blocks.prefill(torch.ones(4, dtype=torch.bool))
+    b = blocks.first_block
+    drafted = torch.where(blocks.block(b) == MASK_ID, torch.full_like(blocks.block(b), 7), blocks.block(b))
+    full = blocks.verify(b, drafted, every)
+    torch.testing.assert_close(blocks.verify(b, drafted[some], some), full[some], rtol=0, atol=1e-12)
+
+    fcfg = FastDecodeConfig(block_size=4, small_block_size=2, max_new_tokens=8).resolved(fast_model)
+    fblocks = FastDLLMBlocks(fast_model, ids, attn, fcfg, DecodeRecorder(4))
+    fblocks.prefill(torch.ones(4, dtype=torch.bool))
+    fb = fblocks.first_block
+    sub = fblocks.sub_block(fb, 1)
+    drafted = torch.where(sub == MASK_ID, torch.full_like(sub, 7), sub)
+    full = fblocks.verify(fb, 1, drafted, every)
+    torch.testing.assert_close(fblocks.verify(fb, 1, drafted[some], some), full[some], rtol=0, atol=1e-12)

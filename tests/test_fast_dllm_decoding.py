@@ -58,7 +58,7 @@ def test_causal_verifier_logits_equal_per_position_ar_logits(model):
     for s in (0, 1):
         sub = blocks.sub_block(1, s)
         sub.copy_(torch.where(sub == MASK_ID, drafts[:, 4 * s : 4 * s + 4], sub))
-        q_logits = blocks.verify(1, s, sub.clone(), torch.ones(1, dtype=torch.bool))[0]  # [S, V]
+        q_logits = blocks.verify(1, s, sub.clone(), torch.tensor([0]))[0]  # [S, V]
         for i in range(4):
             t = 8 + 4 * s + i
             if t == 8:

@@ -47,7 +47,7 @@ def test_verifier_logits_equal_ar_logits(model):
     b = blocks.first_block
     drafted = blocks.block(b).clone()
     drafted[drafted == MASK_ID] = torch.tensor([11, 12, 13])  # block = [prompt tail, 3 drafts]
-    q_logits = blocks.verify(b, drafted, torch.ones(1, dtype=torch.bool))[0]  # [L, V]
+    q_logits = blocks.verify(b, drafted, torch.tensor([0]))[0]  # [L, V]
     start = b * 4
     for i in range(4):
         seq = torch.cat([blocks.x[0, :start], drafted[0, :i], torch.tensor([MASK_ID])])[None]
