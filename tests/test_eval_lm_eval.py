@@ -185,3 +185,57 @@ def test_shipped_model_greedy_s2d2_reproduces_ar_mode_with_fewer_forwards(task_m
     for task in texts["ar"]:
         assert results["ar"]["results"][task]["tpf,none"] == pytest.approx(1.0)  # AR mode: one forward per token
         assert results["s2d2"]["results"][task]["tpf,none"] > 1.0
+
+
+# --- quiet logs, one-line errors ---------------------------------------------------------------------------
+
+NOTICES = ("CUDA is not available", "Custom kwargs can be passed", "A local directory named")
+
+
+@pytest.mark.slow
+def test_cli_run_from_the_repo_root_prints_no_false_notices(random_model_dir, tmp_path):
+    """From the repository root (where `synthetic/` is a folder) with --device cpu and a task group
+    of four custom-dataset tasks: none of lm-eval's notices that are wrong or useless here."""
+    command = [sys.executable, str(REPO / "scripts" / "lm_eval_cli.py"), "--model", "s2d2", "--device", "cpu",
+               "--apply_chat_template", "--model_args", f"pretrained={random_model_dir},block_length=4,denoising_steps=4",
+               "--tasks", "synthetic", "--limit", "1", "--gen_kwargs", "max_gen_toks=4"]
+    done = subprocess.run(command, cwd=REPO, env=OFFLINE_ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "exact_match" in done.stdout
+    for notice in NOTICES:
+        assert notice not in done.stdout + done.stderr, notice
+
+
+@pytest.mark.parametrize("batch_size", ["auto", "auto:4"])
+def test_cli_batch_size_auto_is_one_line_before_lm_eval_starts(random_model_dir, tmp_path, batch_size):
+    command = [sys.executable, str(REPO / "scripts" / "lm_eval_cli.py"), "--model", "s2d2", "--device", "cpu",
+               "--apply_chat_template", "--batch_size", batch_size, "--model_args", f"pretrained={random_model_dir}", "--tasks", "synthetic_add",
+               "--limit", "1"]
+    done = subprocess.run(command, cwd=tmp_path, env=OFFLINE_ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "lm_eval_cli.py: error: batch_size=auto is not supported by s2d2 (decode memory depends on the block "
+        "schedule, not on one forward); pass an integer"]
+
+
+def test_notice_filters_drop_exactly_the_noise(tmp_path, monkeypatch):
+    import logging
+
+    from s2d2_eval.logs import silence_known_notices
+
+    silence_known_notices()
+    silence_known_notices()  # idempotent
+
+    def passes(logger_name: str, message: str) -> bool:
+        record = logging.LogRecord(logger_name, logging.WARNING, __file__, 0, message, None, None)
+        return logging.getLogger(logger_name).filter(record)
+
+    assert not passes("lm_eval.api.task", "synthetic_add: Custom kwargs can be passed to `--metadata` in console")
+    assert passes("lm_eval.api.task", "synthetic_add: something else")
+    folder_notice = ("A local directory named '{}' exists but a registered task with the same name was found — "
+                     "using the registered task.")
+    monkeypatch.chdir(REPO)
+    assert not passes("lm_eval.config.evaluate_config", folder_notice.format("synthetic"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mytask").mkdir()
+    assert passes("lm_eval.config.evaluate_config", folder_notice.format("mytask"))  # a folder of the user's
