@@ -239,7 +239,7 @@ def iter_records(root: Path) -> list[dict[str, Any]]:
 
 
 def accuracy_with_stderr(correct: float, n: int) -> tuple[float, float]:
-    """Accuracy and its binomial standard error sqrt(a(1-a)/n) (MEASURING.md)."""
+    """Accuracy and its binomial standard error sqrt(a(1-a)/n) (docs/METHOD.md §5)."""
     if n <= 0:
         return 0.0, 0.0
     a = correct / n

@@ -160,7 +160,7 @@ def _shipped_or_skip() -> Path:
 @pytest.mark.slow
 def test_shipped_model_greedy_s2d2_reproduces_ar_mode_with_fewer_forwards(task_manager):
     """Through the whole lm-eval pipeline: S2D2 that always verifies, with greedy-exact acceptance
-    and an AR-like cache, commits exactly AR mode's tokens (ALGORITHM.md §5.3) in fewer forwards."""
+    and an AR-like cache, commits exactly AR mode's tokens (docs/METHOD.md §1) in fewer forwards."""
     model_dir = _shipped_or_skip()
     from lm_eval import simple_evaluate
 
@@ -239,3 +239,31 @@ def test_notice_filters_drop_exactly_the_noise(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mytask").mkdir()
     assert passes("lm_eval.config.evaluate_config", folder_notice.format("mytask"))  # a folder of the user's
+
+
+@pytest.mark.slow
+def test_only_greedy_exact_s2d2_is_batch_invariant_at_temperature_zero(task_manager):
+    """What the docs say next to every greedy table: with greedy drafts, config A's stochastic
+    acceptance still draws uniforms, and a batch of 4 spreads those draws over its rows differently
+    than batch 1, so some completions change; greedy-exact acceptance draws nothing and does not."""
+    model_dir = _shipped_or_skip()
+    from lm_eval import simple_evaluate
+
+    from s2d2_eval.lm import S2D2LM
+
+    config_a = dict(block_length=8, denoising_steps=8, remasking_strategy="low_confidence_dynamic",
+                    confidence_threshold=0.85, cache_ver=True, draft_ver=True,
+                    token_acceptance_estimator="soft_entropy_negexp", do_verify_policy="score_threshold",
+                    do_verify_score_type="difference_static", score_penalty_coef=1.0, do_verify_score_threshold=0.0)
+    changed = {}
+    for acceptance in ("stochastic", "greedy_exact"):
+        texts = {}
+        for batch_size in (1, 4):
+            lm = S2D2LM(pretrained=str(model_dir), device="cpu", dtype="float32", batch_size=batch_size,
+                        acceptance=acceptance, **config_a)
+            results = simple_evaluate(model=lm, tasks=["synthetic"], task_manager=task_manager, limit=4,
+                                      apply_chat_template=True, bootstrap_iters=0, log_samples=True)
+            texts[batch_size] = [str(s["resps"][0][0]) for task in sorted(results["samples"])
+                                 for s in results["samples"][task]]
+        changed[acceptance] = sum(a != b for a, b in zip(texts[1], texts[4]))
+    assert changed["greedy_exact"] == 0 and changed["stochastic"] > 0, changed
