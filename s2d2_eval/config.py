@@ -124,7 +124,7 @@ class TaskConfig:
     apply_chat_template: bool = True
     fewshot_as_multiturn: bool = False
     system_instruction: Optional[str] = None
-    confirm_run_unsafe_code: bool = False  # code-execution tasks (HumanEval) refuse to run without it
+    confirm_run_unsafe_code: bool = False  # code-execution tasks (HumanEval) refuse to run without it; no config sets it
     gen_kwargs: Dict[str, Any] = field(default_factory=dict)  # overrides the task YAML's generation_kwargs
 
 

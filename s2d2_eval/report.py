@@ -8,6 +8,10 @@ Definitions (also printed under every table):
   the tokens/s ratio); none qualifies -> no ratio;
 * a point is on the Pareto front when no other point is at least as accurate AND at least as fast
   with one of the two strictly better.
+
+One table (and one plot) compares decoders on the same model, task, sample count and sweep: records
+that differ in any of these (`MUST_MATCH`) are refused with one line naming two of them, as is a
+record that lacks a metric the table shows.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from families import FAMILIES
+from s2d2_eval.records import RecordError, display_path
 
 KIND_ORDER = {"ar": 0, "static": 1, "dynamic": 2, "s2d2": 3}
 KIND_TITLES = {"ar": "AR mode", "static": "static", "dynamic": "dynamic", "s2d2": "S2D2"}
@@ -78,6 +83,16 @@ class Point:
 
 
 def point_from_record(record: Mapping[str, Any]) -> Point:
+    """The table's view of one record; a record without a field the table needs is a RecordError
+    naming its file and the field."""
+    try:
+        return _point(record)
+    except KeyError as err:
+        raise RecordError(f"{display_path(record.get('_path', '?'))} has no {err.args[0]!r} "
+                          "(not a finished run record?)") from None
+
+
+def _point(record: Mapping[str, Any]) -> Point:
     metrics = record["metrics"]
     params = record["decoding"]["params"]
     acceptance = metrics.get("acceptance", {})
@@ -88,12 +103,49 @@ def point_from_record(record: Mapping[str, Any]) -> Point:
         tpf=metrics["tpf"], tokens_per_second=metrics["tokens_per_second"],
         block_length=block_length_of(params), denoising_steps=params.get("denoising_steps"),
         verify_fraction=acceptance.get("verify_fraction", 0.0), mean_accepted=acceptance.get("mean_accepted_length", 0.0),
-        threshold=threshold_of(params), path=record.get("_path", ""),
+        threshold=threshold_of(params), path=display_path(record["_path"]) if "_path" in record else "",
     )
 
 
+MUST_MATCH = {
+    "model": lambda r: r.get("model"),
+    "task (and its limit)": lambda r: r.get("task"),
+    "sample count n": lambda r: r.get("metrics", {}).get("n"),
+    "seed": lambda r: r.get("seed"),
+    "batching": lambda r: (r.get("batch_size"), r.get("bucket_by_length")),
+    "top-level block_length": lambda r: r.get("config", {}).get("block_length"),
+    "sweep_name": lambda r: r.get("sweep_name"),
+}
+"""What every record of one (model, task) table must share, and how to read it from a record."""
+
+
+def check_comparable(records: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse records of one (model name, task name) table that differ in anything of MUST_MATCH
+    (say a random model saved under the trained one's name, or 25 items next to 400)."""
+    first: dict[tuple[Any, Any], Mapping[str, Any]] = {}
+    for record in records:
+        key = (record.get("model", {}).get("name"), record.get("task", {}).get("name"))
+        reference = first.setdefault(key, record)
+        for what, read in MUST_MATCH.items():
+            if read(record) != read(reference):
+                raise RecordError(
+                    f"{display_path(reference.get('_path', '?'))} and {display_path(record.get('_path', '?'))} "
+                    f"differ in {what} ({_difference(read(reference), read(record))}): one table compares "
+                    "runs of one model, task, sample count and sweep; give each its own folder")
+
+
+def _difference(a: Any, b: Any) -> str:
+    """`a vs b`, or for two mappings only their differing keys (`limit: None vs 25`)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        keys = [k for k in sorted(set(a) | set(b), key=str) if a.get(k) != b.get(k)]
+        return ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys)
+    return f"{a!r} vs {b!r}"
+
+
 def group_points(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[Point]]:
-    """Points per (model, task), ordered AR, static, dynamic (by threshold), S2D2 (by name)."""
+    """Points per (model, task), ordered AR, static, dynamic (by threshold), S2D2 (by name); records
+    that must not share a table raise RecordError (check_comparable)."""
+    check_comparable(records)
     groups: dict[tuple[str, str], list[Point]] = defaultdict(list)
     for record in records:
         point = point_from_record(record)

@@ -5,7 +5,17 @@ Order of work, cheapest first, so a bad configuration fails in well under a seco
 1. effective decoder keywords (block-length rescaling), typed and checked against the chosen
    decoder's `config_class`; a local model's `model_type` checked against the decoder's family;
 2. record path from the resolved configuration; an existing record means the run is skipped;
-3. only then lm-eval, the model and the tasks are loaded and evaluated.
+3. the tasks are loaded and checked (metric, filter, code execution confirmed), the record's lock
+   taken (a second identical run waits, then skips);
+4. only then the model is loaded and evaluated, and the record and its samples written as one unit.
+
+Where a record goes. Its file name is `<decoding>-<key>.json`, the key hashing everything that
+changes the measurement (`run_identity`). Its sweep folder is `<results_dir>/<sweep_name>` only for
+the runs of a published folder's documented command (`s2d2_eval.sweeps`); any other run goes to
+`<results_dir>/<sweep_name>-<group id>`, the group id hashing what every run of one table shares
+(`group_identity`: model, task and its limit, seed, batching, top-level block length). So runs that
+differ in model path, task, limit or any override never land among the published records, and one
+sweep folder never mixes two models, tasks or sample counts.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,18 +37,21 @@ import families
 from s2d2_eval import REPO_ROOT, TASKS_DIR
 from s2d2_eval.config import DECODER_KINDS
 from s2d2_eval.model_args import field_types, load_object, type_decoding_args, validate_decoding_args
+from s2d2_eval.logs import silence_known_notices
 from s2d2_eval.records import (
+    RECORD_SUFFIX,
     SCHEMA,
+    RecordError,
     accuracy_with_stderr,
-    atomic_write_json,
-    atomic_write_jsonl,
     device_info,
+    display_path,
     git_state,
     load_record,
     package_versions,
-    record_path,
+    record_lock,
     run_key,
     samples_path,
+    write_record,
 )
 from s2d2_eval.report import describe_decoding
 from s2d2_eval.stats import summarize
@@ -57,6 +71,12 @@ class RunPlan:
     identity: dict[str, Any]  # what the record key hashes
     record: Path
     label: str
+    published: bool  # one of the runs of a published folder's documented command
+
+    @property
+    def sweep_dir(self) -> Path:
+        """The folder the table and plots of this run's sweep are made from."""
+        return self.record.parents[2]
 
 
 def _repo_path(path: str) -> Path:
@@ -114,6 +134,39 @@ def effective_decoding_params(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
+def run_identity(cfg: DictConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """Everything that changes the measurement of one run; the record key is its hash. (Unchanged
+    since the published records were made: changing it renames every record.)"""
+    return {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "decoding": {"name": cfg.decoding.name, "kind": cfg.decoding.kind, "generate": cfg.decoding.generate,
+                     "params": params},
+        "task": OmegaConf.to_container(cfg.task, resolve=True),
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "bucket_by_length": cfg.bucket_by_length,
+    }
+
+
+def group_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What every run of one sweep table shares: the resolved config without the decoding and the
+    bookkeeping keys. Takes a plain resolved config, so a record's own `config` gives the same value."""
+    return {"model": config["model"], "task": config["task"], "seed": config["seed"],
+            "batch_size": config["batch_size"], "bucket_by_length": config["bucket_by_length"],
+            "block_length": config["block_length"]}
+
+
+def group_id(cfg: DictConfig) -> str:
+    return run_key(group_identity(OmegaConf.to_container(cfg, resolve=True)))
+
+
+def run_slot(cfg: DictConfig) -> tuple[str, str]:
+    """(group id, record file name) of a run: what decides whether it belongs to a published folder.
+    Needs no model directory (the published set is computed from the configs alone)."""
+    params = effective_decoding_params(cfg)
+    return group_id(cfg), f"{cfg.decoding.name}-{run_key(run_identity(cfg, params))}{RECORD_SUFFIX}"
+
+
 def plan(cfg: DictConfig) -> RunPlan:
     """Validate the configuration and derive the record path (no model, no lm-eval); any problem
     is a ConfigError with a one-line message."""
@@ -140,20 +193,16 @@ def _plan(cfg: DictConfig) -> RunPlan:
     check_model_fits_decoder(pretrained, cfg.decoding.generate, generate)
     typed = type_decoding_args(config_class, params)
     validate_decoding_args(config_class, {**typed, "return_forward_stats": True})
-    identity = {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "decoding": {"name": cfg.decoding.name, "kind": cfg.decoding.kind, "generate": cfg.decoding.generate,
-                     "params": params},
-        "task": OmegaConf.to_container(cfg.task, resolve=True),
-        "seed": cfg.seed,
-        "batch_size": cfg.batch_size,
-        "bucket_by_length": cfg.bucket_by_length,
-    }
-    path = record_path(_repo_path(cfg.results_dir), cfg.sweep_name, cfg.model.name, cfg.task.name,
-                       cfg.decoding.name, run_key(identity))
+    identity = run_identity(cfg, params)
+    slot = (group_id(cfg), f"{cfg.decoding.name}-{run_key(identity)}{RECORD_SUFFIX}")
+    from s2d2_eval.sweeps import published_runs
+
+    published = slot in published_runs(cfg.sweep_name)
+    folder = cfg.sweep_name if published else f"{cfg.sweep_name}-{slot[0]}"
+    path = _repo_path(cfg.results_dir) / folder / cfg.model.name / cfg.task.name / slot[1]
     defaults = {name: getattr(config_class(), name) for name in field_types(config_class)}
     label = describe_decoding(cfg.decoding.kind, cfg.decoding.name, {**defaults, **params})
-    return RunPlan(decoding_params=params, identity=identity, record=path, label=label)
+    return RunPlan(decoding_params=params, identity=identity, record=path, label=label, published=published)
 
 
 def check_params_fit_decoder(name: str, spec: str, config_class: type, params: dict[str, Any]) -> None:
@@ -189,27 +238,28 @@ def check_model_fits_decoder(pretrained: str, spec: str, generate: Any) -> None:
                          "of the model's family (fast_* presets for Fast-dLLM v2, the others for SDAR)")
 
 
-def _drop_custom_dataset_notice(record: logging.LogRecord) -> bool:
-    """lm-eval warns on every task with a `custom_dataset` that kwargs can be passed via --metadata;
-    our local tasks always use one, so the notice is noise in a sweep log."""
-    return "Custom kwargs can be passed" not in record.getMessage()
-
-
 def _quiet_libraries(verbose: bool) -> None:
     """Hydra sets the root logger to INFO; keep lm-eval's per-task INFO lines out of sweep logs."""
     level = logging.INFO if verbose else logging.WARNING
     for name in ("lm_eval", "transformers", "datasets", "accelerate"):
         logging.getLogger(name).setLevel(level)
-    task_logger = logging.getLogger("lm_eval.api.task")
-    if _drop_custom_dataset_notice not in task_logger.filters:
-        task_logger.addFilter(_drop_custom_dataset_notice)
+    silence_known_notices()
+
+
+UNSAFE_CODE_HINT = ("executes model-written code; to allow it for this run, add task.confirm_run_unsafe_code=true "
+                    "to the command line")
 
 
 def check_task_metric(cfg: DictConfig, task_manager: Any) -> None:
-    """For local tasks (cheap to load), fail before the model loads if a task is unknown or lacks the
-    configured metric or filter; built-in tasks are only checked after evaluation (loading them
-    means downloading their data)."""
+    """For local tasks (cheap to load), fail before the model loads if a task is unknown, lacks the
+    configured metric or filter, or executes model-written code without `task.confirm_run_unsafe_code`.
+    Built-in tasks are checked for code execution from lm-eval's task index (their YAML); the rest
+    only after evaluation (loading them means downloading their data)."""
     if not cfg.task.local:
+        for name in cfg.task.tasks:
+            entry = task_manager.task_index.get(name)
+            if entry is not None and (entry.cfg or {}).get("unsafe_code") and not cfg.task.confirm_run_unsafe_code:
+                raise ConfigError(f"task {name} {UNSAFE_CODE_HINT}")
         return
     try:
         loaded = task_manager.load(list(cfg.task.tasks))["tasks"]
@@ -218,6 +268,8 @@ def check_task_metric(cfg: DictConfig, task_manager: Any) -> None:
     if not loaded:
         raise ConfigError(f"task.tasks={list(cfg.task.tasks)}: no such local task in {TASKS_DIR}")
     for name, task in loaded.items():
+        if getattr(task, "UNSAFE_CODE", False) and not cfg.task.confirm_run_unsafe_code:
+            raise ConfigError(f"task {name} {UNSAFE_CODE_HINT}")
         filters = [f.name for f in task._filters]
         if cfg.task.filter not in filters:
             raise ConfigError(f"task {name}: no filter {cfg.task.filter!r}; available: {filters}")
@@ -276,14 +328,37 @@ def _sample_rows(samples: dict[str, list[dict[str, Any]]], decode_log: list[dict
     return rows
 
 
+def _record_exists(path: Path, overwrite: bool) -> bool:
+    """Whether a whole record is at `path`. A file there that is not one (a truncated write, a bad
+    merge) is an error naming it, unless the run is to overwrite it anyway."""
+    try:
+        return load_record(path) is not None
+    except RecordError as err:
+        if overwrite:
+            return True
+        raise ConfigError(f"{err}; delete it, or pass overwrite=true to rerun it") from None
+
+
+def _describe_folder(cfg: DictConfig, run_plan: RunPlan) -> str | None:
+    """Why a run of a published sweep's name does not write into the published folder."""
+    from s2d2_eval.sweeps import PUBLISHED_SWEEPS, documented_command
+
+    if run_plan.published or cfg.sweep_name not in PUBLISHED_SWEEPS:
+        return None
+    published_dir = display_path(_repo_path(cfg.results_dir) / cfg.sweep_name)
+    return (f"not the published {published_dir}: that folder holds only the runs of "
+            f"`{documented_command(cfg.sweep_name)}`, and this run differs from them")
+
+
 def run(cfg: DictConfig) -> Path:
     """Run one configuration (or skip it when its record exists); returns the record path."""
     start = time.perf_counter()
     run_plan = plan(cfg)
-    exists = load_record(run_plan.record) is not None
+    shown = display_path(run_plan.record)
+    exists = _record_exists(run_plan.record, cfg.overwrite)
     if exists and not cfg.overwrite and not cfg.dry_run:
-        logger.info("record exists, skipping: %s", run_plan.record)
-        print(f"skip (record exists): {run_plan.record}")
+        logger.info("record exists, skipping: %s", shown)
+        print(f"skip (record exists): {shown}")
         return run_plan.record
     _quiet_libraries(cfg.verbose)
     from lm_eval.tasks import TaskManager
@@ -291,10 +366,22 @@ def run(cfg: DictConfig) -> Path:
     task_manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=not cfg.task.local)
     check_task_metric(cfg, task_manager)
     if cfg.dry_run:
-        print(f"record: {run_plan.record} ({'exists' if exists else 'to run'})")
-        print(f"sweep_dir: {run_plan.record.parents[2]}")
+        print(f"record: {shown} ({'exists' if exists else 'to run'})")
+        print(f"sweep_dir: {display_path(run_plan.sweep_dir)}")
+        note = _describe_folder(cfg, run_plan)
+        if note:
+            print(f"note: {note}")
         return run_plan.record
+    with record_lock(run_plan.record) as waited:
+        if waited and _record_exists(run_plan.record, overwrite=False):
+            print(f"skip (written by a concurrent run while this one waited): {shown}")
+            return run_plan.record
+        _evaluate_and_write(cfg, run_plan, task_manager, start)
+    return run_plan.record
 
+
+def _evaluate_and_write(cfg: DictConfig, run_plan: RunPlan, task_manager: Any, start: float) -> None:
+    """Load the model, evaluate, write the record (and its samples) as one unit."""
     # As lm-eval's own CLI does: code-execution tasks fork after the fast tokenizer has run.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
@@ -318,14 +405,19 @@ def run(cfg: DictConfig) -> Path:
     load_seconds = time.perf_counter() - load_start
     lm.progress_label = f"{run_plan.label} | {cfg.task.name}"
     task = cfg.task
-    results = simple_evaluate(
-        model=lm, tasks=list(task.tasks), task_manager=task_manager, limit=task.limit,
-        num_fewshot=task.num_fewshot, apply_chat_template=task.apply_chat_template,
-        fewshot_as_multiturn=task.fewshot_as_multiturn, system_instruction=task.system_instruction,
-        gen_kwargs=OmegaConf.to_container(task.gen_kwargs) or None, log_samples=True, bootstrap_iters=0,
-        random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
-        fewshot_random_seed=cfg.seed, confirm_run_unsafe_code=task.confirm_run_unsafe_code,
-    )
+    try:
+        results = simple_evaluate(
+            model=lm, tasks=list(task.tasks), task_manager=task_manager, limit=task.limit,
+            num_fewshot=task.num_fewshot, apply_chat_template=task.apply_chat_template,
+            fewshot_as_multiturn=task.fewshot_as_multiturn, system_instruction=task.system_instruction,
+            gen_kwargs=OmegaConf.to_container(task.gen_kwargs) or None, log_samples=True, bootstrap_iters=0,
+            random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed, confirm_run_unsafe_code=task.confirm_run_unsafe_code,
+        )
+    except ValueError as err:
+        if "marked as unsafe" not in str(err):  # a built-in task (not checked before loading)
+            raise
+        raise ConfigError(f"task.tasks={list(task.tasks)} {UNSAFE_CODE_HINT}") from None
     samples = _task_samples(results, task.metric, task.filter)
     metrics = build_metrics(samples, lm.decode_log, task.metric)
     record = {
@@ -349,12 +441,11 @@ def run(cfg: DictConfig) -> Path:
                     "n_samples": results.get("n-samples")},
         "timing": {"model_load_seconds": load_seconds, "total_seconds": time.perf_counter() - start},
     }
-    if cfg.log_samples:
-        sidecar = samples_path(run_plan.record)
-        atomic_write_jsonl(sidecar, _sample_rows(samples, lm.decode_log, task.metric))
-        record["samples_file"] = sidecar.name
-    atomic_write_json(run_plan.record, record)
-    print(f"wrote {run_plan.record}: accuracy {metrics['accuracy']:.3f} ± {metrics['accuracy_stderr']:.3f} "
-          f"(n={metrics['n']}), TPF {metrics['tpf']:.2f}, {metrics['tokens_per_second']:.1f} tok/s")
-    return run_plan.record
+    rows = _sample_rows(samples, lm.decode_log, task.metric) if cfg.log_samples else None
+    if rows is not None:
+        record["samples_file"] = samples_path(run_plan.record).name
+    write_record(run_plan.record, record, rows)
+    print(f"wrote {display_path(run_plan.record)}: accuracy {metrics['accuracy']:.3f} ± "
+          f"{metrics['accuracy_stderr']:.3f} (n={metrics['n']}), TPF {metrics['tpf']:.2f}, "
+          f"{metrics['tokens_per_second']:.1f} tok/s")
 

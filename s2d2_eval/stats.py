@@ -5,7 +5,7 @@ adds two batch fields: `batch_rows` (rows decoded together) and `wall_time_share
 time divided by its rows), so that summing shares over samples gives the real elapsed decode time
 at any batch size.
 
-Pooled metrics are ratios of sums, never means of ratios (MEASURING.md): TPF = Σ generated tokens /
+Pooled metrics are ratios of sums, never means of ratios (docs/METHOD.md §5): TPF = Σ generated tokens /
 Σ non-prefill forwards; tokens/s = Σ generated tokens / Σ decode wall time. Pure Python, so lm-eval
 task utilities and the table/plot scripts can import it without torch.
 """
@@ -40,7 +40,7 @@ class Completion(str):
 
 
 def decode_nfe(row: Mapping[str, Any]) -> int:
-    """Forwards that produced tokens: all but prefill (MEASURING.md, TPF excludes prefill)."""
+    """Forwards that produced tokens: all but prefill (docs/METHOD.md §5: TPF excludes prefill)."""
     return int(row["nfe"]) - int(row["nfe_by_kind"].get("prefill", 0))
 
 
@@ -86,7 +86,7 @@ def pooled_tokens_per_second(items: list[Mapping[str, float]]) -> float:
 
 def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Pooled decoding metrics over samples: means per sample, TPF and tokens/s as ratios of sums,
-    and the acceptance statistics of MEASURING.md."""
+    and the acceptance statistics of docs/METHOD.md §5."""
     rows = list(rows)
     n = len(rows)
     if n == 0:

@@ -2,7 +2,7 @@
 
 Decodes every test item (or the first `--limit` of each task) with our decoders, batching the prompts
 of a task (left padding), scores each completion with `synthetic.scorer`, and prints ONE JSON record
-last (MEASURING.md): per task and overall accuracy with its standard error sqrt(a(1-a)/n), NFE per
+last (docs/METHOD.md §5): per task and overall accuracy with its standard error sqrt(a(1-a)/n), NFE per
 sample (by kind), TPF = generated tokens / non-prefill forwards, and tokens/s. Tokens/s is batched
 throughput (generated tokens / summed batch wall time), not batch-1 latency.
 

@@ -4,6 +4,7 @@ offline tasks on the task path.
 lm-eval has no plugin discovery, so this wrapper imports `s2d2_eval.lm` (which registers the model)
 and then runs `lm_eval.__main__.cli_evaluate()`. Every lm-eval flag works as documented; the only
 addition is that `--include_path s2d2_eval/tasks` is appended when not given. Offline by default.
+lm-eval notices that are wrong for this repository's tasks are filtered out (s2d2_eval/logs.py).
 
     python scripts/lm_eval_cli.py --model s2d2 --device cpu --apply_chat_template \
         --model_args pretrained=models/sdar-tiny,block_length=8,denoising_steps=8,cache_ver=true,draft_ver=true \
@@ -22,6 +23,7 @@ import lm_eval.__main__  # noqa: E402
 from lm_eval._cli import HarnessCLI  # noqa: E402
 
 from s2d2_eval.lm import S2D2LM  # noqa: E402  (importing it registers the lm-eval model "s2d2")
+from s2d2_eval.logs import silence_known_notices  # noqa: E402
 from s2d2_eval.model_args import ModelArgError  # noqa: E402
 
 
@@ -37,8 +39,9 @@ def with_task_path(argv: list[str]) -> list[str]:
 
 def check_s2d2_model_args() -> None:
     """Parse the command line with lm-eval's own parser and, for `--model s2d2`, validate the
-    model_args now: lm-eval would otherwise index every built-in task (~20 s) before the model's
-    constructor could reject a typo. Also warn when the synthetic tasks run without the chat template."""
+    model_args and `--batch_size` now: lm-eval would otherwise index every built-in task (~20 s)
+    before the model's constructor could reject a typo (with a traceback). Also warn when the
+    synthetic tasks run without the chat template."""
     argv = list(sys.argv)
     try:
         args = HarnessCLI().parse_args()
@@ -52,6 +55,10 @@ def check_s2d2_model_args() -> None:
         return
     model_args = dict(getattr(args, "model_args", None) or {})
     model_args.pop("pretrained", None)
+    # Validation only: the device is resolved once, when lm-eval builds the model with --device.
+    model_args["device"] = "cpu"
+    if getattr(args, "batch_size", None) is not None:
+        model_args.setdefault("batch_size", args.batch_size)
     try:
         S2D2LM.parse_model_args(**model_args)
     except ModelArgError as err:
@@ -61,6 +68,7 @@ def check_s2d2_model_args() -> None:
 def main() -> None:
     sys.argv = with_task_path(sys.argv)
     check_s2d2_model_args()
+    silence_known_notices()
     lm_eval.__main__.cli_evaluate()
 
 

@@ -1,6 +1,7 @@
 """Accuracy-speed frontiers from run records: accuracy vs TPF and accuracy vs tokens/s, one series
 per decoder family (AR mode, static, dynamic, S2D2), the Pareto front drawn over all points.
-One PNG per (model, task). Reads records only; never imports a model.
+One PNG per (model, task). Reads records only; never imports a model. Refuses records that must not
+share a plot, as make_table.py does.
 
     python scripts/plot_frontier.py                   # results/sdar -> results/sdar/frontier_<model>_<task>.png
     python scripts/plot_frontier.py results/my_sweep --out /tmp/plots
@@ -17,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from s2d2_eval import REPO_ROOT  # noqa: E402
-from s2d2_eval.records import records_from_command_line  # noqa: E402
+from s2d2_eval.records import RecordError, display_path, records_from_command_line  # noqa: E402
 from s2d2_eval.report import KIND_TITLES, Point, group_points, pareto_front  # noqa: E402
 
 STYLE = {  # colour, marker, connect the family's points with a line (TPF panel)
@@ -92,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     args, root, records = records_from_command_line(__doc__, "output folder (default: the sweep folder)", argv,
                                                     REPO_ROOT / "results" / "sdar")
     out_dir = Path(args.out) if args.out else root
-    for (model, task), points in group_points(records).items():
+    try:
+        groups = group_points(records)
+    except RecordError as err:
+        sys.exit(f"plot_frontier.py: error: {err}")
+    for (model, task), points in groups.items():
         n = points[0].n
         path = plot_group(points, f"{model} — {task} (n = {n})", out_dir / f"frontier_{model}_{task}.png")
-        print(f"wrote {path}")
+        print(f"wrote {display_path(path)}")
     return 0
 
 

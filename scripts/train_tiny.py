@@ -2,9 +2,9 @@
 
 No model can be downloaded here, so every entry point (decoders, benchmarks, tests) runs on a model
 this script produces: by default an `SDARForCausalLM` (Qwen3 maths, position-aligned logits) trained
-with the SDAR / BD3-LM block-diffusion objective (MODEL-FAMILIES.md §1.1); with `--family
+with the SDAR / BD3-LM block-diffusion objective (below); with `--family
 fast_dllm_v2` a `Fast_dLLM_QwenForCausalLM` (Qwen2.5 maths, shift-aligned logits) trained with
-Fast-dLLM v2's objective (§2.1): the same block mask, token shift, complementary masked copies, and
+Fast-dLLM v2's objective: the same block mask, token shift, complementary masked copies, and
 block starts scored from the block-causal clean copy (see `make_shifted_row`).
 
 Objective. A training row is the doubled sequence [x_t ‖ x_0] with ONE bool mask (True = may attend):

@@ -135,8 +135,9 @@ def test_block_length_rescales_block_decoders_but_not_ar():
 
 def test_plan_rejects_bad_runs_before_loading(tmp_path):
     model_dir = _sdar_dir(tmp_path)
-    ok = _compose([f"model.pretrained={model_dir}", f"results_dir={tmp_path}"])
-    assert plan(ok).record.parent == tmp_path / "default" / "sdar_tiny" / "synthetic"
+    ok = plan(_compose([f"model.pretrained={model_dir}", f"results_dir={tmp_path}"]))
+    assert ok.record.parent == ok.sweep_dir / "sdar_tiny" / "synthetic" and ok.sweep_dir.parent == tmp_path
+    assert ok.sweep_dir.name.startswith("default-") and not ok.published
     for bad in (["decoding=ar", "decoding.params.do_verify_policy=score_threshold"],
                 ["decoding.params.remasking_strategy=bogus"], ["task.limit=0"], ["batch_size=0"]):
         with pytest.raises(ConfigError):
@@ -170,4 +171,37 @@ def test_a_missing_metric_filter_or_task_fails_before_the_model_loads(tmp_path, 
                         ("task.tasks=[no_such_task]", "no_such_task")):
         with pytest.raises(ConfigError, match=needle):
             run(_compose([*base, bad]))
-    assert run(_compose([*base, "dry_run=true"])).parent == tmp_path / "default" / "sdar_tiny" / "synthetic_add"
+    record = run(_compose([*base, "dry_run=true"]))
+    assert record.parent.parent.parent.parent == tmp_path and record.parent.name == "synthetic_add"
+
+
+def test_no_config_confirms_code_execution():
+    """Model-written code runs only when the command line says so: no shipped YAML sets the flag."""
+    import yaml
+
+    def keys(node) -> list[str]:
+        if isinstance(node, dict):
+            return [k for k, v in node.items() for k in [k, *keys(v)]]
+        if isinstance(node, list):
+            return [k for item in node for k in keys(item)]
+        return []
+
+    for path in CONFIGS.rglob("*.yaml"):
+        assert "confirm_run_unsafe_code" not in keys(yaml.safe_load(path.read_text())), path
+
+
+@pytest.mark.parametrize("task", ["humaneval", "humaneval_completion", "mbpp"])
+def test_code_execution_needs_the_command_line_flag_before_the_model_loads(task, tmp_path, monkeypatch):
+    import s2d2_eval.lm
+    from s2d2_eval.runner import run
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the code-execution check")
+
+    monkeypatch.setattr(s2d2_eval.lm.S2D2LM, "__init__", fail)
+    model_dir = _sdar_dir(tmp_path)
+    base = [f"task={task}", f"model.pretrained={model_dir}", f"results_dir={tmp_path}"]
+    with pytest.raises(ConfigError, match=r"executes model-written code; .*add task\.confirm_run_unsafe_code=true"):
+        run(_compose(base))
+    assert run(_compose([*base, "task.confirm_run_unsafe_code=true", "dry_run=true"])).name.startswith(
+        "s2d2_config_a-")

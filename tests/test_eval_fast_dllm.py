@@ -192,7 +192,7 @@ def test_every_fast_decoding_preset_plans_with_every_fast_model(model, decoding,
             plan(cfg)
         monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     run_plan = plan(cfg)
-    assert run_plan.record.parent == tmp_path / "default" / model / "synthetic"
+    assert run_plan.record.parent == run_plan.sweep_dir / model / "synthetic" and run_plan.sweep_dir.parent == tmp_path
     assert run_plan.record.name.startswith(f"{decoding}-")
     if decoding != "fast_ar":
         assert run_plan.decoding_params["block_size"] == cfg.model.block_length
@@ -256,7 +256,9 @@ def test_fast_sweep_runs_through_the_plan_for_each_of_its_decoders(fast_model_di
     for decoding in sweep.hydra.sweeper.params.decoding.split(","):
         cfg = _compose(["sweep=fast_dllm_v2", f"decoding={decoding}", f"model.pretrained={fast_model_dir}",
                         f"results_dir={tmp_path}"])
-        assert plan(cfg).record.parent == tmp_path / "fast_dllm_v2" / "fast_dllm_v2_tiny" / "synthetic"
+        run_plan = plan(cfg)  # a random model under the published sweep's name: its own folder, not the published one
+        assert not run_plan.published and run_plan.sweep_dir.name.startswith("fast_dllm_v2-")
+        assert run_plan.record.parent == run_plan.sweep_dir / "fast_dllm_v2_tiny" / "synthetic"
     grid = _compose(["sweep=fast_dllm_v2_threshold_grid"], hydra_cfg=True).hydra.sweeper.params
     assert grid.decoding == "fast_threshold" and len(grid["decoding.params.threshold"].split(",")) == 5
 
@@ -318,6 +320,6 @@ def test_run_writes_a_record_with_decoding_stats(decoding, fast_model_dir, tmp_p
         assert metrics["nfe_by_kind_mean"]["draft"] == 0 and record["label"] == "AR mode (B=1)"
     else:
         assert record["label"] == "S2D2 config_a B=16 SB=4" and "acceptance" in metrics
-    rows = [json.loads(line) for line in (tmp_path / "default" / "fast_dllm_v2_tiny" / "synthetic_add").glob(
-        "*.samples.jsonl").__next__().read_text().splitlines()]
+    rows = [json.loads(line) for line in tmp_path.glob("default-*/fast_dllm_v2_tiny/synthetic_add/*.samples.jsonl")
+            .__next__().read_text().splitlines()]
     assert len(rows) == 2 and all(row["stats"]["nfe"] >= 1 for row in rows)

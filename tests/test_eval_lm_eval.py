@@ -160,7 +160,7 @@ def _shipped_or_skip() -> Path:
 @pytest.mark.slow
 def test_shipped_model_greedy_s2d2_reproduces_ar_mode_with_fewer_forwards(task_manager):
     """Through the whole lm-eval pipeline: S2D2 that always verifies, with greedy-exact acceptance
-    and an AR-like cache, commits exactly AR mode's tokens (ALGORITHM.md §5.3) in fewer forwards."""
+    and an AR-like cache, commits exactly AR mode's tokens (docs/METHOD.md §1) in fewer forwards."""
     model_dir = _shipped_or_skip()
     from lm_eval import simple_evaluate
 
@@ -185,3 +185,85 @@ def test_shipped_model_greedy_s2d2_reproduces_ar_mode_with_fewer_forwards(task_m
     for task in texts["ar"]:
         assert results["ar"]["results"][task]["tpf,none"] == pytest.approx(1.0)  # AR mode: one forward per token
         assert results["s2d2"]["results"][task]["tpf,none"] > 1.0
+
+
+# --- quiet logs, one-line errors ---------------------------------------------------------------------------
+
+NOTICES = ("CUDA is not available", "Custom kwargs can be passed", "A local directory named")
+
+
+@pytest.mark.slow
+def test_cli_run_from_the_repo_root_prints_no_false_notices(random_model_dir, tmp_path):
+    """From the repository root (where `synthetic/` is a folder) with --device cpu and a task group
+    of four custom-dataset tasks: none of lm-eval's notices that are wrong or useless here."""
+    command = [sys.executable, str(REPO / "scripts" / "lm_eval_cli.py"), "--model", "s2d2", "--device", "cpu",
+               "--apply_chat_template", "--model_args", f"pretrained={random_model_dir},block_length=4,denoising_steps=4",
+               "--tasks", "synthetic", "--limit", "1", "--gen_kwargs", "max_gen_toks=4"]
+    done = subprocess.run(command, cwd=REPO, env=OFFLINE_ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "exact_match" in done.stdout
+    for notice in NOTICES:
+        assert notice not in done.stdout + done.stderr, notice
+
+
+@pytest.mark.parametrize("batch_size", ["auto", "auto:4"])
+def test_cli_batch_size_auto_is_one_line_before_lm_eval_starts(random_model_dir, tmp_path, batch_size):
+    command = [sys.executable, str(REPO / "scripts" / "lm_eval_cli.py"), "--model", "s2d2", "--device", "cpu",
+               "--apply_chat_template", "--batch_size", batch_size, "--model_args", f"pretrained={random_model_dir}", "--tasks", "synthetic_add",
+               "--limit", "1"]
+    done = subprocess.run(command, cwd=tmp_path, env=OFFLINE_ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "lm_eval_cli.py: error: batch_size=auto is not supported by s2d2 (decode memory depends on the block "
+        "schedule, not on one forward); pass an integer"]
+
+
+def test_notice_filters_drop_exactly_the_noise(tmp_path, monkeypatch):
+    import logging
+
+    from s2d2_eval.logs import silence_known_notices
+
+    silence_known_notices()
+    silence_known_notices()  # idempotent
+
+    def passes(logger_name: str, message: str) -> bool:
+        record = logging.LogRecord(logger_name, logging.WARNING, __file__, 0, message, None, None)
+        return logging.getLogger(logger_name).filter(record)
+
+    assert not passes("lm_eval.api.task", "synthetic_add: Custom kwargs can be passed to `--metadata` in console")
+    assert passes("lm_eval.api.task", "synthetic_add: something else")
+    folder_notice = ("A local directory named '{}' exists but a registered task with the same name was found — "
+                     "using the registered task.")
+    monkeypatch.chdir(REPO)
+    assert not passes("lm_eval.config.evaluate_config", folder_notice.format("synthetic"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mytask").mkdir()
+    assert passes("lm_eval.config.evaluate_config", folder_notice.format("mytask"))  # a folder of the user's
+
+
+@pytest.mark.slow
+def test_only_greedy_exact_s2d2_is_batch_invariant_at_temperature_zero(task_manager):
+    """What the docs say next to every greedy table: with greedy drafts, config A's stochastic
+    acceptance still draws uniforms, and a batch of 4 spreads those draws over its rows differently
+    than batch 1, so some completions change; greedy-exact acceptance draws nothing and does not."""
+    model_dir = _shipped_or_skip()
+    from lm_eval import simple_evaluate
+
+    from s2d2_eval.lm import S2D2LM
+
+    config_a = dict(block_length=8, denoising_steps=8, remasking_strategy="low_confidence_dynamic",
+                    confidence_threshold=0.85, cache_ver=True, draft_ver=True,
+                    token_acceptance_estimator="soft_entropy_negexp", do_verify_policy="score_threshold",
+                    do_verify_score_type="difference_static", score_penalty_coef=1.0, do_verify_score_threshold=0.0)
+    changed = {}
+    for acceptance in ("stochastic", "greedy_exact"):
+        texts = {}
+        for batch_size in (1, 4):
+            lm = S2D2LM(pretrained=str(model_dir), device="cpu", dtype="float32", batch_size=batch_size,
+                        acceptance=acceptance, **config_a)
+            results = simple_evaluate(model=lm, tasks=["synthetic"], task_manager=task_manager, limit=4,
+                                      apply_chat_template=True, bootstrap_iters=0, log_samples=True)
+            texts[batch_size] = [str(s["resps"][0][0]) for task in sorted(results["samples"])
+                                 for s in results["samples"][task]]
+        changed[acceptance] = sum(a != b for a, b in zip(texts[1], texts[4]))
+    assert changed["greedy_exact"] == 0 and changed["stochastic"] > 0, changed
