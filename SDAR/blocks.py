@@ -97,6 +97,7 @@ class SDARBlocks:
         self.n_blocks, self.first_block = self.seq.n_blocks, self.seq.first_block
         self.cache = DynamicCache()
         self.pending_commit: int | None = None
+        self._masks: dict[tuple[str, int], Tensor] = {}  # [B|1, Q, K] masks reused by every step of a block
 
     @property
     def x(self) -> Tensor:  # [B, T] tokens of the rows still decoding
@@ -114,6 +115,7 @@ class SDARBlocks:
         """Drop every row but `keep` ([K] long) from the buffer and the cache (stopped rows leave)."""
         self.seq.select(keep)
         self.cache.batch_select_indices(keep)
+        self._masks.clear()
 
     def block(self, b: int) -> Tensor:
         """View of block b's tokens, [B, L]; writing into it writes the buffer."""
@@ -121,29 +123,35 @@ class SDARBlocks:
 
     def _forward(self, start: int, end: int, predicate: Predicate | None, store: bool, ids: Tensor | None = None,
                  positions: Tensor | None = None, extra_keys: int = 0, keep: int = 0,
-                 rows: Tensor | None = None) -> Tensor:
+                 rows: Tensor | None = None, memo: str | None = None) -> Tensor:
         """One model call on columns [start, end) (or explicit ids/positions) over the cache; logits
         [B, Q, V] (the last `keep` rows only when keep > 0: the head runs on those alone) with the mask
         token's logit at -inf. `rows` ([R] long): a read-only forward over those batch rows only (`ids`
-        and `positions` are then theirs).
+        and `positions` are then theirs). `memo`: the mask is the same for every call of this name at
+        this `start` (every step of a block), so it is built once per block and row set.
         predicate None means full attention; with no padding it is sent as attention_mask=None so a
         GPU can take the flash-attention path."""
         ids = self.x[:, start:end] if ids is None else ids
         positions = self.positions[:, start:end] if positions is None else positions
         q_len = ids.shape[1]
         kv_len = start + q_len
-        valid = self.key_valid if rows is None or self.key_valid is None else self.key_valid[rows]
-        mask = None
-        if predicate is not None or valid is not None:
+        mask = self._masks.get((memo, start)) if memo else None
+        if mask is None and (predicate is not None or self.key_valid is not None):
             key_valid = None
-            if valid is not None:
-                key_valid = valid[:, : start + q_len - extra_keys]
+            if self.key_valid is not None:
+                key_valid = self.key_valid[:, : start + q_len - extra_keys]
                 if extra_keys:
                     key_valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], extra_keys)], dim=1)
             mask = materialize(
                 predicate if predicate is not None else (lambda q, kv: kv >= 0),
                 q_len, kv_len, device=ids.device, key_valid=key_valid,
             )
+            if memo:
+                if any(at != start for _, at in self._masks):  # a new block: the old block's masks are done
+                    self._masks.clear()
+                self._masks[memo, start] = mask
+        if mask is not None and rows is not None and mask.shape[0] > 1:
+            mask = mask[rows]
         logits = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions,
             past_key_values=self.cache if rows is None else cache_rows(self.cache, rows), use_cache=True,
@@ -173,7 +181,8 @@ class SDARBlocks:
         cur = draft_block(start, causal_rows)
         if self.pending_commit is None:
             uses_default = causal_rows is None
-            logits = self._forward(start, start + length, None if uses_default else cur, store=False)
+            logits = self._forward(start, start + length, None if uses_default else cur, store=False,
+                                   memo="draft" if uses_default else None)
             self.recorder.forward("draft", rows, length)
             return logits
         prev = start - length
@@ -208,7 +217,8 @@ class SDARBlocks:
         subset = None if rows.numel() == self.x.shape[0] else rows  # every row: no cache copy
         pos = self.positions[:, start : start + length] if subset is None else self.positions[rows, start : start + length]
         logits = self._forward(start, start + 2 * length, verifier_2l(start, length), store=False, ids=ids,
-                               positions=torch.cat([pos, pos], dim=1), extra_keys=length, keep=length, rows=subset)
+                               positions=torch.cat([pos, pos], dim=1), extra_keys=length, keep=length, rows=subset,
+                               memo="verify")
         self.recorder.forward("verify", row_mask(rows, self.x.shape[0]), 2 * length)
         return logits
 

@@ -85,7 +85,8 @@ class RoutingConfig:
 
 @dataclass
 class RouteFeatures:
-    """What a decoder knows about each row when it must decide (all tensors ``[B]``).
+    """What a decoder knows about each row when it must decide (all tensors ``[B]``). The optional
+    ones are None unless the policy reads them (``RoutingPolicy.reads``): each costs work per step.
 
     span_length: long, ``|C|`` of the first contiguous masked span (0 when none).
     expected_length: float, ``K̂`` over the span (§3.2, ``expected_accepted_length``).
@@ -100,13 +101,17 @@ class RouteFeatures:
     """
 
     span_length: Tensor
-    expected_length: Tensor
-    n_high: Tensor
-    n_masked: Tensor
     progress: Tensor
-    mean_entropy: Tensor
     active: Tensor
     context_length: int
+    expected_length: Tensor | None = None
+    n_high: Tensor | None = None
+    n_masked: Tensor | None = None
+    mean_entropy: Tensor | None = None
+
+
+OPTIONAL_FEATURES = ("expected_length", "n_high", "n_masked", "mean_entropy")
+"""Features computed only when the chosen policy reads them (`RoutingPolicy.reads`)."""
 
 
 def score(features: RouteFeatures, cfg: RoutingConfig) -> Tensor:
@@ -175,6 +180,11 @@ class RoutingPolicy:
         self.batch_size = batch_size
         self.device = torch.device(device)
 
+    @property
+    def reads(self) -> frozenset[str]:
+        """The optional ``RouteFeatures`` this policy reads (the decoder computes only those)."""
+        return frozenset()
+
     def decide(self, f: RouteFeatures) -> Tensor:
         """``[B]`` bool: verify this step. Always False for inactive rows and empty spans."""
         raise NotImplementedError
@@ -227,6 +237,10 @@ class MaskSpanLengthPolicy(RoutingPolicy):
     it is verified anyway. An empty span is never verified.
     """
 
+    @property
+    def reads(self) -> frozenset[str]:
+        return frozenset({"n_high", "n_masked"} if self.cfg.legacy_ssd_span_strategy else ())
+
     def decide(self, f: RouteFeatures) -> Tensor:
         long_enough = f.span_length >= self.cfg.min_ssd_span_length  # [B]
         if self.cfg.legacy_ssd_span_strategy:
@@ -235,9 +249,19 @@ class MaskSpanLengthPolicy(RoutingPolicy):
         return long_enough & (f.span_length > 0) & f.active.bool()
 
 
+def score_reads(cfg: RoutingConfig) -> frozenset[str]:
+    """The features ``score`` reads: ``K̂``, and ``N_hi`` for the dynamic score."""
+    return frozenset({"expected_length", "n_high"} if cfg.do_verify_score_type == "difference_dynamic"
+                     else {"expected_length"})
+
+
 @register_policy("score_threshold")
 class ScoreThresholdPolicy(RoutingPolicy):
     """Verify iff ``s ≥ τ_score`` (ALGORITHM.md §3.4); stateless."""
+
+    @property
+    def reads(self) -> frozenset[str]:
+        return score_reads(self.cfg)
 
     def decide(self, f: RouteFeatures) -> Tensor:
         verify = score(f, self.cfg) >= self.cfg.do_verify_score_threshold  # [B]
@@ -258,6 +282,10 @@ class ScoreHysteresisPolicy(RoutingPolicy):
     def __init__(self, cfg: RoutingConfig, batch_size: int, device: torch.device | str) -> None:
         super().__init__(cfg, batch_size, device)
         self.on = torch.zeros(batch_size, dtype=torch.bool, device=self.device)  # [B]
+
+    @property
+    def reads(self) -> frozenset[str]:
+        return score_reads(self.cfg)
 
     def decide(self, f: RouteFeatures) -> Tensor:
         s = score(f, self.cfg)  # [B]
@@ -292,6 +320,10 @@ class ContextualBanditUCBPolicy(RoutingPolicy):
         self.t = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # [B]
         self.last_bucket = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # [B]
         self._decided = False
+
+    @property
+    def reads(self) -> frozenset[str]:
+        return frozenset({"mean_entropy"})
 
     def bucket(self, f: RouteFeatures) -> Tensor:
         """``[B]`` long context bucket of each row for these features."""

@@ -23,7 +23,7 @@ from common.acceptance import (
 from common.estimators import EstimatorConfig, expected_accepted_length, normalized_entropy, token_acceptance
 from common.remasking import select_transfer, token_entropy
 from common.config import chain_post_init
-from common.routing import RouteFeatures, RoutingConfig, make_policy
+from common.routing import OPTIONAL_FEATURES, RouteFeatures, RoutingConfig, make_policy
 from common.sampling import SamplingConfig, logits_to_probs
 from common.spans import Span, first_masked_span, scatter_to_span
 from common.stats import (
@@ -70,27 +70,27 @@ class S2D2Flags(EstimatorConfig, RoutingConfig, VerifyConfig):
 
 def routing_features(probs: Tensor, confidence: Tensor, masked: Tensor, span: Span, live: Tensor,
                      progress: Tensor, context_length: int, confidence_threshold: float,
-                     estimator: EstimatorConfig, entropy_source: str) -> RouteFeatures:
-    """Features of one region (block or sub-block) for the routing policy.
+                     estimator: EstimatorConfig, entropy_source: str,
+                     needed: frozenset[str] = frozenset(OPTIONAL_FEATURES)) -> RouteFeatures:
+    """Features of one region (block or sub-block) for the routing policy; of the optional ones, only
+    those in `needed` (the policy's `reads`) are computed.
 
     probs: [B, L, V] draft distribution; confidence: [B, L]; masked: [B, L]; progress: [B] in [0, 1].
     `n_high` counts masked positions above the family's confidence threshold (the dynamic score's
     penalty, ALGORITHM.md §3.3); the UCB entropy is averaged over the span or all masked positions.
     """
-    alpha = token_acceptance(probs, confidence, estimator)  # [B, L]
-    entropy = normalized_entropy(probs)  # [B, L]
-    source = span.member if entropy_source == "span" else masked
-    mean_entropy = (entropy * source).sum(-1) / source.sum(-1).clamp_min(1)
-    return RouteFeatures(
-        span_length=span.length,
-        expected_length=expected_accepted_length(alpha, span.member),
-        n_high=(masked & (confidence > confidence_threshold)).sum(-1),
-        n_masked=masked.sum(-1),
-        progress=progress,
-        mean_entropy=mean_entropy,
-        active=live,
-        context_length=context_length,
-    )
+    features = RouteFeatures(span_length=span.length, progress=progress, active=live, context_length=context_length)
+    if "expected_length" in needed:
+        alpha = token_acceptance(probs, confidence, estimator)  # [B, L]
+        features.expected_length = expected_accepted_length(alpha, span.member)
+    if "n_high" in needed:
+        features.n_high = (masked & (confidence > confidence_threshold)).sum(-1)
+    if "n_masked" in needed:
+        features.n_masked = masked.sum(-1)
+    if "mean_entropy" in needed:
+        source = span.member if entropy_source == "span" else masked
+        features.mean_entropy = (normalized_entropy(probs) * source).sum(-1) / source.sum(-1).clamp_min(1)
+    return features
 
 
 def verify_commits(q: Tensor, probs: Tensor, drafts: Tensor, confidence: Tensor, masked: Tensor, span: Span,
@@ -196,7 +196,7 @@ class S2D2Step:
         span = first_masked_span(masked)
         flags = self.flags
         features = routing_features(probs, confidence, masked, span, live, progress, context_length,
-                                    top_up_rule.threshold, flags, flags.ucb_entropy_source)
+                                    top_up_rule.threshold, flags, flags.ucb_entropy_source, self.policy.reads)
         routed = self.policy.decide(features) & live & (span.length > 0)  # [B]
         recorder.decision(live)
         tokens, kinds = drafts, torch.zeros_like(current)
