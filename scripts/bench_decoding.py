@@ -152,7 +152,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="bench_decoding.py", description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog="bench_decoding.py",
+                           description="Decoding benchmark: HF generate, AR mode, baseline and S2D2 on a tiny model.",
                            epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=sorted(FAMILIES), default="sdar")
     parser.add_argument("--model_dir", type=Path, default=None, help="default: the family's shipped tiny model")
@@ -558,17 +559,17 @@ def profile_pass(contender: Contender, chunks: list[Chunk], seed: int, device: A
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=device.type == "cpu")
+    with quiet_stderr_fd():
+        profiler.start()
     probe.scoped = True
     try:
-        with quiet_stderr_fd():
-            profiler.__enter__()
         with counting_tolist(probe):
             result = run_pass(contender, chunks, seed, device, probe)
             tolist = probe.tolist_outside
     finally:
         probe.scoped = False
         with quiet_stderr_fd():
-            profiler.__exit__(None, None, None)
+            profiler.stop()
     if device.type == "cuda":
         peak_cuda = torch.cuda.max_memory_allocated(device) - base
     # kineto_results: the raw trace behind profile.events() (see count_trace).
