@@ -719,7 +719,10 @@ def print_tables(record: dict[str, Any]) -> None:
 def write_atomically(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and rename, so readers never see half a record."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a record is an ordinary file
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, path)
