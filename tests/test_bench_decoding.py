@@ -8,6 +8,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -60,7 +61,9 @@ def test_one_json_record_last_on_stdout_and_in_the_out_file(run, bench):
     record, stdout, out = run
     assert json.loads(stdout.strip().splitlines()[-1]) == json.loads(out.read_text()) == json.loads(json.dumps(record))
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left behind
-    assert out.stat().st_mode & 0o044  # readable by others (umask permitting), not mkstemp's 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private 0600
     assert record["record"] == "bench_decoding"
     assert list(record["contenders"]) == list(bench.CONTENDERS)
     assert record["batch_sizes"] == [1, 2] and list(record["results"]) == ["1", "2"]
