@@ -36,9 +36,12 @@ PUBLISHED_SWEEPS: dict[str, tuple[tuple[str, ...], ...]] = {
     "sdar": (("sweep=sdar",), ("sweep=sdar_dynamic_grid",)),
     "sdar_t1": (("sweep=sdar", *_T1), ("sweep=sdar_dynamic_grid", *_T1)),
     "fast_dllm_v2": (("sweep=fast_dllm_v2",), ("sweep=fast_dllm_v2_threshold_grid",)),
+    "sdar_batch16": (("sweep=sdar_batch16",), ("sweep=sdar_batch16_grid",)),
+    "fast_dllm_v2_batch16": (("sweep=fast_dllm_v2_batch16",), ("sweep=fast_dllm_v2_batch16_grid",)),
 }
 """Published folder (= sweep_name) -> the run_eval.py overrides of each stage of the documented
-command that writes it (scripts/sweep_sdar.sh, the same with the T=1 overrides, scripts/sweep_fast_dllm_v2.sh)."""
+command that writes it (scripts/sweep_sdar.sh, the same with the T=1 overrides, scripts/sweep_fast_dllm_v2.sh,
+scripts/sweep_batch16.sh for the two *_batch16 folders)."""
 
 FAILURE_NOTE = "run_eval_failure.txt"
 """Name of the note a failed multirun job leaves in its output folder."""
@@ -90,6 +93,8 @@ def published_runs(sweep_name: str) -> frozenset[tuple[str, str]]:
 def documented_command(sweep_name: str) -> str:
     """The command line that writes a published folder, for messages."""
     stage, *_ = PUBLISHED_SWEEPS[sweep_name]
+    if sweep_name.endswith("_batch16"):
+        return "bash scripts/sweep_batch16.sh"
     script = "sweep_fast_dllm_v2.sh" if stage[0].startswith("sweep=fast") else "sweep_sdar.sh"
     return " ".join(["bash", f"scripts/{script}", *stage[1:]])
 
