@@ -131,6 +131,8 @@ def _plan(cfg: DictConfig) -> RunPlan:
     if cfg.task.limit is not None and cfg.task.limit < 1:
         raise ValueError(f"task.limit must be >= 1 (documents per task) or null, got {cfg.task.limit}")
     pretrained = resolve_pretrained(cfg.model.pretrained)
+    if cfg.model.lora_dir:
+        resolve_pretrained(cfg.model.lora_dir)
     params = effective_decoding_params(cfg)
     generate = load_object(cfg.decoding.generate, "decoding.generate", (REPO_ROOT,))
     config_class = getattr(generate, "config_class", None)
@@ -181,12 +183,14 @@ def check_model_fits_decoder(pretrained: str, spec: str, generate: Any) -> None:
         found = families.check_model(pretrained)
     except families.ModelDirError as err:
         raise ValueError(f"model.pretrained={pretrained}: {err}") from None
-    expected = families.by_package(getattr(generate, "__module__", "").split(".")[0])
-    if expected is not None and found is not None and found is not expected:
-        types = (", ".join(repr(t) for t in f.model_types) for f in (expected, found))
-        raise ValueError(f"decoding.generate={spec} decodes model_type {next(types)} ({expected.title}), but "
-                         f"model.pretrained={pretrained} is {next(types)} ({found.title}); pick a decoding preset "
-                         "of the model's family (fast_* presets for Fast-dLLM v2, the others for SDAR)")
+    expected = families.of_package(getattr(generate, "__module__", "").split(".")[0])
+    if expected and found is not None and found not in expected:
+        decodes = ", ".join(f"{t!r} ({f.title})" for f in expected for t in f.model_types)
+        types = ", ".join(repr(t) for t in found.model_types)
+        raise ValueError(f"decoding.generate={spec} decodes model_type {decodes}, but "
+                         f"model.pretrained={pretrained} is {types} ({found.title}); pick a decoding preset "
+                         "of the model's family (fast_* presets for Fast-dLLM v2, d2f_* for D2F, the others for "
+                         "SDAR)")
 
 
 def _drop_custom_dataset_notice(record: logging.LogRecord) -> bool:
@@ -311,6 +315,8 @@ def run(cfg: DictConfig) -> Path:
     )
     if cfg.model.custom_model_class:
         model_args["custom_model_class"] = cfg.model.custom_model_class
+    if cfg.model.lora_dir:
+        model_args.update(lora_dir=resolve_pretrained(cfg.model.lora_dir), merge_lora=cfg.model.merge_lora)
     if cfg.model.max_length:
         model_args["max_length"] = cfg.model.max_length
     load_start = time.perf_counter()
