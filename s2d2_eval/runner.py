@@ -131,7 +131,7 @@ def _plan(cfg: DictConfig) -> RunPlan:
     if cfg.task.limit is not None and cfg.task.limit < 1:
         raise ValueError(f"task.limit must be >= 1 (documents per task) or null, got {cfg.task.limit}")
     pretrained = resolve_pretrained(cfg.model.pretrained)
-    if cfg.model.lora_dir:
+    if cfg.model.get("lora_dir"):  # records written before the field existed lack it
         resolve_pretrained(cfg.model.lora_dir)
     params = effective_decoding_params(cfg)
     generate = load_object(cfg.decoding.generate, "decoding.generate", (REPO_ROOT,))
@@ -315,8 +315,8 @@ def run(cfg: DictConfig) -> Path:
     )
     if cfg.model.custom_model_class:
         model_args["custom_model_class"] = cfg.model.custom_model_class
-    if cfg.model.lora_dir:
-        model_args.update(lora_dir=resolve_pretrained(cfg.model.lora_dir), merge_lora=cfg.model.merge_lora)
+    if cfg.model.get("lora_dir"):
+        model_args.update(lora_dir=resolve_pretrained(cfg.model.lora_dir), merge_lora=bool(cfg.model.get("merge_lora")))
     if cfg.model.max_length:
         model_args["max_length"] = cfg.model.max_length
     load_start = time.perf_counter()
