@@ -241,7 +241,7 @@ class S2D2LM(HFLM):
         if self.lora_dir is None:
             super()._create_model(pretrained, revision=revision, dtype=dtype, **kwargs)
             return
-        from lm_eval.models.utils import get_dtype
+        from lm_eval.models.utils_hf import get_dtype
 
         torch_dtype = get_dtype(dtype)
         if not isinstance(torch_dtype, torch.dtype):  # "auto": the checkpoint's own dtype
