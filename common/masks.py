@@ -137,3 +137,87 @@ def causal_verifier(cache_len: int = 0) -> Predicate:
     """Verifier for shift-aligned models (Fast-dLLM v2, Dream): a plain token-causal forward over the
     draft-filled window; the logit at t-1 then gives q_t (ALGORITHM.md §2.2b)."""
     return token_causal(cache_len)
+
+
+def _prefix_blocks(index: Tensor, prefix_len: int, block_length: int) -> Tensor:
+    """Block number of a sequence index when a prefix of any length is block 0 and blocks of
+    `block_length` follow it."""
+    after = torch.div(index - prefix_len, block_length, rounding_mode="floor") + 1
+    return torch.where(index < prefix_len, torch.zeros_like(after), after)
+
+
+def prefix_block_causal(prefix_len: int, block_length: int, cache_len: int = 0,
+                        causal_until: Tensor | None = None) -> Predicate:
+    """Blocks counted from the end of a prefix (D2F's pipelined layout): the prefix (the prompt) is one
+    bidirectional block 0 of any length, blocks of L follow it; a query sees every key whose block is
+    not later than its own (bidirectional inside a block, causal across blocks).
+
+    causal_until ([B] long sequence index, optional): rows in [prefix_len, causal_until) attend
+    token-causally instead, so the K/V of settled blocks are the AR-like ones (`cache_ver`); the
+    prefix stays bidirectional. P=2, L=2, C=0, Q=K=6; right: causal_until=4:
+        1 1 0 0 0 0      1 1 0 0 0 0
+        1 1 0 0 0 0      1 1 0 0 0 0
+        1 1 1 1 0 0      1 1 1 0 0 0
+        1 1 1 1 0 0      1 1 1 1 0 0
+        1 1 1 1 1 1      1 1 1 1 1 1
+        1 1 1 1 1 1      1 1 1 1 1 1
+    """
+    until = None if causal_until is None else causal_until.view(-1, 1, 1)
+
+    def predicate(q: Tensor, kv: Tensor) -> Tensor:
+        row = q + cache_len
+        allowed = _prefix_blocks(kv, prefix_len, block_length) <= _prefix_blocks(row, prefix_len, block_length)
+        if until is None:
+            return allowed
+        causal_row = (row >= prefix_len) & (row < until)
+        return allowed & (~causal_row | (kv <= row))
+
+    return predicate
+
+
+def pipelined_verifier(cache_len: int, first_len: int, verify_from: Tensor, target_block: int,
+                       settled: Predicate, mask_from: int | None = None) -> Predicate:
+    """Verifier of a window that may hold settled blocks before the verified region (ALGORITHM.md §2.2,
+    generalised to per-row regions and a target block size B_t).
+
+    Keys are `[cache (C) | first half (n1 tokens, drafts filled in)]`, plus with `mask_from` = m a mask
+    half of n1 - m mask tokens repeating the positions of first-half tokens m..n1-1 (the 2L trick of
+    position-aligned models; None: shift-aligned models, whose logit at t-1 gives q_t). Row b's verified
+    region starts at first-half index v = verify_from[b]; first-half rows before v are settled tokens
+    and follow `settled` (the rule their cached K/V were computed with), so a batch row whose region
+    starts later than another's sees what it would see alone. With target blocks T(i) = (i - v) // B_t:
+      * first-half row i >= v: the cache, settled tokens and first-half tokens with T(j) <= T(i);
+      * mask row of index i: the cache, settled tokens, first-half tokens with T(j) < T(i) (strictly
+        earlier: it conditions on the drafts left of i, not on the draft at i), itself, and the mask
+        rows of its own target block.
+    C=1, n1=4, v=1, B_t=1, m=1; f0 is settled and its own block. Rows f0 f1 f2 f3 m1 m2 m3:
+                 c | f0 f1 f2 f3 | m1 m2 m3
+        f0       1 |  1  0  0  0 |  0  0  0
+        f1       1 |  1  1  0  0 |  0  0  0
+        f2       1 |  1  1  1  0 |  0  0  0
+        f3       1 |  1  1  1  1 |  0  0  0
+        m1       1 |  1  0  0  0 |  1  0  0
+        m2       1 |  1  1  0  0 |  0  1  0
+        m3       1 |  1  1  1  0 |  0  0  1
+    """
+    c, n1, bt = cache_len, first_len, target_block
+    v = verify_from.view(-1, 1, 1)
+
+    def predicate(q: Tensor, kv: Tensor) -> Tensor:
+        first_key = (kv >= c) & (kv < c + n1)
+        mask_row = q >= n1
+        fq = q if mask_from is None else torch.where(mask_row, mask_from + q - n1, q)  # first-half index of the row
+        fk = kv - c if mask_from is None else torch.where(kv >= c + n1, mask_from + kv - c - n1, kv - c)
+        tq = torch.div(fq - v, bt, rounding_mode="floor")
+        tk = torch.div(fk - v, bt, rounding_mode="floor")
+        seen_first = first_key & ((fk < v) | (tk <= tq))
+        unsettled_row = (kv < c) | seen_first
+        first_rows = torch.where(fq < v, settled(q, kv) & (kv < c + n1), unsettled_row)
+        if mask_from is None:
+            return first_rows
+        mask_key = kv >= c + n1
+        own_block = (fk == fq) | ((fk >= v) & (fq >= v) & (tk == tq))
+        mask_rows = (kv < c) | (first_key & ((fk < v) | (tk < tq))) | (mask_key & own_block)
+        return torch.where(mask_row, mask_rows, first_rows)
+
+    return predicate

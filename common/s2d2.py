@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -148,16 +149,37 @@ def top_up(kinds: Tensor, masked: Tensor, confidence: Tensor, min_k: Tensor, liv
     return torch.where(fallback, COMMIT_DIFFUSION, kinds)
 
 
+class TopUpRule(Protocol):
+    """A family's baseline commit rule as S2D2Step applies it after the verified span. `threshold` is
+    the family's confidence threshold (the routing features' `N_hi` counts masked drafts above it)."""
+
+    threshold: float
+
+    def apply(self, kinds: Tensor, *, masked: Tensor, confidence: Tensor, probs: Tensor, min_k: Tensor,
+              live: Tensor, routed: Tensor) -> Tensor:
+        """kinds: [B, L] COMMIT_* codes committed so far this step (by the verification of the `routed`
+        rows, [B] bool); returns the updated kinds. A row that did not route must get exactly the
+        family's baseline step."""
+        ...
+
+
 @dataclass(frozen=True)
 class TopUp:
     """A family's baseline commit rule, applied after the verified span (`top_up`): the remasking
     strategy, its confidence threshold (also the routing features' `N_hi` threshold), the entropy budget
-    of `entropy_bounded`, and whether every masked draft above the threshold is committed as well."""
+    of `entropy_bounded`, and whether every masked draft above the threshold is committed as well.
+    The same rule for every row (routed or not) and one minimum `min_k` per row (SDAR, Fast-dLLM v2);
+    a family with a per-block rule supplies its own `TopUpRule`."""
 
     strategy: str
     threshold: float
     eb_threshold: float = 0.0
     high_confidence: bool = False
+
+    def apply(self, kinds: Tensor, *, masked: Tensor, confidence: Tensor, probs: Tensor, min_k: Tensor,
+              live: Tensor, routed: Tensor) -> Tensor:
+        return top_up(kinds, masked, confidence, min_k, live, strategy=self.strategy, threshold=self.threshold,
+                      probs=probs, eb_threshold=self.eb_threshold, high_confidence=self.high_confidence)
 
 
 VerifyFn = Callable[[Tensor, Tensor], Tensor]
@@ -186,16 +208,20 @@ class S2D2Step:
         self.policy.select(keep)
 
     def __call__(self, probs: Tensor, drafts: Tensor, confidence: Tensor, current: Tensor, masked: Tensor,
-                 live: Tensor, *, progress: Tensor, context_length: int, min_k: Tensor, top_up_rule: TopUp,
-                 verify: VerifyFn, recorder: DecodeRecorder) -> tuple[Tensor, Tensor, Tensor]:
+                 live: Tensor, *, progress: Tensor, context_length: int, min_k: Tensor, top_up_rule: TopUpRule,
+                 verify: VerifyFn, recorder: DecodeRecorder,
+                 span_region: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """probs: [B, L, V] draft distribution p; drafts, confidence: [B, L]; current: [B, L] tokens of the
         region (masks where undecided); masked: [B, L]; live: [B]; progress: [B] decoded fraction of the
-        routing context; min_k: [B] the baseline's minimum commits this step.
+        routing context; min_k: [B] the baseline's minimum commits this step; span_region: [B, L] bool,
+        the routing context inside the region (the span is its first masked span, the routing features
+        are its masked positions; default: the whole region).
         Returns (commit [B, L] bool, tokens [B, L], kinds [B, L] COMMIT_* codes)."""
         drafts = torch.where(masked, drafts, current)  # [B, L]: the region with every mask drafted
-        span = first_masked_span(masked)
+        context = masked if span_region is None else masked & span_region  # [B, L]
+        span = first_masked_span(context)
         flags = self.flags
-        features = routing_features(probs, confidence, masked, span, live, progress, context_length,
+        features = routing_features(probs, confidence, context, span, live, progress, context_length,
                                     top_up_rule.threshold, flags, flags.ucb_entropy_source, self.policy.reads)
         routed = self.policy.decide(features) & live & (span.length > 0)  # [B]
         recorder.decision(live)
@@ -212,9 +238,8 @@ class S2D2Step:
             zeros = torch.zeros_like(span.length)
             recorder.verification(routed, zeros.index_copy(0, idx, verdict.n_accepted),
                                   zeros.bool().index_copy(0, idx, recovered))
-        kinds = top_up(kinds, masked, confidence, min_k, live, strategy=top_up_rule.strategy,
-                       threshold=top_up_rule.threshold, probs=probs, eb_threshold=top_up_rule.eb_threshold,
-                       high_confidence=top_up_rule.high_confidence)
+        kinds = top_up_rule.apply(kinds, masked=masked, confidence=confidence, probs=probs, min_k=min_k, live=live,
+                                  routed=routed)
         commit = kinds > 0
         self.policy.update(routed, commit.sum(-1), live)
         return commit, tokens, kinds

@@ -17,6 +17,17 @@ block layout equal its batch-1 ones. Padding columns are invalid keys for every 
 has its own end: the budget (`whole_blocks=False`, e.g. Fast-dLLM v2 never decodes past it) or the end
 of the block holding the budget's last token (`whole_blocks=True`, as the SDAR reference decodes).
 
+`align="prompt_end"` is the other layout, for decoders whose blocks are counted from the END of the
+prompt (D2F: the prompt is one block of any length, generated blocks follow it, MODEL-FAMILIES.md
+§4.4, §8.2). Every row's prompt then ends at the same column:
+
+    F = ceil(max_r P_r / unit)          (buffer blocks the prompts occupy)
+    offset_r = F * unit - P_r           (padding before row r's first token)
+    generation starts at column F * unit for every row
+
+so generated block k is buffer block F + k of every row, the prompt is never split, and
+`prompt_block_tokens` is the whole prompt. Positions are again the row's batch-1 ones.
+
 Shapes: B rows, P prompt columns of the input, T buffer columns (a multiple of `unit`).
 """
 
@@ -32,8 +43,12 @@ class SequenceBuffer:
     """Tokens, positions, key validity and stop bookkeeping for a batch of prompts decoded together."""
 
     def __init__(self, input_ids: Tensor, attention_mask: Tensor | None, *, unit: int, budget: int, mask_id: int,
-                 whole_blocks: bool) -> None:
-        """input_ids: [B, P] left-padded prompts; attention_mask: [B, P] (1 = real token) or None."""
+                 whole_blocks: bool, align: str = "first_token") -> None:
+        """input_ids: [B, P] left-padded prompts; attention_mask: [B, P] (1 = real token) or None.
+        align: "first_token" (blocks counted from each row's first token) or "prompt_end" (from the end
+        of its prompt); see the module docstring."""
+        if align not in ("first_token", "prompt_end"):
+            raise ValueError(f"align must be 'first_token' or 'prompt_end', got {align!r}")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, prompt_len], got shape {tuple(input_ids.shape)}")
         real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -46,16 +61,23 @@ class SequenceBuffer:
         self.input_width = input_ids.shape[1]
         lengths = real.sum(-1)  # [B] real prompt tokens per row
         self.prompt_lengths = lengths
-        prompt_blocks = torch.div(lengths, unit, rounding_mode="floor")  # [B]
-        tail = lengths - prompt_blocks * unit  # [B]
-        self.first_block = int(prompt_blocks.max()) if lengths.numel() else 0  # F: one host sync per batch
-        self.offset = (self.first_block - prompt_blocks) * unit  # [B]
+        if align == "first_token":
+            prompt_blocks = torch.div(lengths, unit, rounding_mode="floor")  # [B]
+            tail = lengths - prompt_blocks * unit  # [B]
+            self.first_block = int(prompt_blocks.max()) if lengths.numel() else 0  # F: one host sync per batch
+            self.offset = (self.first_block - prompt_blocks) * unit  # [B]
+            prefilled = prompt_blocks * unit  # [B]
+        else:
+            self.first_block = -(-int(lengths.max()) // unit) if lengths.numel() else 0  # F = ceil(max P / unit)
+            self.offset = self.first_block * unit - lengths  # [B]
+            tail = torch.zeros_like(lengths)
+            prefilled = lengths
         self.gen_start = self.first_block * unit + tail  # [B]
         if whole_blocks:
             self.row_end = self.first_block * unit + torch.div(tail + budget + unit - 1, unit, rounding_mode="floor") * unit
         else:
             self.row_end = self.gen_start + budget  # [B]
-        self.prompt_block_tokens = prompt_blocks * unit  # [B] tokens each row prefills
+        self.prompt_block_tokens = prefilled  # [B] tokens each row prefills
         self.n_blocks = math.ceil(int(self.row_end.max()) / unit) if lengths.numel() else 0
         total = self.n_blocks * unit
         self.columns = torch.arange(total, device=device)  # [T]

@@ -43,10 +43,16 @@ class Family:
     train_command: str  # how the tiny model is made
     shift_aligned: bool = False  # logit t-1 predicts token t (causal verifier) instead of logit t
     mask_tokens: tuple[str, ...] = ()  # added mask tokens of released tokenizers that declare no mask_token
+    adapter_loader: str | None = None  # "module:function" loading base + LoRA adapter (D2F), else None
+    tiny_adapter: str | None = None  # repo-relative adapter folder of the shipped tiny model, if any
 
     @property
     def tiny_model_dir(self) -> Path:
         return REPO_ROOT / self.tiny_model
+
+    @property
+    def tiny_adapter_dir(self) -> Path | None:
+        return None if self.tiny_adapter is None else REPO_ROOT / self.tiny_adapter
 
     def decoder(self, mode: str) -> Any:
         """The baseline ("baseline", "ar") or S2D2 ("s2d2") generate function (imports the family)."""
@@ -86,13 +92,38 @@ FAMILIES: dict[str, Family] = {
             train_command="python scripts/train_tiny.py --family fast_dllm_v2", shift_aligned=True,
             mask_tokens=("|<MASK>|",),
         ),
+        # D2F: a base model plus a LoRA adapter; both share the D2F package and decoders, which read the
+        # alignment from the model type (LLaDA position-aligned, Dream shift-aligned).
+        Family(
+            name="d2f_llada", title="D2F-LLaDA", folder="D2F", package="D2F", model_types=("llada",),
+            config_class="D2F.configuration_llada:LLaDAConfig", model_class="D2F.modeling_llada:LLaDAModelLM",
+            baseline="D2F.generate:generate", s2d2="D2F.generate_ssd_policy:generate_ssd_policy",
+            block_field="block_size", budget_field="max_new_tokens", threshold_field="skip_threshold",
+            ar_mode={"block_size": 1}, tiny_model="models/d2f-llada-tiny/base", entry_point="D2F/example_d2f.py",
+            train_command="python scripts/train_tiny.py --family d2f_llada", adapter_loader="D2F.lora:load_d2f",
+            tiny_adapter="models/d2f-llada-tiny/lora",
+        ),
+        Family(
+            name="d2f_dream", title="D2F-Dream", folder="D2F", package="D2F", model_types=("Dream",),
+            config_class="D2F.configuration_dream:DreamConfig", model_class="D2F.modeling_dream:DreamModel",
+            baseline="D2F.generate:generate", s2d2="D2F.generate_ssd_policy:generate_ssd_policy",
+            block_field="block_size", budget_field="max_new_tokens", threshold_field="skip_threshold",
+            ar_mode={"block_size": 1}, tiny_model="models/d2f-dream-tiny/base", entry_point="D2F/example_d2f.py",
+            train_command="python scripts/train_tiny.py --family d2f_dream", shift_aligned=True,
+            adapter_loader="D2F.lora:load_d2f", tiny_adapter="models/d2f-dream-tiny/lora",
+        ),
     )
 }
 
 
 def by_package(package: str) -> Family | None:
-    """The family whose package is `package` (e.g. a decoder function's module root), else None."""
+    """The first family whose package is `package` (e.g. a decoder function's module root), else None."""
     return next((f for f in FAMILIES.values() if f.package == package), None)
+
+
+def of_package(package: str) -> tuple[Family, ...]:
+    """Every family whose package is `package` (D2F's decoders serve D2F-LLaDA and D2F-Dream)."""
+    return tuple(f for f in FAMILIES.values() if f.package == package)
 
 
 def by_model_type(model_type: str | None) -> Family | None:
@@ -101,9 +132,15 @@ def by_model_type(model_type: str | None) -> Family | None:
 
 
 def by_tiny_model(path: str | Path) -> Family | None:
-    """The family whose shipped tiny model folder has this name, else None."""
-    name = Path(path).name
-    return next((f for f in FAMILIES.values() if Path(f.tiny_model).name == name), None)
+    """The family whose shipped tiny model folder (or adapter folder) this path names, else None. A path
+    matches when it ends with the folder's parts below `models/` (`sdar-tiny`, `d2f-llada-tiny/base`)."""
+    parts = Path(path).parts
+
+    def matches(folder: str | None) -> bool:
+        tail = Path(folder).parts[1:] if folder else ()
+        return bool(tail) and parts[-len(tail):] == tail
+
+    return next((f for f in FAMILIES.values() if matches(f.tiny_model) or matches(f.tiny_adapter)), None)
 
 
 def register_model_types() -> None:
@@ -116,16 +153,16 @@ class ModelDirError(ValueError):
     """A model directory or hub id that cannot be used by the chosen decoder; the message is one line."""
 
 
-def _looks_like_hub_id(path: str) -> bool:
+def looks_like_hub_id(path: str) -> bool:
     parts = path.split("/")
     return len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and not Path(path).exists()
 
 
-def check_model(path: str | Path, expected: Family | None = None) -> Family | None:
+def check_model(path: str | Path, expected: Family | tuple[Family, ...] | None = None) -> Family | None:
     """Validate a model directory or hub id before any weight is loaded.
 
     - a local directory: it must hold config.json; its `model_type` must be a registered family, and
-      `expected`'s when given ("this is a <family> model; use <entry point>");
+      `expected`'s (or one of them) when given ("this is a <family> model; use <entry point>");
     - a hub id (`org/name`, not an existing path): allowed only when the hub is reachable, i.e. unless
       HF_HUB_OFFLINE=1 (then: "set HF_HUB_OFFLINE=0"). Its family is not known without a download.
     Returns the directory's family (None for a hub id). Raises ModelDirError with a one-line message.
@@ -133,7 +170,7 @@ def check_model(path: str | Path, expected: Family | None = None) -> Family | No
     text = str(path)
     folder = Path(text).expanduser()
     if not folder.exists():
-        if _looks_like_hub_id(text):
+        if looks_like_hub_id(text):
             if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
                 raise ModelDirError(f"{text} is a hub id and the hub is offline here (HF_HUB_OFFLINE=1): set "
                                     "HF_HUB_OFFLINE=0 with network access, or pass a local model directory")
@@ -152,18 +189,33 @@ def check_model(path: str | Path, expected: Family | None = None) -> Family | No
     if family is None:
         known = ", ".join(f"{t} ({f.title})" for f in FAMILIES.values() for t in f.model_types)
         raise ModelDirError(f"{text} has model_type {model_type!r}, which no family here decodes; known: {known}")
-    if expected is not None and family is not expected:
-        raise ModelDirError(f"{text} is a {family.title} model (model_type {model_type!r}), not {expected.title}; "
+    allowed = (expected,) if isinstance(expected, Family) else expected
+    if allowed and family not in allowed:
+        titles = " or ".join(f.title for f in allowed)
+        raise ModelDirError(f"{text} is a {family.title} model (model_type {model_type!r}), not {titles}; "
                             f"use {family.entry_point}")
     return family
 
 
-def require_model(path: str | Path, family: str, flag: str) -> None:
-    """`check_model` for command lines: exit with `error: <flag> <one line>` on a bad model."""
+def require_model(path: str | Path, family: str | tuple[str, ...], flag: str) -> Family | None:
+    """`check_model` for command lines (one family name, or several that share a decoder): exit with
+    `error: <flag> <one line>` on a bad model; returns the directory's family (None for a hub id)."""
+    names = (family,) if isinstance(family, str) else family
     try:
-        check_model(path, FAMILIES[family])
+        return check_model(path, tuple(FAMILIES[name] for name in names))
     except ModelDirError as err:
         raise SystemExit(f"error: {flag} {err}") from None
+
+
+def local_dir(path_or_id: str | Path) -> str:
+    """A local folder for a model or adapter given as a directory or a hub id: a hub id is fetched into
+    (or, offline, read from) the hub cache with `huggingface_hub.snapshot_download`, for loaders that
+    read files themselves (D2F's `load_d2f` validates both folders before loading)."""
+    if Path(path_or_id).expanduser().is_dir():
+        return str(Path(path_or_id).expanduser())
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(str(path_or_id))
 
 
 def require_mask_id(model: Any, tokenizer: Any, family: str, given: int | None) -> int:

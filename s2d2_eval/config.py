@@ -5,7 +5,7 @@ value of the wrong type fails at composition, before anything runs.
 
 `decoding.params` is typed from the union of the fields of every decoder's keyword dataclass
 (`DECODERS`: SDAR's `BlockDiffusionConfig` and `S2D2Config`, Fast-dLLM v2's `FastDecodeConfig` and
-`S2D2Config`): every field is optional and None means "the decoder's default". A name that two
+`S2D2Config`, D2F's `D2FDecodeConfig` and `S2D2Config`): every field is optional and None means "the decoder's default". A name that two
 families share must have one type in both, which is checked when this module is imported. Whether a
 key fits the chosen decoder (an S2D2 key for a baseline, a Fast-dLLM key such as `small_block_size`
 for an SDAR decoder) is checked by `run_eval` against that decoder's own `config_class`, still
@@ -95,6 +95,8 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | float16 | bfloat16 | auto
     device: str = "cpu"
     custom_model_class: Optional[str] = None  # PATH.py:CLASS, else AutoModelForCausalLM (our registered types)
+    lora_dir: Optional[str] = None  # base + LoRA families (D2F): the adapter folder put on `pretrained`
+    merge_lora: bool = False  # fold the adapter into the base weights after loading (faster, same maths)
     block_length: Optional[int] = None  # block length the checkpoint is meant for; sweeps, fast_* presets use it
     torch_threads: Optional[int] = None  # CPU threads; 1 is fastest for tiny models on a shared machine
     max_length: Optional[int] = None  # prompt + generation limit (default: the model config's)

@@ -19,6 +19,11 @@ model_args (everything else is rejected before the model loads, with the valid k
     confidence_threshold, ...; Fast-dLLM v2: block_size, small_block_size, threshold, use_block_cache,
     max_new_tokens, ...; both: cache_ver, draft_ver, do_verify_policy, min_ssd_span_length, ...),
     converted to the field's type.
+  * `lora_dir=DIR` (and `merge_lora=true|false`, default false): for a base + LoRA family (D2F), the
+    adapter folder put on `pretrained` (the base model folder) by the family's loader
+    (`D2F.lora.load_d2f`: both folders validated before any weight loads; merged into the base weights
+    with `merge_lora=true`). Without it a D2F base model is decoded alone (with a warning). lm-eval's own
+    `peft=DIR` also loads an adapter, without those checks.
   * `trust_remote_code`: accepted; for model types registered with transformers (`sdar` after
     `import SDAR`, `Fast_dLLM_Qwen` after `import fast_dllm_v2`) it is ignored with a warning, so our
     classes load the checkpoint instead of the checkpoint's own code.
@@ -69,7 +74,8 @@ logger = logging.getLogger(__name__)
 families.register_model_types()  # our classes for every family's model_type, no trust_remote_code
 
 DEFAULT_GENERATE = "SDAR.generate_ssd_policy:block_diffusion_generate"
-ADAPTER_ARGS = ("custom_generate", "custom_model_class", "trust_remote_code", "seed", "bucket_by_length")
+ADAPTER_ARGS = ("custom_generate", "custom_model_class", "trust_remote_code", "seed", "bucket_by_length", "lora_dir",
+                "merge_lora")
 FROM_PRETRAINED_KWARGS = frozenset({"attn_implementation", "device_map", "low_cpu_mem_usage", "local_files_only",
                                     "load_in_8bit", "load_in_4bit", "bnb_4bit_compute_dtype"})
 """Extra HFLM **kwargs that lm-eval forwards to from_pretrained; anything else is a typo."""
@@ -113,6 +119,8 @@ class ParsedModelArgs:
     trust_remote_code: bool
     seed: int
     bucket_by_length: bool
+    lora_dir: str | None = None
+    merge_lora: bool = False
 
 
 @register_model("s2d2")
@@ -128,11 +136,18 @@ class S2D2LM(HFLM):
         self.custom_model_class = parsed.custom_model_class
         if self.custom_model_class is not None:
             self.AUTO_MODEL_CLASS = self.custom_model_class
+        family = None
         if isinstance(pretrained, str) and self.custom_model_class is None:
             try:  # one line for a missing directory, an offline hub id or another family's model
-                families.check_model(pretrained, families.by_package(self.generate_fn.__module__.split(".")[0]))
+                family = families.check_model(pretrained, families.of_package(self.generate_fn.__module__.split(".")[0]))
             except families.ModelDirError as err:
                 raise ModelArgError(f"pretrained={pretrained}: {err}") from None
+        self.lora_dir, self.merge_lora, self.adapter_loader = parsed.lora_dir, parsed.merge_lora, None
+        if self.lora_dir is not None:
+            self.adapter_loader = self._adapter_loader(family, pretrained)
+        elif family is not None and family.adapter_loader is not None:
+            logger.warning("no lora_dir: decoding the %s base model %s without its LoRA adapter", family.title,
+                           pretrained)
         trust = self._resolve_trust_remote_code(pretrained, parsed.trust_remote_code, parsed.loader_kwargs)
 
         super().__init__(pretrained=pretrained, trust_remote_code=trust, **parsed.loader_kwargs)
@@ -151,6 +166,8 @@ class S2D2LM(HFLM):
         trust_remote_code: bool | str | None = False,
         seed: int | str = 1234,
         bucket_by_length: bool | str = True,
+        lora_dir: str | None = None,
+        merge_lora: bool | str = False,
         **kwargs: Any,
     ) -> ParsedModelArgs:
         """Split, type and validate model_args (all but `pretrained`) without loading a model, so that
@@ -167,8 +184,11 @@ class S2D2LM(HFLM):
         decoding_args = type_decoding_args(config_class, raw_decoding)
         validate_decoding_args(config_class, {**decoding_args, "return_forward_stats": True})
         adapter = type_decoding_args(_AdapterArgs, {
-            "seed": seed, "bucket_by_length": bucket_by_length,
+            "seed": seed, "bucket_by_length": bucket_by_length, "lora_dir": lora_dir, "merge_lora": merge_lora,
             "trust_remote_code": False if trust_remote_code is None else trust_remote_code})
+        lora = adapter["lora_dir"]
+        if lora is not None and not Path(lora).is_dir() and not families.looks_like_hub_id(lora):
+            raise ModelArgError(f"lora_dir={lora}: no such adapter folder (a local folder or a hub id)")
         if str(loader_kwargs.get("batch_size", 1)).startswith("auto"):
             raise ModelArgError("batch_size=auto is not supported by s2d2 (decode memory depends on the block "
                                 "schedule, not on one forward); pass an integer")
@@ -182,7 +202,8 @@ class S2D2LM(HFLM):
         return ParsedModelArgs(generate_fn=generate_fn, generate_spec=generate_spec, decoding_args=decoding_args,
                                loader_kwargs=loader_kwargs, custom_model_class=model_class,
                                trust_remote_code=adapter["trust_remote_code"], seed=adapter["seed"],
-                               bucket_by_length=adapter["bucket_by_length"])
+                               bucket_by_length=adapter["bucket_by_length"], lora_dir=adapter["lora_dir"],
+                               merge_lora=adapter["merge_lora"])
 
     @staticmethod
     def _load_generate(spec: str | Callable) -> tuple[Callable, str]:
@@ -205,6 +226,32 @@ class S2D2LM(HFLM):
                 f"adapter: {list(ADAPTER_ARGS)}; loader (lm-eval HFLM): {sorted(_HFLM_ARGS)}; "
                 f"from_pretrained: {sorted(FROM_PRETRAINED_KWARGS)}"
             )
+
+    def _adapter_loader(self, family: families.Family | None, pretrained: Any) -> str:
+        """The loader of a base + adapter family; a one-line error for any other model."""
+        if family is None or family.adapter_loader is None:
+            what = family.title if family is not None else f"pretrained={pretrained!r} (family unknown)"
+            raise ModelArgError(f"lora_dir is for base + LoRA families (D2F); {what} takes no adapter")
+        return family.adapter_loader
+
+    def _create_model(self, pretrained: str, *, revision: str = "main", dtype: str | torch.dtype | None = "auto",
+                      **kwargs: Any) -> None:
+        """With `lora_dir`, the family's loader puts the adapter on the base (module docstring); otherwise
+        HFLM's own loading."""
+        if self.lora_dir is None:
+            super()._create_model(pretrained, revision=revision, dtype=dtype, **kwargs)
+            return
+        from lm_eval.models.utils_hf import get_dtype
+
+        torch_dtype = get_dtype(dtype)
+        if not isinstance(torch_dtype, torch.dtype):  # "auto": the checkpoint's own dtype
+            torch_dtype = getattr(self.config, "torch_dtype", None) or torch.float32
+        loader = families.load(self.adapter_loader)
+        try:
+            self._model = loader(families.local_dir(pretrained), families.local_dir(self.lora_dir), merge=self.merge_lora,
+                                 dtype=torch_dtype, device=self.device)
+        except ValueError as err:
+            raise ModelArgError(str(err)) from None
 
     def _resolve_trust_remote_code(self, pretrained: Any, trust: bool, loader_kwargs: dict[str, Any]) -> bool:
         """Never let transformers run checkpoint code for a model type we (or transformers) register."""
@@ -371,6 +418,8 @@ class S2D2LM(HFLM):
             by_task[entry["task"]].append(entry)
         info["s2d2"] = {
             "custom_generate": self.generate_spec,
+            "lora_dir": self.lora_dir,
+            "merge_lora": self.merge_lora,
             "decoding_args": {k: _jsonable(v) for k, v in self.decoding_args.items()},
             "mask_id": self.mask_id,
             "stop_ids": list(self.stop_ids),
@@ -388,3 +437,5 @@ class _AdapterArgs:
     seed: int = 1234
     bucket_by_length: bool = True
     trust_remote_code: bool = False
+    lora_dir: str | None = None
+    merge_lora: bool = False

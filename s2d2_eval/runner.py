@@ -134,11 +134,21 @@ def effective_decoding_params(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
+OPTIONAL_MODEL_FIELDS = {"lora_dir": None, "merge_lora": False}
+"""Model fields added after records were published, with their defaults: they enter a run's identity
+only when set to something else, so every earlier record keeps its key."""
+
+
+def model_identity(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The model part of an identity: its fields, less the optional ones left at their defaults."""
+    return {k: v for k, v in model.items() if not (k in OPTIONAL_MODEL_FIELDS and v == OPTIONAL_MODEL_FIELDS[k])}
+
+
 def run_identity(cfg: DictConfig, params: dict[str, Any]) -> dict[str, Any]:
     """Everything that changes the measurement of one run; the record key is its hash. (Unchanged
     since the published records were made: changing it renames every record.)"""
     return {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "model": model_identity(OmegaConf.to_container(cfg.model, resolve=True)),
         "decoding": {"name": cfg.decoding.name, "kind": cfg.decoding.kind, "generate": cfg.decoding.generate,
                      "params": params},
         "task": OmegaConf.to_container(cfg.task, resolve=True),
@@ -151,7 +161,7 @@ def run_identity(cfg: DictConfig, params: dict[str, Any]) -> dict[str, Any]:
 def group_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """What every run of one sweep table shares: the resolved config without the decoding and the
     bookkeeping keys. Takes a plain resolved config, so a record's own `config` gives the same value."""
-    return {"model": config["model"], "task": config["task"], "seed": config["seed"],
+    return {"model": model_identity(config["model"]), "task": config["task"], "seed": config["seed"],
             "batch_size": config["batch_size"], "bucket_by_length": config["bucket_by_length"],
             "block_length": config["block_length"]}
 
@@ -184,6 +194,8 @@ def _plan(cfg: DictConfig) -> RunPlan:
     if cfg.task.limit is not None and cfg.task.limit < 1:
         raise ValueError(f"task.limit must be >= 1 (documents per task) or null, got {cfg.task.limit}")
     pretrained = resolve_pretrained(cfg.model.pretrained)
+    if cfg.model.get("lora_dir"):  # records written before the field existed lack it
+        resolve_pretrained(cfg.model.lora_dir)
     params = effective_decoding_params(cfg)
     generate = load_object(cfg.decoding.generate, "decoding.generate", (REPO_ROOT,))
     config_class = getattr(generate, "config_class", None)
@@ -230,12 +242,14 @@ def check_model_fits_decoder(pretrained: str, spec: str, generate: Any) -> None:
         found = families.check_model(pretrained)
     except families.ModelDirError as err:
         raise ValueError(f"model.pretrained={pretrained}: {err}") from None
-    expected = families.by_package(getattr(generate, "__module__", "").split(".")[0])
-    if expected is not None and found is not None and found is not expected:
-        types = (", ".join(repr(t) for t in f.model_types) for f in (expected, found))
-        raise ValueError(f"decoding.generate={spec} decodes model_type {next(types)} ({expected.title}), but "
-                         f"model.pretrained={pretrained} is {next(types)} ({found.title}); pick a decoding preset "
-                         "of the model's family (fast_* presets for Fast-dLLM v2, the others for SDAR)")
+    expected = families.of_package(getattr(generate, "__module__", "").split(".")[0])
+    if expected and found is not None and found not in expected:
+        decodes = ", ".join(f"{t!r} ({f.title})" for f in expected for t in f.model_types)
+        types = ", ".join(repr(t) for t in found.model_types)
+        raise ValueError(f"decoding.generate={spec} decodes model_type {decodes}, but "
+                         f"model.pretrained={pretrained} is {types} ({found.title}); pick a decoding preset "
+                         "of the model's family (fast_* presets for Fast-dLLM v2, d2f_* for D2F, the others for "
+                         "SDAR)")
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -398,6 +412,8 @@ def _evaluate_and_write(cfg: DictConfig, run_plan: RunPlan, task_manager: Any, s
     )
     if cfg.model.custom_model_class:
         model_args["custom_model_class"] = cfg.model.custom_model_class
+    if cfg.model.get("lora_dir"):
+        model_args.update(lora_dir=resolve_pretrained(cfg.model.lora_dir), merge_lora=bool(cfg.model.get("merge_lora")))
     if cfg.model.max_length:
         model_args["max_length"] = cfg.model.max_length
     load_start = time.perf_counter()

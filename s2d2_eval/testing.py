@@ -4,6 +4,7 @@ exercised in seconds without a trained model. Its answers are garbage; its stats
 
     python -m s2d2_eval.testing /tmp/rand_tiny
     python -m s2d2_eval.testing /tmp/rand_fast --family fast_dllm_v2
+    python -m s2d2_eval.testing /tmp/rand_d2f --family d2f_llada      # writes base/ and lora/
 """
 
 from __future__ import annotations
@@ -35,10 +36,63 @@ def build_random_tiny_model(out_dir: str | Path, hidden_size: int = 32, num_laye
     return save_checkpoint(tiny_model(family, build_tokenizer(), **sizes), out_dir)
 
 
+D2F_LORA_TARGETS = {"d2f_llada": ["q_proj", "k_proj", "v_proj", "attn_out"],
+                    "d2f_dream": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+"""The released D2F adapters' target modules."""
+
+
+def build_random_d2f_model(out_dir: str | Path, family: str = "d2f_llada", hidden_size: int = 32, num_layers: int = 1,
+                           seed: int = 0, rank: int = 4) -> tuple[Path, Path]:
+    """A random D2F pair in the released layout: `out_dir/base` (config, weights, generation config and
+    the synthetic tokenizer) and `out_dir/lora` (a PEFT LoRA adapter on the released targets, with
+    non-zero B so that it changes the logits). Returns (base_dir, lora_dir)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from D2F.configuration_dream import DreamConfig
+    from D2F.configuration_llada import LLaDAConfig
+    from D2F.modeling_dream import DreamModel
+    from D2F.modeling_llada import LLaDAModelLM
+    from synthetic.checkpoint import save_checkpoint
+    from synthetic.tokenizer import MODEL_MAX_LENGTH, build_tokenizer
+
+    if family not in D2F_LORA_TARGETS:
+        raise ValueError(f"family={family!r}; valid: {', '.join(D2F_LORA_TARGETS)}")
+    tokenizer = build_tokenizer()
+    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+               mask_token_id=tokenizer.mask_token_id)
+    torch.manual_seed(seed)
+    if family == "d2f_llada":
+        config = LLaDAConfig(d_model=hidden_size, n_heads=2, n_kv_heads=2, n_layers=num_layers,
+                             mlp_hidden_size=2 * hidden_size, vocab_size=len(tokenizer), embedding_size=len(tokenizer),
+                             max_sequence_length=MODEL_MAX_LENGTH, rope_theta=10000.0, **ids)
+        model = LLaDAModelLM(config)
+    else:
+        config = DreamConfig(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+                             num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tokenizer),
+                             max_position_embeddings=MODEL_MAX_LENGTH, max_window_layers=num_layers,
+                             bos_token_id=tokenizer.eos_token_id, **ids)
+        model = DreamModel(config)
+    out = Path(out_dir)
+    base_dir, lora_dir = out / "base", out / "lora"
+    save_checkpoint(model, base_dir)
+    lora = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
+                                            target_modules=D2F_LORA_TARGETS[family]))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.2)
+    lora.save_pretrained(str(lora_dir))
+    return base_dir, lora_dir
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m s2d2_eval.testing", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--family", choices=FAMILIES, default="sdar")
     args = parser.parse_args()
-    print(build_random_tiny_model(args.out_dir, family=args.family))
+    if args.family in D2F_LORA_TARGETS:
+        print(*build_random_d2f_model(args.out_dir, family=args.family))
+    else:
+        print(build_random_tiny_model(args.out_dir, family=args.family))

@@ -45,6 +45,9 @@ def test_every_group_has_options():
     assert {"fast_ar", "fast_threshold", "fast_config_a", "fast_config_b", "fast_config_c"} <= set(_options("decoding"))
     assert {"fast_dllm_v2_tiny", "fast_dllm_v2_7b", "fast_dllm_v2_1.5b"} <= set(_options("model"))
     assert {"synthetic", "synthetic_add", "humaneval", "gsm8k"} <= set(_options("task"))
+    assert {"d2f_llada_tiny", "d2f_dream_tiny", "d2f_llada_8b", "d2f_dream_7b"} <= set(_options("model"))
+    assert {"d2f_ar", "d2f_paper", "d2f_demo", "d2f_s2d2", "d2f_eval_llada_gsm8k", "d2f_eval_dream_humaneval"} <= set(
+        _options("decoding"))
 
 
 @pytest.mark.parametrize("option", _options("model"))
@@ -56,7 +59,8 @@ def test_model_options_compose(option):
 
 @pytest.mark.parametrize("option", _options("decoding"))
 def test_decoding_options_compose_and_fit_their_decoder(option):
-    model = ["model=fast_dllm_v2_tiny"] if option.startswith("fast_") else []  # a preset of the model's family
+    families = {"fast_": "model=fast_dllm_v2_tiny", "d2f_": "model=d2f_llada_tiny"}
+    model = [m for prefix, m in families.items() if option.startswith(prefix)]  # a preset of the model's family
     cfg = _compose([*model, f"decoding={option}"])
     assert cfg.decoding.name == option and cfg.decoding.kind in DECODER_KINDS
     config_class = load_object(cfg.decoding.generate, "decoding.generate").config_class
@@ -73,10 +77,12 @@ def test_task_options_compose(option):
 @pytest.mark.parametrize("option", _options("sweep"))
 def test_sweep_options_compose(option):
     cfg = _compose([f"sweep={option}"], hydra_cfg=True)
+    suffix = "_batch16" if "batch16" in option else ""
     if option.startswith("fast_dllm_v2"):  # presets read block_size from the model (tests/test_eval_fast_dllm.py)
-        assert cfg.sweep_name == "fast_dllm_v2" and cfg.block_length is None and cfg.model.block_length == 16
+        assert cfg.sweep_name == "fast_dllm_v2" + suffix and cfg.block_length is None and cfg.model.block_length == 16
     else:
-        assert cfg.sweep_name == "sdar" and cfg.block_length == cfg.model.block_length == 8
+        assert cfg.sweep_name == "sdar" + suffix and cfg.block_length == cfg.model.block_length == 8
+    assert cfg.batch_size == (16 if suffix else 1)
     assert "decoding" in cfg.hydra.sweeper.params and str(cfg.hydra.mode) == "RunMode.MULTIRUN"
 
 
@@ -205,3 +211,38 @@ def test_code_execution_needs_the_command_line_flag_before_the_model_loads(task,
         run(_compose(base))
     assert run(_compose([*base, "task.confirm_run_unsafe_code=true", "dry_run=true"])).name.startswith(
         "s2d2_config_a-")
+
+
+def test_d2f_presets_carry_the_d2f_values():
+    """MODEL-FAMILIES.md §8.2: the D2F paper's defaults and its eval table (activate 0.95 everywhere)."""
+    paper = _compose(["model=d2f_llada_tiny", "decoding=d2f_paper"]).decoding.params
+    assert (paper.skip_threshold, paper.block_add_threshold, paper.decoded_token_threshold) == (0.9, 0.1, 0.95)
+    table = {("llada", "gsm8k"): (512, 64, 0.7, 0.9), ("llada", "mbpp"): (512, 32, 0.9, 0.9),
+             ("llada", "math"): (512, 32, 0.1, 0.9), ("llada", "humaneval"): (512, 32, 0.1, 0.9),
+             ("dream", "gsm8k"): (256, 32, 0.1, 0.9), ("dream", "mbpp"): (256, 48, 0.1, 0.9),
+             ("dream", "math"): (256, 64, 0.1, 0.9), ("dream", "humaneval"): (256, 32, 0.9, 0.95)}
+    for (family, task), values in table.items():
+        p = _compose([f"decoding=d2f_eval_{family}_{task}"]).decoding.params
+        assert (p.max_new_tokens, p.block_size, p.block_add_threshold, p.skip_threshold) == values
+        assert p.decoded_token_threshold == 0.95
+    released = {"d2f_llada_8b": ("GSAI-ML/LLaDA-8B-Instruct", "SJTU-Deng-Lab/D2F_LLaDA_Instruct_8B_Lora"),
+                "d2f_dream_7b": ("Dream-org/Dream-v0-Base-7B", "SJTU-Deng-Lab/D2F_Dream_Base_7B_Lora")}
+    for option, (base, lora) in released.items():
+        model = _compose([f"model={option}"]).model
+        assert (model.pretrained, model.lora_dir) == (base, lora)
+
+
+def test_d2f_plan_checks_the_base_family_and_the_adapter_folder(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "llada"}')
+    (tmp_path / "lora").mkdir()
+    ok = [f"model=d2f_llada_tiny", f"model.pretrained={base}", f"model.lora_dir={tmp_path / 'lora'}",
+          f"results_dir={tmp_path}", "decoding=d2f_paper"]
+    ok_plan = plan(_compose(ok))
+    assert ok_plan.record.parent == ok_plan.sweep_dir / "d2f_llada_tiny" / "synthetic"
+    assert ok_plan.sweep_dir.parent == tmp_path and not ok_plan.published
+    with pytest.raises(ConfigError, match="d2f_"):
+        plan(_compose([*ok, "decoding=dynamic"]))  # an SDAR preset on a D2F model
+    with pytest.raises(ConfigError, match="train_tiny.py --family d2f_llada"):
+        plan(_compose([*ok, f"model.lora_dir={tmp_path / 'models' / 'd2f-llada-tiny' / 'lora'}"]))

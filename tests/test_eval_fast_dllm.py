@@ -156,11 +156,12 @@ def test_registered_model_type_loads_without_trust_remote_code(fast_model_dir):
 
 # --- Hydra schema and configs ------------------------------------------------------------------------
 
-def test_decoding_params_schema_is_the_union_of_both_families():
+def test_decoding_params_schema_is_the_union_of_every_family():
     names = set(field_types(DecodingParams))
     sdar = set(field_types(load_object("SDAR.generate_ssd_policy:block_diffusion_generate", "x").config_class))
     fast = set(field_types(fast_dllm_v2.generate_ssd_policy.S2D2Config))
-    assert names == (sdar | fast) - {"return_forward_stats"}
+    d2f = set(field_types(load_object("D2F.generate_ssd_policy:generate_ssd_policy", "x").config_class))
+    assert names == (sdar | fast | d2f) - {"return_forward_stats"}
     assert {"block_length", "denoising_steps", "block_size", "small_block_size", "threshold"} <= names
 
 
@@ -240,7 +241,8 @@ def test_fast_paper_configs_carry_the_paper_values(model, block):
 @pytest.mark.parametrize("sweep", FAST_SWEEPS)
 def test_fast_sweeps_compose_on_the_fast_model(sweep):
     cfg = _compose([f"sweep={sweep}"], hydra_cfg=True)
-    assert cfg.sweep_name == "fast_dllm_v2" and cfg.model.name == "fast_dllm_v2_tiny" and cfg.block_length is None
+    assert cfg.sweep_name == ("fast_dllm_v2_batch16" if "batch16" in sweep else "fast_dllm_v2")
+    assert cfg.model.name == "fast_dllm_v2_tiny" and cfg.block_length is None
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     decodings = cfg.hydra.sweeper.params.decoding.split(",")
     assert set(decodings) <= set(FAST_DECODINGS)

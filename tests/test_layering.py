@@ -8,7 +8,7 @@ from families import FAMILIES as REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = {family.folder: family.package for family in REGISTRY.values()}
-FAMILIES.update({"LLaDA2": "LLaDA2", "D2F": "D2F"})  # folders of families not registered yet
+FAMILIES.update({"LLaDA2": "LLaDA2"})  # folders of families not registered yet
 COMMON_ALLOWED = {"torch", "common", "__future__", "dataclasses", "typing", "math", "argparse", "types", "collections", "inspect"}
 
 

@@ -1,0 +1,365 @@
+"""D2F decoding adapter: the decode configuration, the block table of the pipelined decoder (several
+blocks in flight), the KV cache and the kinds of forward it makes (draft-and-store, 2L verify, shifted
+causal verify). No decoding policy lives here: `generate.py` (the `d2f` baseline) and
+`generate_ssd_policy.py` (S2D2) are small steps plugged into `decode_pipeline`.
+
+Layout (MODEL-FAMILIES.md §4.4, §8.2; ALGORITHM.md §1.4). The prompt is one bidirectional block of any
+length; generated blocks of `block_size` start right after it (not at multiples of the block size).
+`common.sequence.SequenceBuffer(align="prompt_end")` left-pads every row so that all prompts end on
+the same column: generated block k is the same buffer columns in every row, and each row keeps its
+batch-1 positions. Attention (`common.masks.prefix_block_causal`): a block sees the prompt, every
+earlier block and itself; padding is never a key.
+
+Block table, per row (all state is tensors; one host sync per step reads the window bounds):
+* add: at step start, a new all-mask block is appended when the row has fewer than
+  ceil(budget / block_size) blocks, has not decoded a stop token, and its newest block's decoded
+  fraction is >= `block_add_threshold` (the prompt counts as decoded, so block 0 comes at step 1);
+* activation: a block becomes fully activated (for good) once its predecessor's decoded fraction is
+  >= `decoded_token_threshold`, checked after adding; the prompt is decoded, so block 0 is fully
+  activated at once and the earliest unfinished block always is;
+* commit (the baseline step): every block commits its masked drafts with confidence >
+  `skip_threshold`; a fully activated block with none commits its most confident draft;
+* settled: the leading blocks with no mask. Their K/V depend on final tokens only, so they are
+  stored: the next forward starts at the old cache end and stores the newly settled columns
+  (`store_kv=n`), which also folds the prompt's prefill into the first draft forward.
+
+Batches share one cache: it ends where every live row is settled (the minimum over rows). A row that
+is further ahead recomputes its settled blocks inside the window with the same mask rule, which gives
+its batch-1 numbers. The window of one forward covers every row's blocks in flight; columns of blocks
+a row has not added yet are later blocks, which none of its blocks can see. So a batch gives each row
+its batch-1 tokens and its batch-1 statistics (for decoders that draw no random numbers).
+
+Shift alignment (Dream): the logit at t - 1 predicts token t. A position's draft is the previous row's
+logit; the first column of a window uses the logit of the last settled column, saved by the forward
+that stored it (the reference's `last_logits`). Position alignment (LLaDA): the logit at t.
+
+`cache_ver` (AR-like cache; off by default, inert in the reference): settled generated blocks attend
+token-causally (the prompt stays one bidirectional block), so cached K/V are those of block size 1 and
+the verifier's q is the AR distribution exactly.
+
+Deliberate differences from the reference decoder (each a fix or an improvement):
+* the budget is honoured exactly: ceil(budget / block_size) blocks are decoded and the output is cut
+  at the budget (the reference rounds it down to whole blocks);
+* a row stops once its output can no longer change: a stop token with no mask before it (the
+  reference finishes every block in flight first); the tokens are the same, fewer forwards are spent;
+* the prompt's prefill rides in the first draft forward (so no forward is counted as prefill);
+* sampling uses `common.sampling` (top-k before top-p; the reference filters top-p first), and the
+  mask token is never a draft;
+* the margin / negative-entropy confidence variants of the reference are not implemented.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from common.config import require_positive
+from common.masks import Predicate, materialize, pipelined_verifier, prefix_block_causal
+from common.remasking import select_transfer
+from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
+from common.sequence import SequenceBuffer
+from common.spans import Span
+from common.stats import COMMIT_DIFFUSION, DecodeRecorder
+from common.token_ids import with_token_ids
+
+SHIFTED_MODEL_TYPES = frozenset({"Dream"})
+"""config.json model types whose logit at t - 1 predicts token t (D2F-Dream); the others (D2F-LLaDA)
+are position-aligned."""
+
+COMMIT_RULE = "low_confidence_dynamic"
+"""The D2F commit rule of one block is the dynamic strategy: every masked draft above the threshold
+(strict >), and when there is none, the top `k` (k = 1 for a fully activated block, 0 otherwise)."""
+
+
+@dataclass(frozen=True)
+class D2FDecodeConfig:
+    """The pipelined D2F decoder (the reference's `generate_block_single`); field names are the flags of
+    the reference's `example_d2f.py`, defaults its CLI's (the S2D2 demo). Sampling is on iff
+    `temperature > 0`; drafts and verifier share `common.sampling.logits_to_probs`."""
+
+    mask_id: int | None = field(default=None, metadata={"help": "mask token id; default: the model's config"})
+    stopping_criteria_idx: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "stop token ids; default: the model's eos"})
+    max_new_tokens: int = field(default=256, metadata={"help": "generation budget in tokens"})
+    max_gen_toks: int | None = field(default=None, metadata={"help": "overrides max_new_tokens (lm-eval's name)"})
+    block_size: int = field(default=32, metadata={"help": "tokens per generated block (1 = AR mode)"})
+    block_add_threshold: float = field(
+        default=0.5, metadata={"help": "add a block once the newest one's decoded fraction reaches this"})
+    decoded_token_threshold: float = field(
+        default=0.8, metadata={"help": "fully activate a block once its predecessor's decoded fraction reaches this"})
+    skip_threshold: float = field(
+        default=0.9, metadata={"help": "commit every masked draft with confidence > this"})
+    temperature: float = field(default=0.0, metadata={"help": "0: argmax drafts; > 0: sampled drafts"})
+    top_p: float = 1.0
+    top_k: int = field(default=0, metadata={"help": "0 disables top-k"})
+    shift_logits: bool | None = field(
+        default=None, metadata={"help": "logit t-1 predicts token t (Dream); default: from the model type"})
+    cache_ver: bool = field(
+        default=False, metadata={"help": "AR-like cache: settled blocks attend token-causally"})
+    return_forward_stats: bool = field(default=False, metadata={"help": "also return per-row decoding stats"})
+    return_decoding_order: bool = field(default=False, metadata={"help": "add decoding-order markers to the stats"})
+
+    def __post_init__(self) -> None:
+        require_positive(self, ("max_new_tokens", "block_size"), optional=("max_gen_toks",))
+        # Above 1 a fraction is never reached: no block would follow, or none would be fully activated.
+        for name in ("block_add_threshold", "decoded_token_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not math.isfinite(self.skip_threshold):
+            raise ValueError(f"skip_threshold must be finite, got {self.skip_threshold}")
+        self.sampling()
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              do_sample=self.temperature > 0)
+
+    @property
+    def budget(self) -> int:
+        return self.max_gen_toks if self.max_gen_toks is not None else self.max_new_tokens
+
+    def resolved(self, model: torch.nn.Module) -> "D2FDecodeConfig":
+        """mask_id and stop ids filled from the model where not given (common.token_ids precedence), and
+        the alignment from its model type."""
+        cfg = with_token_ids(self, model)
+        if cfg.shift_logits is None:
+            model_type = getattr(getattr(model, "config", None), "model_type", None)
+            cfg = replace(cfg, shift_logits=model_type in SHIFTED_MODEL_TYPES)
+        return cfg
+
+
+@dataclass
+class Window:
+    """One step's view of the batch: the forward covers columns [start, end); the cache is extended to
+    `settled` (every live row is settled before it); the region [settled, end) holds the blocks in
+    flight. Per-column tensors are [B, L] over the region, L = end - settled."""
+
+    start: int
+    settled: int
+    end: int
+    live: Tensor  # [B] bool, rows still decoding
+    settled_end: Tensor  # [B] long, column where the row's first unfinished block starts
+    added_end: Tensor  # [B] long, end of the row's newest block
+    masked: Tensor  # [B, L] bool, masks of the row's blocks (live rows only)
+    activated: Tensor  # [B, L] bool, the column's block is fully activated
+    earliest: Tensor  # [B, L] bool, the column is in the row's earliest unfinished block
+    progress: Tensor  # [B] float, decoded fraction of that block
+
+
+def block_commits(confidence: Tensor, masked: Tensor, budget: Tensor, block_size: int, threshold: float) -> Tensor:
+    """The D2F commit rule per block: masked drafts with confidence > threshold, and where fewer than the
+    block's budget qualify, its top `budget` instead (`COMMIT_RULE`).
+    confidence, masked: [B, L] (L a multiple of block_size); budget: [B, L // block_size] long.
+    Returns [B, L] bool."""
+    rows, length = masked.shape
+    n = length // block_size
+    chosen = select_transfer(COMMIT_RULE, confidence.reshape(rows * n, block_size),
+                             masked.reshape(rows * n, block_size), budget.reshape(-1), threshold=threshold)
+    return chosen.view(rows, length)
+
+
+def per_block(values: Tensor, block_size: int) -> Tensor:
+    """A per-column [B, L] tensor that is constant inside each block -> [B, L // block_size]."""
+    return values.view(values.shape[0], -1, block_size)[..., 0]
+
+
+class D2FPipeline:
+    """Buffer, block table, cache and forwards for one batch of prompts decoded together."""
+
+    def __init__(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
+                 cfg: D2FDecodeConfig, recorder: DecodeRecorder) -> None:
+        self.model, self.cfg, self.recorder = model, cfg, recorder
+        self.seq = SequenceBuffer(input_ids, attention_mask, unit=cfg.block_size, budget=cfg.budget,
+                                  mask_id=cfg.mask_id, whole_blocks=True, align="prompt_end")
+        if cfg.shift_logits and not bool((self.seq.prompt_lengths > 0).all()):
+            raise ValueError("every row needs at least one real prompt token (a shift-aligned model predicts "
+                             "the first generated token from the last prompt token)")
+        self.x, self.positions, self.key_valid = self.seq.x, self.seq.positions, self.seq.key_valid  # [B, T]
+        self.size = cfg.block_size
+        self.origin = self.seq.first_block * self.size  # first generated column, the same for every row
+        self.n_blocks = self.seq.n_blocks - self.seq.first_block  # generated blocks per row
+        batch, device = input_ids.shape[0], input_ids.device
+        self.cache = DynamicCache()
+        self.cache_end = 0
+        self.last_logits: Tensor | None = None  # [B, V] logit of the last cached column (shifted models)
+        self.row_cache_end = self.seq.offset.clone()  # [B] where each row's batch-1 window starts (stats)
+        self.n_added = torch.zeros(batch, dtype=torch.long, device=device)  # [B]
+        self.activated = torch.zeros(batch, self.n_blocks, dtype=torch.bool, device=device)  # [B, NB]
+        self.eos_seen = torch.zeros(batch, dtype=torch.bool, device=device)  # [B]
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)  # [B]
+
+    def region(self, w: Window) -> Tensor:
+        """View of the region's tokens, [B, L]; writing into it writes the buffer."""
+        return self.x[:, w.settled : w.end]
+
+    def plan(self) -> Window | None:
+        """Add blocks, activate blocks, find what is settled; None when every row is done."""
+        cfg, size, nb = self.cfg, self.size, self.n_blocks
+        gen = self.x[:, self.origin : self.origin + nb * size].view(-1, nb, size)  # [B, NB, S]
+        is_mask = gen == cfg.mask_id
+        frac = 1.0 - is_mask.float().mean(-1)  # [B, NB] decoded fraction (not-yet-added blocks: 0)
+        ones = torch.ones_like(frac[:, 0])
+        newest = frac.gather(1, (self.n_added - 1).clamp_min(0)[:, None]).squeeze(1)
+        newest = torch.where(self.n_added > 0, newest, ones)  # the prompt counts as decoded
+        self.n_added += (~self.done & ~self.eos_seen & (self.n_added < nb) & (newest >= cfg.block_add_threshold)).long()
+        index = torch.arange(nb, device=gen.device)
+        added = index[None, :] < self.n_added[:, None]  # [B, NB]
+        previous = torch.cat([ones[:, None], frac[:, :-1]], dim=1)  # [B, NB]
+        self.activated |= added & (previous >= cfg.decoded_token_threshold)
+        pending = is_mask.any(-1) & added  # [B, NB]
+        n_settled = torch.cumprod((added & ~pending).long(), dim=-1).sum(-1)  # [B]
+        self.done |= ~pending.any(-1) & ((self.n_added == nb) | self.eos_seen)
+        live = ~self.done
+        settled_end = self.origin + n_settled * size  # [B]
+        added_end = self.origin + self.n_added * size  # [B]
+        width = self.x.shape[1]
+        bounds = torch.stack([live.any().long(), torch.where(live, settled_end, width).min(),
+                              torch.where(live, added_end, 0).max()])
+        any_live, settled, end = bounds.tolist()  # the step's one host sync
+        if not any_live:
+            return None
+        columns = torch.arange(settled, end, device=gen.device)
+        block = torch.div(columns - self.origin, size, rounding_mode="floor")  # [L] generated block index
+        masked = (self.x[:, settled:end] == cfg.mask_id) & (block[None, :] < self.n_added[:, None]) & live[:, None]
+        first = n_settled.clamp(max=nb - 1)
+        return Window(
+            start=self.cache_end, settled=settled, end=end, live=live, settled_end=settled_end, added_end=added_end,
+            masked=masked, activated=self.activated[:, block], earliest=block[None, :] == n_settled[:, None],
+            progress=frac.gather(1, first[:, None]).squeeze(1),
+        )
+
+    def _settled_rule(self, w: Window, cache_len: int) -> Predicate:
+        """The mask a forward starting at `cache_len` gives its queries (module docstring)."""
+        return prefix_block_causal(self.origin, self.size, cache_len, w.settled_end if self.cfg.cache_ver else None)
+
+    def _forward(self, start: int, ids: Tensor, positions: Tensor, rule: Predicate, store: int, keep: int,
+                 extra_keys: int = 0) -> Tensor:
+        """One model call over the cache (which ends at `start`): logits of the last `keep` query rows,
+        [B, keep, V], with the mask token's logit at -inf (it is never a draft, a q or a recovery)."""
+        q_len = ids.shape[1]
+        key_valid = None
+        if self.key_valid is not None:
+            key_valid = self.key_valid[:, : start + q_len - extra_keys]
+            if extra_keys:
+                key_valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], extra_keys)], dim=1)
+        mask = materialize(rule, q_len, start + q_len, device=ids.device, key_valid=key_valid)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
+                            use_cache=True, store_kv=store, logits_to_keep=keep).logits
+        logits[..., self.cfg.mask_id] = float("-inf")
+        return logits
+
+    def draft(self, w: Window) -> Tensor:
+        """The step's forward over [start, end): stores the newly settled columns [start, settled) and
+        returns the draft logits of the region, [B, L, V] (shifted for shift-aligned models)."""
+        start, settled, end = w.start, w.settled, w.end
+        shifted = bool(self.cfg.shift_logits)
+        keep = end - settled + (1 if shifted and settled > start else 0)
+        logits = self._forward(start, self.x[:, start:end], self.positions[:, start:end],
+                               self._settled_rule(w, start), store=settled - start, keep=keep)
+        self.cache_end = settled
+        self.recorder.forward("draft", w.live, w.added_end - self.row_cache_end)
+        self.row_cache_end = torch.where(w.live, w.settled_end, self.row_cache_end)
+        if not shifted:
+            return logits
+        if settled > start:  # row 0 is the last settled column: the first region column's draft
+            self.last_logits = logits[:, 0]
+            return logits[:, :-1]
+        return torch.cat([self.last_logits[:, None], logits[:, :-1]], dim=1)
+
+    def verify(self, w: Window, drafted: Tensor, rows: Tensor, span: Span, target_block: int) -> Tensor:
+        """Verifier logits of the region, [B, L, V]: at the span positions of the `rows` ([B] bool), the
+        distribution of the position given the cache, the row's settled tokens and the drafts left of it
+        (strictly earlier target blocks of `target_block` tokens; 1 = AR). drafted: [B, L] region with
+        every mask drafted. Position-aligned: the 2L forward; shift-aligned: one causal forward whose row
+        t - 1 gives q_t (the Fast-dLLM v2 construction). The first half stops at the longest span's end:
+        nothing to its right is visible to a span position. Nothing is stored."""
+        settled = w.settled
+        span_end = settled + span.start + span.length  # [B]
+        width = self.x.shape[1]
+        low, end = torch.stack([torch.where(rows, w.settled_end, width).min(),
+                                torch.where(rows, span_end, 0).max()]).tolist()
+        first = end - settled
+        rule_args = (settled, first, w.settled_end - settled, target_block, self._settled_rule(w, settled))
+        if self.cfg.shift_logits:
+            logits = self._forward(settled, drafted[:, :first], self.positions[:, settled:end],
+                                   pipelined_verifier(*rule_args), store=0, keep=first)
+            q = torch.cat([self.last_logits[:, None], logits[:, :-1]], dim=1)  # [B, first, V]
+            self.recorder.forward("verify", rows, span_end - w.settled_end)
+            offset = 0
+        else:
+            masks = torch.full((drafted.shape[0], end - low), self.cfg.mask_id, dtype=drafted.dtype,
+                               device=drafted.device)
+            ids = torch.cat([drafted[:, :first], masks], dim=1)  # [B, first + (end - low)]
+            positions = torch.cat([self.positions[:, settled:end], self.positions[:, low:end]], dim=1)
+            q = self._forward(settled, ids, positions, pipelined_verifier(*rule_args, mask_from=low - settled),
+                              store=0, keep=end - low, extra_keys=end - low)
+            self.recorder.forward("verify", rows, 2 * (span_end - w.settled_end))
+            offset = low - settled
+        out = q.new_zeros(drafted.shape[0], drafted.shape[1], q.shape[-1])
+        out[:, offset : offset + q.shape[1]] = q
+        return out
+
+    def apply(self, w: Window, commit: Tensor, tokens: Tensor, kinds: Tensor, stop_ids: Tensor) -> None:
+        """Write the step's commits; note stop tokens (no more blocks) and rows whose output is final."""
+        region = self.region(w)
+        region.copy_(torch.where(commit, tokens, region))
+        self.eos_seen |= (commit & torch.isin(tokens, stop_ids)).any(-1)
+        self.recorder.commits(kinds, self.positions[:, w.settled : w.end])
+        self.done |= self.seq.stopped(w.end, stop_ids)
+
+
+class PipelineStep:
+    """One step of a D2F decoder: given the window's draft logits, choose what to commit."""
+
+    def __init__(self, cfg: D2FDecodeConfig, generator: torch.Generator | None = None) -> None:
+        self.cfg = cfg
+        self.sampling = cfg.sampling()
+        self.generator = generator
+
+    def draft(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(p [B, L, V], draft tokens [B, L], confidence [B, L]) from draft logits [B, L, V]."""
+        probs = logits_to_probs(logits, self.sampling)
+        drafts, confidence = draft_tokens(probs, self.sampling, self.generator)
+        return probs, drafts, confidence
+
+    def __call__(self, pipe: D2FPipeline, w: Window, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns (commit [B, L] bool, tokens [B, L] long, kinds [B, L] COMMIT_* codes)."""
+        raise NotImplementedError
+
+
+def baseline_commits(w: Window, confidence: Tensor, masked: Tensor, block_size: int, threshold: float) -> Tensor:
+    """The `d2f` step: semi-activated blocks commit drafts above the threshold, fully activated blocks
+    also their top draft when none is above it. Returns [B, L] bool."""
+    budget = per_block(w.activated, block_size).long()  # [B, NL]: 1 fully activated, 0 semi-activated
+    return block_commits(confidence, masked, budget, block_size, threshold) & w.live[:, None]
+
+
+@torch.inference_mode()
+def decode_pipeline(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None, cfg: D2FDecodeConfig,
+                    step: PipelineStep) -> tuple[Tensor, list[dict]]:
+    """The loop shared by the D2F decoders: plan the window, one forward, one step, apply; until every
+    row is done. Every step commits at least one token of every live row's earliest unfinished block
+    (it is fully activated), so the loop ends within one step per generated token."""
+    start_time = time.perf_counter()
+    batch, device = input_ids.shape[0], input_ids.device
+    recorder = DecodeRecorder(batch, device, cfg.return_decoding_order)
+    pipe = D2FPipeline(model, input_ids, attention_mask, cfg, recorder)
+    stop_ids = torch.tensor(cfg.stopping_criteria_idx, dtype=torch.long, device=device)
+    for _ in range(pipe.n_blocks * cfg.block_size + 1):
+        window = pipe.plan()
+        if window is None:
+            break
+        commit, tokens, kinds = step(pipe, window, pipe.draft(window))
+        pipe.apply(window, commit, tokens, kinds, stop_ids)
+    else:
+        raise RuntimeError("D2F decoding made no progress (a step committed nothing in an activated block)")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall_time = time.perf_counter() - start_time
+    ids, counted = pipe.seq.finish(input_ids, stop_ids, keep_stop=False)
+    return ids, recorder.finalize(counted, wall_time)
