@@ -186,7 +186,8 @@ def check_model_fits_decoder(pretrained: str, spec: str, generate: Any) -> None:
         types = (", ".join(repr(t) for t in f.model_types) for f in (expected, found))
         raise ValueError(f"decoding.generate={spec} decodes model_type {next(types)} ({expected.title}), but "
                          f"model.pretrained={pretrained} is {next(types)} ({found.title}); pick a decoding preset "
-                         "of the model's family (fast_* presets for Fast-dLLM v2, the others for SDAR)")
+                         "of the model's family (fast_* presets for Fast-dLLM v2, llada2_* for LLaDA2, the others "
+                         "for SDAR)")
 
 
 def _drop_custom_dataset_notice(record: logging.LogRecord) -> bool:

@@ -56,7 +56,8 @@ def test_model_options_compose(option):
 
 @pytest.mark.parametrize("option", _options("decoding"))
 def test_decoding_options_compose_and_fit_their_decoder(option):
-    model = ["model=fast_dllm_v2_tiny"] if option.startswith("fast_") else []  # a preset of the model's family
+    family_models = {"fast_": "fast_dllm_v2_tiny", "llada2_": "llada2_tiny"}  # a preset of the model's family
+    model = [f"model={m}" for prefix, m in family_models.items() if option.startswith(prefix)]
     cfg = _compose([*model, f"decoding={option}"])
     assert cfg.decoding.name == option and cfg.decoding.kind in DECODER_KINDS
     config_class = load_object(cfg.decoding.generate, "decoding.generate").config_class

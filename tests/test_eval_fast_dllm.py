@@ -156,11 +156,12 @@ def test_registered_model_type_loads_without_trust_remote_code(fast_model_dir):
 
 # --- Hydra schema and configs ------------------------------------------------------------------------
 
-def test_decoding_params_schema_is_the_union_of_both_families():
+def test_decoding_params_schema_is_the_union_of_every_family():
     names = set(field_types(DecodingParams))
     sdar = set(field_types(load_object("SDAR.generate_ssd_policy:block_diffusion_generate", "x").config_class))
     fast = set(field_types(fast_dllm_v2.generate_ssd_policy.S2D2Config))
-    assert names == (sdar | fast) - {"return_forward_stats"}
+    llada2 = set(field_types(load_object("LLaDA2.generate_ssd_policy:generate_ssd_policy", "x").config_class))
+    assert names == (sdar | fast | llada2) - {"return_forward_stats"}
     assert {"block_length", "denoising_steps", "block_size", "small_block_size", "threshold"} <= names
 
 
