@@ -184,8 +184,10 @@ class S2D2Step:
                  live: Tensor, *, progress: Tensor, context_length: int, min_k: Tensor, top_up_rule: TopUp,
                  verify: VerifyFn, recorder: DecodeRecorder) -> tuple[Tensor, Tensor, Tensor]:
         """probs: [B, L, V] draft distribution p; drafts, confidence: [B, L]; current: [B, L] tokens of the
-        region (masks where undecided); masked: [B, L]; live: [B]; progress: [B] decoded fraction of the
-        routing context; min_k: [B] the baseline's minimum commits this step.
+        region (masks where undecided; a family that edits decoded tokens passes the region with this
+        step's edits written, so the verifier's first half holds them); masked: [B, L]; live: [B];
+        progress: [B] decoded fraction of the routing context; min_k: [B] the baseline's minimum commits
+        this step. Only masked positions are ever committed here.
         Returns (commit [B, L] bool, tokens [B, L], kinds [B, L] COMMIT_* codes)."""
         drafts = torch.where(masked, drafts, current)  # [B, L]: the region with every mask drafted
         span = first_masked_span(masked)
