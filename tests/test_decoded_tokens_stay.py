@@ -72,6 +72,14 @@ CASES = [
 ]
 
 
+def _state(buffer) -> dict[int, torch.Tensor]:
+    """The tokens of every row the buffer holds, by original row: a decoder may drop stopped rows from
+    the batch (`SequenceBuffer.rows` then maps held rows to original ones)."""
+    rows = getattr(buffer, "rows", None)
+    originals = range(buffer.x.shape[0]) if rows is None else rows.tolist()
+    return {row: buffer.x[i].clone() for i, row in enumerate(originals)}
+
+
 def _overwrites(family: str, fn, kw: dict, monkeypatch) -> tuple[int, int]:
     """Decode a left-padded batch while snapshotting the buffer before every forward; returns (decoded
     positions rewritten or re-masked between snapshots, masks filled)."""
@@ -85,18 +93,20 @@ def _overwrites(family: str, fn, kw: dict, monkeypatch) -> tuple[int, int]:
     monkeypatch.setattr(common.sequence.SequenceBuffer, "__init__", capture)
     torch.manual_seed(0)
     model = MODELS[family]().eval()
-    snapshots: list[torch.Tensor] = []
-    model.register_forward_pre_hook(lambda *_: snapshots.append(buffers[-1].x.clone()))
+    snapshots: list[dict[int, torch.Tensor]] = []
+    model.register_forward_pre_hook(lambda *_: snapshots.append(_state(buffers[-1])))
     ids = torch.tensor([[0, 0, 0, 11, 12], [21, 22, 23, 24, 25]])
     attn = (torch.arange(5) >= torch.tensor([[3], [0]])).long()
     budget = {"fast": "max_new_tokens"}.get(family, "gen_length")
     fn(model, ids, attention_mask=attn, generator=torch.Generator().manual_seed(1), **{budget: 14}, **kw)
-    states = snapshots + [buffers[-1].x.clone()]
+    states = snapshots + [_state(buffers[-1])]
     rewritten = filled = 0
-    for before, after in zip(states, states[1:]):
-        decoded = before != MASK_ID
-        rewritten += int((decoded & (after != before)).sum())
-        filled += int((~decoded & (after != MASK_ID)).sum())
+    for before_rows, after_rows in zip(states, states[1:]):
+        for row in before_rows.keys() & after_rows.keys():
+            before, after = before_rows[row], after_rows[row]
+            decoded = before != MASK_ID
+            rewritten += int((decoded & (after != before)).sum())
+            filled += int((~decoded & (after != MASK_ID)).sum())
     return rewritten, filled
 
 

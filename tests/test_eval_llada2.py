@@ -173,8 +173,7 @@ def test_run_writes_a_record_with_editing_stats(llada2_model_dir, tmp_path):
     metrics = record["metrics"]
     assert metrics["n"] == 2 and record["decoding"]["generate"].startswith("LLaDA2.")
     assert record["label"] == "S2D2 quality τ_edit=0 B=4" and metrics["generated_tokens_mean"] <= 12
-    rows = [json.loads(line) for line in next((tmp_path / "default" / "llada2_tiny" / "synthetic_add").glob(
-        "*.samples.jsonl")).read_text().splitlines()]
+    rows = [json.loads(line) for line in next(tmp_path.rglob("*.samples.jsonl")).read_text().splitlines()]
     assert len(rows) == 2 and all(row["stats"]["nfe"] >= 1 for row in rows)
     assert metrics["edits_mean"] == sum(row["stats"]["edits"] for row in rows) / 2
 

@@ -359,13 +359,15 @@ def test_verifier_first_half_holds_the_iterations_edits(model, monkeypatch):
     verify, commits = LLaDA2Blocks.verify, Recorder.commits
 
     def spy_verify(self, b, drafted, rows):
-        calls.append([self.block(b).clone(), drafted.clone(), self, b])
+        routed = rows.nonzero().squeeze(-1) if rows.dtype == torch.bool else rows  # a row mask or row indices
+        mine = drafted[routed] if drafted.shape[0] == self.x.shape[0] else drafted  # the routed rows' first half
+        calls.append([self.block(b)[routed].clone(), mine.clone(), self, b, routed])
         return verify(self, b, drafted, rows)
 
     def spy_commits(self, kinds, positions):
-        if calls and len(calls[-1]) == 4:
-            blocks, b = calls[-1][2], calls[-1][3]
-            calls[-1] = [calls[-1][0], calls[-1][1], blocks.block(b).clone()]
+        if calls and len(calls[-1]) == 5:
+            before, drafted, blocks, b, routed = calls[-1]
+            calls[-1] = [before, drafted, blocks.block(b)[routed].clone()]
         return commits(self, kinds, positions)
 
     monkeypatch.setattr(LLaDA2Blocks, "verify", spy_verify)
