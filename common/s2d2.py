@@ -212,10 +212,12 @@ class S2D2Step:
                  verify: VerifyFn, recorder: DecodeRecorder,
                  span_region: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """probs: [B, L, V] draft distribution p; drafts, confidence: [B, L]; current: [B, L] tokens of the
-        region (masks where undecided); masked: [B, L]; live: [B]; progress: [B] decoded fraction of the
-        routing context; min_k: [B] the baseline's minimum commits this step; span_region: [B, L] bool,
-        the routing context inside the region (the span is its first masked span, the routing features
-        are its masked positions; default: the whole region).
+        region (masks where undecided; a family that edits decoded tokens passes the region with this
+        step's edits written, so the verifier's first half holds them); masked: [B, L]; live: [B];
+        progress: [B] decoded fraction of the routing context; min_k: [B] the baseline's minimum commits
+        this step; span_region: [B, L] bool, the routing context inside the region (the span is its
+        first masked span, the routing features are its masked positions; default: the whole region).
+        Only masked positions are ever committed here.
         Returns (commit [B, L] bool, tokens [B, L], kinds [B, L] COMMIT_* codes)."""
         drafts = torch.where(masked, drafts, current)  # [B, L]: the region with every mask drafted
         context = masked if span_region is None else masked & span_region  # [B, L]

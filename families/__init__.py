@@ -92,6 +92,16 @@ FAMILIES: dict[str, Family] = {
             train_command="python scripts/train_tiny.py --family fast_dllm_v2", shift_aligned=True,
             mask_tokens=("|<MASK>|",),
         ),
+        Family(
+            name="llada2", title="LLaDA2", folder="LLaDA2", package="LLaDA2", model_types=("llada2_moe",),
+            config_class="LLaDA2.configuration_llada2_moe:LLaDA2MoeConfig",
+            model_class="LLaDA2.modeling_llada2_moe:LLaDA2MoeModelLM",
+            baseline="LLaDA2.generate:generate_cached", s2d2="LLaDA2.generate_ssd_policy:generate_ssd_policy",
+            block_field="block_length", budget_field="gen_length", threshold_field="threshold",
+            ar_mode={"block_length": 1, "max_post_steps": 0}, tiny_model="models/llada2-tiny",
+            entry_point="LLaDA2/example_llada.py", train_command="python scripts/train_tiny.py --family llada2",
+            mask_tokens=("<|mask|>",),
+        ),
         # D2F: a base model plus a LoRA adapter; both share the D2F package and decoders, which read the
         # alignment from the model type (LLaDA position-aligned, Dream shift-aligned).
         Family(

@@ -46,18 +46,22 @@ def threshold_of(params: Mapping[str, Any]) -> float | None:
 
 
 def describe_decoding(kind: str, name: str, params: Mapping[str, Any]) -> str:
-    """Short human label of a decoder configuration, e.g. `dynamic τ=0.9 B=8`, or with a Fast-dLLM v2
-    sub-block size `S2D2 config_a B=16 SB=4`."""
+    """Short human label of a decoder configuration, e.g. `dynamic τ=0.9 B=8`, with a Fast-dLLM v2
+    sub-block size `S2D2 config_a B=16 SB=4`, with LLaDA2's editing threshold `dynamic τ=0.95 τ_edit=0.9 B=32`
+    (`τ_edit=off` when no probability can pass it)."""
     length, steps = block_length_of(params), params.get("denoising_steps")
     sub_block = f" SB={params['small_block_size']}" if params.get("small_block_size") is not None else ""
+    editing = params.get("editing_threshold")
+    edit = "" if editing is None else f" τ_edit={editing:g}" if editing < 1 else " τ_edit=off"
     if kind == "ar":
         return "AR mode (B=1)"
     if kind == "static":
         return f"static B={length} S={steps}"
     if kind == "dynamic":
-        return f"dynamic τ={threshold_of(params):g} B={length}{sub_block}"
-    short = next((name[len(prefix):] for prefix in ("s2d2_", "fast_") if name.startswith(prefix)), name)
-    return f"S2D2 {short} B={length}{sub_block}"
+        return f"dynamic τ={threshold_of(params):g}{edit} B={length}{sub_block}"
+    short = next((name[len(prefix):] for prefix in ("llada2_s2d2_", "llada2_", "s2d2_", "fast_")
+                  if name.startswith(prefix)), name)
+    return f"S2D2 {short}{edit} B={length}{sub_block}"
 
 
 @dataclass

@@ -248,8 +248,8 @@ def check_model_fits_decoder(pretrained: str, spec: str, generate: Any) -> None:
         types = ", ".join(repr(t) for t in found.model_types)
         raise ValueError(f"decoding.generate={spec} decodes model_type {decodes}, but "
                          f"model.pretrained={pretrained} is {types} ({found.title}); pick a decoding preset "
-                         "of the model's family (fast_* presets for Fast-dLLM v2, d2f_* for D2F, the others for "
-                         "SDAR)")
+                         "of the model's family (fast_* presets for Fast-dLLM v2, d2f_* for D2F, llada2_* for "
+                         "LLaDA2, the others for SDAR)")
 
 
 def _quiet_libraries(verbose: bool) -> None:

@@ -113,6 +113,9 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "wall_time_total": seconds,
         "wall_time_mean": seconds / n,
         "max_batch_rows": max(int(r.get("batch_rows", 1)) for r in rows),
+        # token editing (LLaDA2): T2T edits and edit-only post-step forwards per sample (0 elsewhere)
+        "edits_mean": sum(r.get("edits", 0) for r in rows) / n,
+        "post_steps_mean": sum(r.get("post_steps", 0) for r in rows) / n,
         "acceptance": {
             "verifications_total": verifications,
             "verifications_per_sample": verifications / n,

@@ -1,10 +1,11 @@
-"""A random-init tiny model (SDAR or Fast-dLLM v2) with the synthetic tokenizer, saved like a real
+"""A random-init tiny model (SDAR, Fast-dLLM v2 or LLaDA2) with the synthetic tokenizer, saved like a real
 checkpoint, so the whole evaluation pipeline (lm-eval adapter, tasks, records, sweeps) can be
 exercised in seconds without a trained model. Its answers are garbage; its stats and plumbing are real.
 
     python -m s2d2_eval.testing /tmp/rand_tiny
     python -m s2d2_eval.testing /tmp/rand_fast --family fast_dllm_v2
     python -m s2d2_eval.testing /tmp/rand_d2f --family d2f_llada      # writes base/ and lora/
+    python -m s2d2_eval.testing /tmp/rand_llada2 --family llada2
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ def build_random_tiny_model(out_dir: str | Path, hidden_size: int = 32, num_laye
                             family: str = "sdar", block_size: int = 16) -> Path:
     """Save config, weights, generation config and tokenizer to `out_dir`; returns it.
 
-    `family` picks the architecture: `sdar` (SDARForCausalLM) or `fast_dllm_v2`
-    (Fast_dLLM_QwenForCausalLM, whose `bd_size` is `block_size`). The layout is the trained models'
-    (`synthetic.checkpoint.save_checkpoint`).
+    `family` picks the architecture: `sdar` (SDARForCausalLM), `fast_dllm_v2`
+    (Fast_dLLM_QwenForCausalLM, whose `bd_size` is `block_size`) or `llada2` (LLaDA2MoeModelLM: layer 0
+    dense, then a MoE of 4 routed experts in 2 groups, top-2 from 1 group, one shared expert, RoPE on
+    half of each head). The layout is the trained models' (`synthetic.checkpoint.save_checkpoint`).
     """
     import torch
 
@@ -33,6 +35,10 @@ def build_random_tiny_model(out_dir: str | Path, hidden_size: int = 32, num_laye
                  num_attention_heads=2, num_key_value_heads=1, head_dim=hidden_size // 2)
     if family == "fast_dllm_v2":
         sizes["bd_size"] = block_size
+    if family == "llada2":
+        sizes.update(num_hidden_layers=max(2, num_layers), num_experts=4, n_group=2, topk_group=1,
+                     num_experts_per_tok=2, moe_intermediate_size=hidden_size, num_shared_experts=1,
+                     first_k_dense_replace=1, partial_rotary_factor=0.5, rotary_dim=hidden_size // 4)
     return save_checkpoint(tiny_model(family, build_tokenizer(), **sizes), out_dir)
 
 

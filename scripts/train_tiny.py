@@ -192,6 +192,10 @@ def validate(args: argparse.Namespace) -> None:
         fail(f"--head_dim must be even (rotate-half RoPE), got {args.head_dim}")
     if not 0.0 <= args.causal_clean_fraction <= 1.0:
         fail(f"--causal_clean_fraction must be in [0, 1], got {args.causal_clean_fraction}")
+    if args.family == "llada2":
+        fail("--family llada2: the LLaDA2 MoE training recipe (M2T + T2T objectives, expert-bias balancing) is not "
+             "implemented yet (issue 11 §3); its decoders run on any llada2_moe checkpoint "
+             "(python -m s2d2_eval.testing DIR --family llada2 writes a random one)")
     if args.family != "fast_dllm_v2" and args.causal_clean_fraction:
         fail("--causal_clean_fraction only applies to --family fast_dllm_v2")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):

@@ -18,6 +18,10 @@ from common.sequence import SequenceBuffer
 from fast_dllm_v2.generate import generate as fast_baseline
 from fast_dllm_v2.generate_ssd_policy import generate_ssd_policy as fast_s2d2
 from fast_dllm_v2.modeling_fast_dllm import Fast_dLLM_QwenForCausalLM
+from LLaDA2.generate import generate as llada2_nocache
+from LLaDA2.generate import generate_cached as llada2_cached
+from LLaDA2.generate_ssd_policy import generate_ssd_policy as llada2_s2d2
+from LLaDA2.modeling_llada2_moe import LLaDA2MoeModelLM
 from SDAR.generate import block_diffusion_generate as sdar_baseline
 from SDAR.generate_ssd_policy import block_diffusion_generate as sdar_s2d2
 from SDAR.modeling_sdar import SDARForCausalLM
@@ -36,6 +40,15 @@ FAST_DECODERS = [
     (fast_baseline, dict(block_size=4, small_block_size=2, threshold=0.05)),
     (fast_baseline, dict(block_size=1, small_block_size=1)),  # AR mode
     (fast_s2d2, dict(block_size=4, small_block_size=4, acceptance="greedy_exact", cache_ver=True)),
+]
+
+LLADA2_DECODERS = [
+    (llada2_nocache, dict(block_length=4, threshold=0.05, editing_threshold=0.0, max_post_steps=2)),
+    (llada2_cached, dict(block_length=4, threshold=0.05, editing_threshold=0.0, max_post_steps=2)),
+    (llada2_cached, dict(block_length=4, threshold=0.3, num_to_transfer=2, editing_threshold=1.0, fold_commit=False)),
+    (llada2_cached, dict(block_length=1)),  # AR mode
+    (llada2_s2d2, dict(block_length=4, acceptance="greedy_exact", threshold=0.05, editing_threshold=0.0,
+                       max_post_steps=1)),
 ]
 
 
@@ -63,7 +76,7 @@ def _decode_rows(fn, model, ids, attn, batch_size: int, **kw) -> tuple[list[list
 
 def _per_row(stats: list[dict]) -> list[tuple]:
     return [(s["generated_tokens"], s["nfe"], tuple(sorted(s["nfe_by_kind"].items())), s["mean_query_width"],
-             tuple(s["accepted_lengths"])) for s in stats]
+             tuple(s["accepted_lengths"]), s["edits"], s["post_steps"]) for s in stats]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +104,20 @@ def fast_model():
     return model
 
 
+@pytest.fixture(scope="module")
+def llada2_model():
+    from LLaDA2.configuration_llada2_moe import LLaDA2MoeConfig
+
+    torch.manual_seed(0)
+    config = LLaDA2MoeConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=16, rotary_dim=8, num_experts=8,
+                             n_group=4, topk_group=2, num_experts_per_tok=2, moe_intermediate_size=32,
+                             pad_token_id=0, max_position_embeddings=256, initializer_range=0.1)
+    model = LLaDA2MoeModelLM(config).to(torch.float64).eval()
+    model.config.mask_token_id, model.config.eos_token_id = MASK_ID, STOP_ID  # LLaDA2 has no generation config
+    return model
+
+
 def _check_invariance(fn, model, kw, n: int = 16, seed: int = 0) -> None:
     _, ids, attn = _ragged(n, seed)
     alone, alone_stats = _decode_rows(fn, model, ids, attn, 1, **kw)
@@ -109,6 +136,12 @@ def test_sdar_batches_equal_batch_one(sdar_model, fn, kw):
 @pytest.mark.parametrize("fn,kw", FAST_DECODERS)
 def test_fast_dllm_batches_equal_batch_one(fast_model, fn, kw):
     _check_invariance(fn, fast_model, dict(max_new_tokens=10, **kw))
+
+
+@pytest.mark.parametrize("fn,kw", LLADA2_DECODERS)
+def test_llada2_batches_equal_batch_one(llada2_model, fn, kw):
+    """Edits and post steps included: each row's iterations, edits and forwards are its batch-1 ones."""
+    _check_invariance(fn, llada2_model, dict(gen_length=10, **kw))
 
 
 @pytest.mark.parametrize("unit,whole_blocks", [(4, True), (4, False), (1, False), (8, True)])

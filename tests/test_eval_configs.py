@@ -59,7 +59,7 @@ def test_model_options_compose(option):
 
 @pytest.mark.parametrize("option", _options("decoding"))
 def test_decoding_options_compose_and_fit_their_decoder(option):
-    families = {"fast_": "model=fast_dllm_v2_tiny", "d2f_": "model=d2f_llada_tiny"}
+    families = {"fast_": "model=fast_dllm_v2_tiny", "d2f_": "model=d2f_llada_tiny", "llada2_": "model=llada2_tiny"}
     model = [m for prefix, m in families.items() if option.startswith(prefix)]  # a preset of the model's family
     cfg = _compose([*model, f"decoding={option}"])
     assert cfg.decoding.name == option and cfg.decoding.kind in DECODER_KINDS

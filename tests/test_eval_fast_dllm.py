@@ -161,7 +161,8 @@ def test_decoding_params_schema_is_the_union_of_every_family():
     sdar = set(field_types(load_object("SDAR.generate_ssd_policy:block_diffusion_generate", "x").config_class))
     fast = set(field_types(fast_dllm_v2.generate_ssd_policy.S2D2Config))
     d2f = set(field_types(load_object("D2F.generate_ssd_policy:generate_ssd_policy", "x").config_class))
-    assert names == (sdar | fast | d2f) - {"return_forward_stats"}
+    llada2 = set(field_types(load_object("LLaDA2.generate_ssd_policy:generate_ssd_policy", "x").config_class))
+    assert names == (sdar | fast | d2f | llada2) - {"return_forward_stats"}
     assert {"block_length", "denoising_steps", "block_size", "small_block_size", "threshold"} <= names
 
 
