@@ -250,7 +250,7 @@ class D2FPipeline:
         mask = materialize(rule, q_len, start + q_len, device=ids.device, key_valid=key_valid)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
                             use_cache=True, store_kv=store, logits_to_keep=keep).logits
-        logits[..., self.cfg.mask_id] = float("-inf")
+        logits.select(-1, self.cfg.mask_id).fill_(float("-inf"))
         return logits
 
     def draft(self, w: Window) -> Tensor:

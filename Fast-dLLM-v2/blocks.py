@@ -202,7 +202,7 @@ class FastDLLMBlocks:
         # The mask token is never an output: drafting or accepting it would leave a "decoded" position
         # that still reads as masked (upstream then loops forever on a model that predicts it). Removing
         # it before the sampling transform keeps p, q and the AR token consistent with each other.
-        logits[..., self.cfg.mask_id] = float("-inf")
+        logits.select(-1, self.cfg.mask_id).fill_(float("-inf"))
         return logits
 
     def _ar_token(self, column: int, logits: Tensor) -> None:

@@ -166,7 +166,7 @@ class LLaDA2Blocks:
         cache = self.cache if rows is None else cache_rows(self.cache, rows)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=self.cached, store_kv=store, logits_to_keep=keep).logits
-        logits[..., self.cfg.mask_id] = float("-inf")
+        logits.select(-1, self.cfg.mask_id).fill_(float("-inf"))
         return logits
 
     def prefill(self, rows: Tensor) -> None:
@@ -269,7 +269,7 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
     iteration (is any row still decoding this block?) plus one per block (has every row stopped?)."""
     start_time = time.perf_counter()
     batch, device = input_ids.shape[0], input_ids.device
-    recorder = DecodeRecorder(batch, device, cfg.record_decoding_order)
+    recorder = DecodeRecorder(batch, device, cfg.record_decoding_order, editing=True)
     blocks = LLaDA2Blocks(model, input_ids, attention_mask, cfg, recorder)
     stop_ids = torch.tensor(cfg.stopping_criteria_idx, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)

@@ -159,7 +159,7 @@ class SDARBlocks:
         ).logits
         # The mask token is never a valid output: a trained model gives it ~0 mass anyway, and an
         # untrained one must not commit it (the output is trimmed at the first mask token).
-        logits[..., self.cfg.mask_id] = float("-inf")
+        logits.select(-1, self.cfg.mask_id).fill_(float("-inf"))
         return logits
 
     def prefill(self, rows: Tensor) -> None:

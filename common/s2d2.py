@@ -230,16 +230,23 @@ class S2D2Step:
         tokens, kinds = drafts, torch.zeros_like(current)
         n_routed, widest = torch.stack([routed.sum(), (span.length * routed).max()]).tolist()  # one host sync
         if n_routed:  # the verifier runs over the routed rows only
-            idx = torch.argsort((~routed).to(torch.uint8), stable=True)[:n_routed]  # [R] routed rows, in order
-            q = logits_to_probs(verify(drafts[idx], idx), self.sampling)  # [R, L, V]
-            sub_span = Span(member=span.member[idx], start=span.start[idx], length=span.length[idx])
+            every = n_routed == routed.shape[0]
+            idx = (torch.arange(n_routed, device=routed.device) if every
+                   else torch.argsort((~routed).to(torch.uint8), stable=True)[:n_routed])  # [R] routed rows, in order
+
+            def rows(t: Tensor) -> Tensor:
+                return t if every else t[idx]
+
+            q = logits_to_probs(verify(rows(drafts), idx), self.sampling)  # [R, L, V]
+            sub_span = Span(member=rows(span.member), start=rows(span.start), length=rows(span.length))
             sub_tokens, sub_kinds, verdict, recovered = verify_commits(
-                q, probs[idx], drafts[idx], confidence[idx], masked[idx], sub_span, routed[idx], widest, flags,
+                q, rows(probs), rows(drafts), rows(confidence), rows(masked), sub_span, rows(routed), widest, flags,
                 self.generator)
-            tokens, kinds = drafts.index_copy(0, idx, sub_tokens), kinds.index_copy(0, idx, sub_kinds)
-            zeros = torch.zeros_like(span.length)
-            recorder.verification(routed, zeros.index_copy(0, idx, verdict.n_accepted),
-                                  zeros.bool().index_copy(0, idx, recovered))
+            if every:
+                tokens, kinds = sub_tokens, sub_kinds
+            else:
+                tokens, kinds = drafts.index_copy(0, idx, sub_tokens), kinds.index_copy(0, idx, sub_kinds)
+            recorder.verification(idx, verdict.n_accepted, recovered)
         kinds = top_up_rule.apply(kinds, masked=masked, confidence=confidence, probs=probs, min_k=min_k, live=live,
                                   routed=routed)
         commit = kinds > 0

@@ -27,57 +27,84 @@ _NEGATIVE_MARKER_OFFSET = {COMMIT_HIGH_CONF: 0.4, COMMIT_EDIT: 0.9}
 _MARKER_ORDER = (COMMIT_ACCEPTED, COMMIT_RESAMPLED, COMMIT_RATIO, COMMIT_HIGH_CONF, COMMIT_DIFFUSION, COMMIT_EDIT)
 
 
+_COUNTERS = (*NFE_KINDS, "query_tokens", "decisions", "resamples", "edits", "post_steps")
+_COLUMN = {name: i for i, name in enumerate(_COUNTERS)}
+
+
 @dataclass
 class DecodeRecorder:
-    """Accumulates statistics for a batch of rows decoded together."""
+    """Accumulates statistics for a batch of rows decoded together.
+
+    Per step the recorder only logs the tensors it is given (no tensor op); the log is reduced with a few
+    stacked ops into one [B', C] counter tensor of the rows the decoder still holds, and that into the
+    totals of the original rows (`index_add_`), only when rows leave the batch (`select`) and at
+    `finalize`. Logged tensors must not be modified in place afterwards (the decoders pass fresh ones).
+    `editing`: count T2T edits in `commits` (families that edit; the others skip that work).
+    """
 
     batch_size: int
     device: torch.device | str = "cpu"
     record_order: bool = False
-    nfe: Tensor = field(init=False)  # [B, 4] long
-    query_tokens: Tensor = field(init=False)  # [B] long, summed query width of charged forwards
-    decisions: Tensor = field(init=False)  # [B] long, routing decisions taken
-    resamples: Tensor = field(init=False)  # [B] long
-    edits: Tensor = field(init=False)  # [B] long, T2T edits committed
-    post_steps: Tensor = field(init=False)  # [B] long, draft forwards of blocks without masks (editing only)
-    _accepted: list[tuple[Tensor, Tensor, Tensor]] = field(init=False, default_factory=list)
+    editing: bool = False
+    totals: Tensor = field(init=False)  # [B, C] long, counters of every original row (see _COUNTERS)
+    held: Tensor = field(init=False)  # [B', C] long, counters of the held rows since the last flush
+    _accepted: list[tuple[Tensor, Tensor]] = field(init=False, default_factory=list)
+    _log: list[tuple[int, Tensor, int | Tensor | None]] = field(init=False, default_factory=list)
+    _resampled: list[tuple[Tensor, Tensor]] = field(init=False, default_factory=list)
     order: list[list[float | str]] = field(init=False)
     index: Tensor = field(init=False)  # [B'] original row of each row the decoder still holds
 
     def __post_init__(self) -> None:
         b = self.batch_size
-        self.nfe = torch.zeros(b, len(NFE_KINDS), dtype=torch.long, device=self.device)
-        self.query_tokens = torch.zeros(b, dtype=torch.long, device=self.device)
-        self.decisions = torch.zeros(b, dtype=torch.long, device=self.device)
-        self.resamples = torch.zeros(b, dtype=torch.long, device=self.device)
-        self.edits = torch.zeros(b, dtype=torch.long, device=self.device)
-        self.post_steps = torch.zeros(b, dtype=torch.long, device=self.device)
+        self.totals = torch.zeros(b, len(_COUNTERS), dtype=torch.long, device=self.device)
+        self.held = torch.zeros_like(self.totals)
         self.order = [[] for _ in range(b)]
         self.index = torch.arange(b, device=self.device)
+
+    def _flush(self) -> None:
+        """Add the logged charges to the held rows' counters (a few stacked ops per counter), then the
+        held counters to the original rows' totals."""
+        by_column: dict[int, list[Tensor]] = {}
+        widths: list[Tensor] = []
+        for column, rows, width in self._log:
+            by_column.setdefault(column, []).append(rows)
+            if width is not None:
+                widths.append(rows * width)
+        for column, rows in by_column.items():
+            self.held[:, column] += torch.stack(rows).sum(0)
+        if widths:
+            self.held[:, _COLUMN["query_tokens"]] += torch.stack(widths).sum(0)
+        if self._resampled:
+            rows, flags = zip(*self._resampled)
+            self.held[:, _COLUMN["resamples"]].index_add_(0, torch.cat(rows), torch.cat(flags).long())
+        self._log, self._resampled = [], []
+        self.totals.index_add_(0, self.index, self.held)
+        self.held.zero_()
 
     def select(self, keep: Tensor) -> None:
         """The decoder keeps only rows `keep` (indices into the rows it holds): later calls pass tensors
         over those rows, charged to their original rows."""
+        self._flush()
         self.index = self.index[keep]
+        self.held = self.held[keep]
 
     def forward(self, kind: str, rows: Tensor, width: int | Tensor) -> None:
         """Charge one forward of `width` query tokens (an int, or [B] per row) to the rows where `rows`
-        ([B] bool) is True."""
-        charged = rows.long()
-        self.nfe[self.index, NFE_KINDS.index(kind)] += charged
-        self.query_tokens[self.index] += charged * width
+        ([B] bool, not modified afterwards) is True. Logged; counted at the next flush."""
+        self._log.append((_COLUMN[kind], rows, width))
 
     def post_step(self, rows: Tensor) -> None:
         """The draft forward just charged to `rows` ([B] bool) was a post step (no mask left)."""
-        self.post_steps[self.index] += rows.long()
+        self._log.append((_COLUMN["post_steps"], rows, None))
 
     def decision(self, rows: Tensor) -> None:
-        self.decisions[self.index] += rows.long()
+        self._log.append((_COLUMN["decisions"], rows, None))
 
     def verification(self, rows: Tensor, n_accepted: Tensor, resampled: Tensor) -> None:
-        """Record one verification for `rows` with accepted-prefix lengths and resample flags ([B'])."""
-        self._accepted.append((self.index, rows.clone(), n_accepted.clone()))  # filtered at finalize: no sync
-        self.resamples[self.index] += (resampled & rows).long()
+        """Record one verification of the held rows `rows` ([R] long indices) with their accepted-prefix
+        lengths and resample flags ([R])."""
+        self._accepted.append((self.index[rows], n_accepted))
+        self._resampled.append((rows, resampled))
 
     def new_block(self) -> None:
         if self.record_order:
@@ -88,7 +115,8 @@ class DecodeRecorder:
         """Append markers for this step's commits. kinds: [B, L] COMMIT_* codes; positions: [B, L]
         absolute positions. Edits are counted on device; the markers cost a host transfer, so they are
         only written with `record_order`."""
-        self.edits[self.index] += (kinds == COMMIT_EDIT).sum(-1)
+        if self.editing:
+            self.held[:, _COLUMN["edits"]] += (kinds == COMMIT_EDIT).sum(-1)
         if not self.record_order:
             return
         for row, kind_row, pos_row in zip(self.index.tolist(), kinds.tolist(), positions.tolist()):
@@ -105,22 +133,20 @@ class DecodeRecorder:
 
     def finalize(self, generated_tokens: list[int], wall_time: float) -> list[dict]:
         """One dict per row. TPF excludes prefill (MEASURING.md); `tpf_with_prefill` includes it."""
-        nfe = self.nfe.tolist()
-        width = self.query_tokens.tolist()
-        decisions = self.decisions.tolist()
-        resamples = self.resamples.tolist()
-        edits, post_steps = self.edits.tolist(), self.post_steps.tolist()
+        self._flush()
+        counters = [dict(zip(_COUNTERS, row)) for row in self.totals.tolist()]
         accepted: list[list[int]] = [[] for _ in range(self.batch_size)]
         if self._accepted:  # one transfer: every verification's (original row, accepted length), in order
-            hit = torch.cat([verified for _, verified, _ in self._accepted])
-            rows = torch.cat([index for index, _, _ in self._accepted])[hit].tolist()
-            lengths = torch.cat([n for _, _, n in self._accepted])[hit].tolist()
+            rows = torch.cat([index for index, _ in self._accepted]).tolist()
+            lengths = torch.cat([n for _, n in self._accepted]).tolist()
             for row, n in zip(rows, lengths):
                 accepted[row].append(n)
         out = []
         for row in range(self.batch_size):
-            by_kind = dict(zip(NFE_KINDS, nfe[row]))
-            total = sum(nfe[row])
+            count = counters[row]
+            by_kind = {kind: count[kind] for kind in NFE_KINDS}
+            decisions = count["decisions"]
+            total = sum(by_kind.values())
             decode_nfe = total - by_kind["prefill"]
             n_ver = len(accepted[row])
             gen = generated_tokens[row]
@@ -131,15 +157,15 @@ class DecodeRecorder:
                     "nfe_by_kind": by_kind,
                     "tpf": gen / decode_nfe if decode_nfe else 0.0,
                     "tpf_with_prefill": gen / total if total else 0.0,
-                    "mean_query_width": width[row] / total if total else 0.0,
-                    "routing_decisions": decisions[row],
+                    "mean_query_width": count["query_tokens"] / total if total else 0.0,
+                    "routing_decisions": decisions,
                     "verifications": n_ver,
-                    "verify_fraction": n_ver / decisions[row] if decisions[row] else 0.0,
+                    "verify_fraction": n_ver / decisions if decisions else 0.0,
                     "accepted_lengths": accepted[row],
                     "mean_accepted": sum(accepted[row]) / n_ver if n_ver else 0.0,
-                    "resamples": resamples[row],
-                    "edits": edits[row],
-                    "post_steps": post_steps[row],
+                    "resamples": count["resamples"],
+                    "edits": count["edits"],
+                    "post_steps": count["post_steps"],
                     "wall_time": wall_time,
                     "tokens_per_second": gen / wall_time if wall_time > 0 else 0.0,
                     **({"decoding_order": self.order[row]} if self.record_order else {}),
