@@ -62,7 +62,7 @@ from common.config import require_positive
 from common.masks import Predicate, materialize, pipelined_verifier, prefix_block_causal
 from common.remasking import select_transfer
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
-from common.sequence import SequenceBuffer
+from common.sequence import HoldsSequence, SequenceBuffer
 from common.spans import Span
 from common.stats import COMMIT_DIFFUSION, DecodeRecorder
 from common.token_ids import with_token_ids
@@ -168,7 +168,7 @@ def per_block(values: Tensor, block_size: int) -> Tensor:
     return values.view(values.shape[0], -1, block_size)[..., 0]
 
 
-class D2FPipeline:
+class D2FPipeline(HoldsSequence):
     """Buffer, block table, cache and forwards for one batch of prompts decoded together."""
 
     def __init__(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
@@ -179,7 +179,6 @@ class D2FPipeline:
         if cfg.shift_logits and not bool((self.seq.prompt_lengths > 0).all()):
             raise ValueError("every row needs at least one real prompt token (a shift-aligned model predicts "
                              "the first generated token from the last prompt token)")
-        self.x, self.positions, self.key_valid = self.seq.x, self.seq.positions, self.seq.key_valid  # [B, T]
         self.size = cfg.block_size
         self.origin = self.seq.first_block * self.size  # first generated column, the same for every row
         self.n_blocks = self.seq.n_blocks - self.seq.first_block  # generated blocks per row

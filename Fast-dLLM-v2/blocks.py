@@ -53,7 +53,7 @@ from common.cache import cache_rows, row_mask
 from common.config import require_positive
 from common.masks import Predicate, block_causal, draft_block, materialize
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
-from common.sequence import SequenceBuffer
+from common.sequence import HoldsSequence, SequenceBuffer
 from common.stats import DecodeRecorder
 from common.token_ids import with_token_ids
 
@@ -120,7 +120,7 @@ def shifted_rows(logits: Tensor, first: int, count: int) -> Tensor:
     return torch.cat([logits[:, :1], logits[:, : count - 1]], dim=1)
 
 
-class FastDLLMBlocks:
+class FastDLLMBlocks(HoldsSequence):
     """Buffer, caches and forwards for one batch of prompts decoded together."""
 
     def __init__(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
@@ -135,24 +135,6 @@ class FastDLLMBlocks:
         self.n_blocks, self.first_block = self.seq.n_blocks, self.seq.first_block
         self.cache = DynamicCache()
         self.block_cache: DynamicCache | None = None
-
-    @property
-    def x(self) -> Tensor:  # [B, T] tokens of the rows still decoding
-        return self.seq.x
-
-    @property
-    def positions(self) -> Tensor:  # [B, T]
-        return self.seq.positions
-
-    @property
-    def key_valid(self) -> Tensor | None:  # [B, T] or None (no padding)
-        return self.seq.key_valid
-
-    def select(self, keep: Tensor) -> None:
-        """Drop every row but `keep` ([K] long) from the buffer and the prefix cache (called between
-        blocks, when no block cache exists)."""
-        self.seq.select(keep)
-        self.cache.batch_select_indices(keep)
 
     def sub_block(self, b: int, s: int) -> Tensor:
         """View of sub-block s of block b, [B, small_block_size]; writing into it writes the buffer."""

@@ -58,7 +58,7 @@ from common.config import require_positive
 from common.editing import token_edits
 from common.masks import Predicate, block_causal, full_attention, materialize, token_causal, verifier_2l
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
-from common.sequence import SequenceBuffer
+from common.sequence import HoldsSequence, SequenceBuffer
 from common.stats import COMMIT_EDIT, DecodeRecorder
 from common.token_ids import with_token_ids
 
@@ -119,7 +119,7 @@ class CachedDecodeConfig(LLaDA2DecodeConfig):
     cache_ver: bool = field(default=False, metadata={"help": "AR-like cache: prefill/commit with a token-causal mask"})
 
 
-class LLaDA2Blocks:
+class LLaDA2Blocks(HoldsSequence):
     """Buffer, optional cache and forwards for one batch of prompts decoded together. A
     `CachedDecodeConfig` selects the cached forwards; a plain `LLaDA2DecodeConfig` re-forwards the
     whole prefix every iteration."""
@@ -129,7 +129,6 @@ class LLaDA2Blocks:
         self.model, self.cfg, self.recorder = model, cfg, recorder
         self.seq = SequenceBuffer(input_ids, attention_mask, unit=cfg.block_length, budget=cfg.budget,
                                   mask_id=cfg.mask_id, whole_blocks=True)
-        self.x, self.positions, self.key_valid = self.seq.x, self.seq.positions, self.seq.key_valid  # [B, T]
         self.block_length = cfg.block_length
         self.n_blocks, self.first_block = self.seq.n_blocks, self.seq.first_block
         self.cached = isinstance(cfg, CachedDecodeConfig)

@@ -31,7 +31,7 @@ from common.masks import Predicate, block_causal, draft_block, materialize, toke
 from common.remasking import REMASKING_STRATEGIES
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
 from common.schedule import num_transfer_tokens
-from common.sequence import SequenceBuffer
+from common.sequence import HoldsSequence, SequenceBuffer
 from common.stats import DecodeRecorder
 from common.token_ids import with_token_ids
 
@@ -79,7 +79,7 @@ class BlockDiffusionConfig:
         return with_token_ids(self, model)
 
 
-class SDARBlocks:
+class SDARBlocks(HoldsSequence):
     """Buffer, cache and forwards for one batch of prompts decoded together."""
 
     def __init__(
@@ -99,22 +99,7 @@ class SDARBlocks:
         self.pending_commit: int | None = None
         self._masks: dict[tuple[str, int], Tensor] = {}  # [B|1, Q, K] masks reused by every step of a block
 
-    @property
-    def x(self) -> Tensor:  # [B, T] tokens of the rows still decoding
-        return self.seq.x
-
-    @property
-    def positions(self) -> Tensor:  # [B, T]
-        return self.seq.positions
-
-    @property
-    def key_valid(self) -> Tensor | None:  # [B, T] or None (no padding)
-        return self.seq.key_valid
-
-    def select(self, keep: Tensor) -> None:
-        """Drop every row but `keep` ([K] long) from the buffer and the cache (stopped rows leave)."""
-        self.seq.select(keep)
-        self.cache.batch_select_indices(keep)
+    def rows_dropped(self) -> None:
         self._masks.clear()
 
     def block(self, b: int) -> Tensor:

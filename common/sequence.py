@@ -34,6 +34,7 @@ Shapes: B rows, P prompt columns of the input, T buffer columns (a multiple of `
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -152,3 +153,34 @@ class SequenceBuffer:
         pad_id = int(stop_ids[0]) if stop_ids.numel() else self.mask_id
         tail = torch.arange(width, device=gen.device)[None, :] >= keep[:, None]
         return torch.cat([input_ids, gen.masked_fill(tail, pad_id)], dim=1), counted.tolist()
+
+
+class HoldsSequence:
+    """Mixin for a family's block adapter that holds a `SequenceBuffer` as `self.seq` and a K/V cache
+    (duck-typed on transformers' DynamicCache) as `self.cache`: the buffer's per-row tensors as
+    attributes that follow row selection, and `select` for buffer and cache together."""
+
+    seq: SequenceBuffer
+    cache: Any
+
+    @property
+    def x(self) -> Tensor:  # [B, T] tokens of the rows still decoding
+        return self.seq.x
+
+    @property
+    def positions(self) -> Tensor:  # [B, T]
+        return self.seq.positions
+
+    @property
+    def key_valid(self) -> Tensor | None:  # [B, T] or None (no padding)
+        return self.seq.key_valid
+
+    def select(self, keep: Tensor) -> None:
+        """Drop every row but `keep` ([K] long) from the buffer and the cache (stopped rows leave;
+        called between blocks)."""
+        self.seq.select(keep)
+        self.cache.batch_select_indices(keep)
+        self.rows_dropped()
+
+    def rows_dropped(self) -> None:
+        """Called after `select`: state built for the old row set is stale."""
