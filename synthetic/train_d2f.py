@@ -323,12 +323,12 @@ def ar_rows(ids: "torch.Tensor", prompt_len: "torch.Tensor", mask_id: int, pad_i
 
 
 def aligned_log_probs(logits: "torch.Tensor", shifted: bool) -> "torch.Tensor":
-    """log-softmax in float32 [B, T, V], moved so that row p scores token p: shifted models' logit at
+    """log-softmax in float32 (or wider) [B, T, V], moved so that row p scores token p: shifted models' logit at
     p - 1 predicts p (Dream's own `cat([logits[:, :1], logits[:, :-1]])`; row 0 is a prompt token and
     never scored)."""
     import torch
 
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays float64 (tests)
     if shifted:
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
     return torch.log_softmax(logits, dim=-1)
