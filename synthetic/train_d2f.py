@@ -34,9 +34,10 @@ Two stages, as the released D2F artefacts are made (MODEL-FAMILIES.md §4.1, §8
    key names `base_model.model.<module>.lora_{A,B}.weight`).
 
 The output folder holds `base/`, `lora/`, `training_args.json` (both stages' records, the exact command)
-and `README.md` (the model card, `write_model_card`). Determinism, the wall-clock cap, the LR schedule
-(`training_progress`, `lr_factor`), the task order and the data fingerprint are train_tiny.py's,
-passed in as its module; `--max_minutes` covers both stages together.
+and `README.md` (the model card, `write_model_card`; `python -m synthetic.train_d2f OUT_DIR` rewrites it
+from the record). Determinism, the wall-clock cap, the LR schedule (`training_progress`, `lr_factor`),
+the task order and the data fingerprint are train_tiny.py's, passed in as its module; `--max_minutes`
+covers both stages together.
 
 Choices for speed on two CPU cores: rows are not packed (every row of a batch has the same length, the
 longest prompt + answer, so D2F and base rows need no batch padding at all), and the forward runs under
@@ -67,11 +68,11 @@ MODEL_TYPES = {"d2f_llada": "llada", "d2f_dream": "Dream"}
 MASK_RATIO_EPS = 1e-3
 """Smallest base-stage mask ratio (LLaDA's eps): t ~ U[eps, 1] keeps the 1/t weight finite."""
 
-LORA_STEP_COST = 1.5
-"""A LoRA step's wall time over a base step's (teacher forward, doubled AR rows), measured on the smoke
-runs (module docstring of scripts/train_tiny.py's D2F defaults, `family_defaults`); it splits
-`--max_minutes` between the stages: the base stage may use steps / (steps + LORA_STEP_COST * lora_steps)
-of it, the adapter stage whatever is left."""
+LORA_STEP_COST = 1.6
+"""A LoRA step's cost over a base step's (teacher forward, LLaDA's doubled AR rows): measured 0.63 / 0.37
+CPU s per step for D2F-LLaDA and 0.49 / 0.39 for D2F-Dream (`family_defaults`). It splits `--max_minutes`
+between the stages: the base stage may use steps / (steps + LORA_STEP_COST * lora_steps) of it, the
+adapter stage whatever the base stage left."""
 
 # Flags of scripts/train_tiny.py that configure the SDAR / Fast-dLLM v2 recipes only; a D2F run refuses a
 # non-default value rather than ignoring it.
@@ -103,13 +104,17 @@ def family_defaults(family: str) -> dict[str, Any]:
     """Defaults of the shared train_tiny.py flags for a D2F family (argparse `set_defaults`; explicit flags
     win). `--steps`, `--warmup_steps` and `--lr` are the BASE stage's.
 
-    Step counts: smoke runs of this recipe at the default sizes (1 torch thread, the 2-core machine shared
-    with another training) measured about 0.30 s per base step and 0.45 s per LoRA step; 2,400 base +
-    1,400 LoRA steps are then 12 + 10.5 = 22.5 minutes, which leaves room under the 30-minute cap for a
-    slower machine (train_tiny.py's SDAR recipe measured 0.42-0.53 s per step on one machine)."""
+    Step counts, from smoke runs at the default sizes and batch (60 base + 40 LoRA steps, 1 torch thread,
+    the 2-core machine shared with other work at load 3.4-3.9): CPU seconds per step were 0.37 (base) and
+    0.63 (LoRA) for D2F-LLaDA, 0.39 and 0.49 for D2F-Dream; wall seconds per step were 0.50 / 0.76 and
+    0.56 / 0.72 under that load. On a machine with nothing else running the wall time per step is about
+    the CPU time, so 1,800 base + 1,300 LoRA steps take 1,800 x 0.37 + 1,300 x 0.63 = 1,485 s = 24.8 min
+    (D2F-LLaDA) and 702 + 637 = 1,339 s = 22.3 min (D2F-Dream), leaving about 5 minutes under the 30-minute
+    cap for a slower machine. Under the load above they would take 31.5 and 32.4 min: then the cap binds
+    and the last steps follow the wall clock (`time_bound_steps` > 0 in the record, not deterministic)."""
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; D2F families: {', '.join(FAMILIES)}")
-    return {"steps": 2400, "warmup_steps": 80, "lr": 3e-3,
+    return {"steps": 1800, "warmup_steps": 80, "lr": 3e-3,
             "output_dir": REGISTRY[family].tiny_model_dir.parent}
 
 
@@ -117,7 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The D2F stage-2 (adapter) flags, as one argument group of train_tiny.py's parser."""
     group = parser.add_argument_group("D2F (--family d2f_llada / d2f_dream): stage 2, the LoRA adapter; "
                                       "--steps, --lr, --warmup_steps are stage 1's (the base)")
-    group.add_argument("--lora_steps", type=int, default=1400, help="optimiser steps of the adapter stage")
+    group.add_argument("--lora_steps", type=int, default=1300, help="optimiser steps of the adapter stage")
     group.add_argument("--lora_warmup_steps", type=int, default=50)
     group.add_argument("--lora_lr", type=float, default=2e-3, help="peak AdamW learning rate of the adapter")
     group.add_argument("--lora_rank", type=int, default=16, help="LoRA r (the released adapters: 32)")
@@ -584,50 +589,63 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
 
     def stage_line(name: str, stage: dict[str, Any]) -> str:
         early = "; **stopped by --max_minutes**" if stage["stopped_early_by_max_minutes"] else ""
-        return (f"- {name}: {stage['steps_done']:,} steps in {stage['wall_time_s']:.0f} s "
-                f"({stage['seconds_per_step']:.3f} s/step), {stage['time_bound_steps']} steps on the wall-clock "
-                f"schedule{early}; final loss {stage['final_loss']} nats")
+        return (f"- {name}: {stage['steps_done']:,} steps in {stage['wall_time_s']:.0f} s ({stage['seconds_per_step']:.3f} "
+                f"s/step, {stage['cpu_seconds_per_step']:.3f} CPU s/step), {stage['time_bound_steps']} steps on the "
+                f"wall-clock schedule{early}; final loss {stage['final_loss']} nats")
 
-    text = f"""# {title} — the repository's tiny {REGISTRY[family].title} pair (base + D2F LoRA adapter)
-
-A bidirectional masked-diffusion base and a D2F LoRA adapter, trained by this repository on its synthetic
-reasoning suite (`synthetic/`) in the released artefacts' format: `base/` is a model folder, `lora/` a PEFT
-adapter folder (`adapter_config.json` + `adapter_model.safetensors`). Load both with
-`D2F.lora.load_d2f(base_dir, lora_dir, ...)`; decode with `python D2F/example_d2f.py --family
-{family.removeprefix('d2f_')}`. It is not a mock.
-
-- **Architecture**: {ARCHITECTURES[family]}. {args['num_layers']} layers, hidden {args['hidden_size']},
-  {heads} query / {kv_heads} KV heads, feed-forward {args['intermediate_size']}, RoPE θ = {args['rope_theta']:g},
-  {config['vocab_size']}-token character vocabulary (mask `<|MASK|>` = {config['mask_token_id']}, stop `<|im_end|>`,
-  pad `<|endoftext|>`). {record['parameters']:,} base parameters; the adapter (rank {args['lora_rank']}, alpha
-  {args['lora_alpha'] or args['lora_rank']}, targets {', '.join(record['lora_target_modules'])}) adds
-  {record['lora_parameters']:,}. Both folders: {size_mb:.1f} MB.
-- **Stage 1, the base**: the masked-diffusion objective, bidirectional, t ~ U[0.001, 1] per row, the
-  prompt never masked, trailing padding trained as answer tokens, loss weighted by 1/t
-  (`synthetic/train_d2f.py`).
-- **Stage 2, the D2F adapter**: block sizes drawn per row from {args['lora_block_sizes']}. Block sizes
-  above 1: prompt-relative blocks, block-causal student, per-block monotonic noise (ratios ≥
-  {args['min_mask_ratio']}), KL to the adapter-disabled full-attention base plus {args['data_weight']} × the
-  true-token cross entropy, weighted by 1/ratio. Block size 1: the AR mode's exact forward, true-token
-  cross entropy.
-- **Training command** (seed {record['seed']}, {record['threads']} torch thread(s), bf16 autocast
-  {'on' if args['bf16'] else 'off'}):
-  ```bash
-  {record['command']}
-  ```
-{stage_line('base', base)}
-{stage_line('adapter', lora)}
-- Wall time {record['wall_time_s'] / 60:.1f} min in all (load average at the end:
-  {', '.join(f'{x:.2f}' for x in record['load_average_at_end'])}). `training_args.json` holds the full
-  record, the loss logs and the hashes of `synthetic/tasks.py` and of the test split it was trained
-  against.
-
-## Measured on the shipped test split (400 items, 100 per task)
-
-Not measured yet. AR mode (`configs/decoding/d2f_ar.yaml`: block size 1) greedy and at T = 1, the `d2f`
-decoder over its thresholds, and S2D2, from the sweep records, go here; the bars are AR mode ≥ 95% per
-task and S2D2 ≥ 2× AR-mode tokens per forward within 2 points of AR accuracy.
-"""
+    threads = record["threads"]
+    results = f"results/{family}/"
+    text = "\n".join([
+        f"# {title} — the repository's tiny {REGISTRY[family].title} pair (base + D2F LoRA adapter)",
+        "",
+        "A bidirectional masked-diffusion base and a D2F LoRA adapter, trained by this repository on its synthetic "
+        "reasoning suite (`synthetic/`) in the released artefacts' format: `base/` is a model folder, `lora/` a PEFT "
+        "adapter folder (`adapter_config.json` + `adapter_model.safetensors`). Load both with "
+        f"`D2F.lora.load_d2f(base_dir, lora_dir, ...)`; decode with `python D2F/example_d2f.py --family "
+        f"{family.removeprefix('d2f_')}`. It is not a mock.",
+        "",
+        f"- **Architecture**: {ARCHITECTURES[family]}. {args['num_layers']} layers, hidden {args['hidden_size']}, "
+        f"{heads} query / {kv_heads} KV heads, feed-forward {args['intermediate_size']}, RoPE θ = {args['rope_theta']:g}, "
+        f"{config['vocab_size']}-token character vocabulary (mask `<|MASK|>` = {config['mask_token_id']}, stop "
+        f"`<|im_end|>`, pad `<|endoftext|>`). {record['parameters']:,} base parameters; the adapter (rank "
+        f"{args['lora_rank']}, alpha {args['lora_alpha'] or args['lora_rank']}, dropout {args['lora_dropout']}, targets "
+        f"{', '.join(f'`{m}`' for m in record['lora_target_modules'])}) adds {record['lora_parameters']:,}. Both "
+        f"folders: {size_mb:.1f} MB.",
+        f"- **Stage 1, the base** ({args['steps']:,} steps, batch {args['batch_size']}, peak LR {args['lr']:g}): the "
+        f"masked-diffusion objective with bidirectional attention, t ~ U[{MASK_RATIO_EPS:g}, 1] per row, the prompt "
+        "never masked, trailing padding trained as answer tokens, the loss weighted by 1/t "
+        "(`synthetic/train_d2f.py`).",
+        f"- **Stage 2, the D2F adapter** ({args['lora_steps']:,} steps, peak LR {args['lora_lr']:g}, the base frozen): "
+        f"block sizes drawn per row from {args['lora_block_sizes']}. Above 1: prompt-relative blocks, a block-causal "
+        f"student, per-block monotonic noise (ratios ≥ {args['min_mask_ratio']:g}), KL to the adapter-disabled "
+        f"full-attention base plus {args['data_weight']:g} × the true-token cross entropy, weighted by 1/ratio. Block "
+        "size 1: the AR mode's exact forward, true-token cross entropy.",
+        f"- **Training command** (seed {record['seed']}, {threads} torch thread{'s' if threads > 1 else ''}, bf16 "
+        f"autocast {'on' if args['bf16'] else 'off'}, `--max_minutes {args['max_minutes']:g}` for both stages):",
+        "  ```bash",
+        f"  {record['command']}",
+        "  ```",
+        stage_line("base", base),
+        stage_line("adapter", lora),
+        f"- Wall time {record['wall_time_s'] / 60:.1f} min in all (load average at the end: "
+        f"{', '.join(f'{x:.2f}' for x in record['load_average_at_end'])}). `training_args.json` holds the full "
+        "record, the loss logs and the hashes of `synthetic/tasks.py` and of the test split it was trained against.",
+        "",
+        "## Measured on the shipped test split (400 items, 100 per task)",
+        "",
+        "Not measured yet. To be filled in from the sweep records under " + f"`{results}`: AR mode "
+        "(`configs/decoding/d2f_ar.yaml`, block size 1) greedy and at T = 1, the `d2f` decoder over its "
+        "thresholds, and S2D2. The bars: AR mode ≥ 95% per task; S2D2 ≥ 2× AR mode's tokens per forward within "
+        "2 points of its accuracy.",
+        "",
+    ])
     path = Path(out_dir) / "README.md"
     path.write_text(text)
     return path
+
+
+if __name__ == "__main__":
+    # python -m synthetic.train_d2f OUT_DIR: rewrite OUT_DIR/README.md from OUT_DIR/training_args.json.
+    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "training_args.json").is_file():
+        sys.exit("usage: python -m synthetic.train_d2f OUT_DIR (a folder written by train_tiny.py --family d2f_*)")
+    print(write_model_card(sys.argv[1], json.loads((Path(sys.argv[1]) / "training_args.json").read_text())))
