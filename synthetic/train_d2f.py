@@ -120,8 +120,11 @@ def family_defaults(family: str) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The D2F stage-2 (adapter) flags, as one argument group of train_tiny.py's parser."""
-    group = parser.add_argument_group("D2F (--family d2f_llada / d2f_dream): stage 2, the LoRA adapter; "
-                                      "--steps, --lr, --warmup_steps are stage 1's (the base)")
+    base = family_defaults(FAMILIES[0])
+    group = parser.add_argument_group(
+        "D2F (--family d2f_llada / d2f_dream): stage 2, the LoRA adapter; --steps, --lr, --warmup_steps are stage "
+        f"1's (the base), with the D2F defaults {base['steps']} / {base['lr']:g} / {base['warmup_steps']}, and "
+        "--output_dir defaults to the folder holding the registry's base/ and lora/")
     group.add_argument("--lora_steps", type=int, default=1300, help="optimiser steps of the adapter stage")
     group.add_argument("--lora_warmup_steps", type=int, default=50)
     group.add_argument("--lora_lr", type=float, default=2e-3, help="peak AdamW learning rate of the adapter")

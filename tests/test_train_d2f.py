@@ -307,3 +307,18 @@ def test_distillation_target_is_the_adapter_disabled_full_attention_base(family)
         ids.shape[1] - prompt_len)
     assert not torch.allclose(log_a, log_s)
     torch.testing.assert_close(parts["kl"], expected, rtol=1e-9, atol=1e-12)
+
+
+def test_wall_clock_cap_stops_both_stages_and_still_saves(tmp_path):
+    """--max_minutes covers both stages: a cap far below one step's time ends each stage after at most
+    one step, and the pair is still written and loads."""
+    from D2F.lora import load_d2f
+
+    out = tmp_path / "capped"
+    flags = [*TINY_FLAGS, "--family", "d2f_dream", "--steps", "50", "--lora_steps", "50", "--max_minutes", "0.00001"]
+    assert _train_tiny().main([*flags, "--output_dir", str(out)]) == 0
+    record = json.loads((out / "training_args.json").read_text())
+    for stage in ("base", "lora"):
+        assert record[stage]["stopped_early_by_max_minutes"] and record[stage]["steps_done"] <= 1
+    assert "stopped by --max_minutes" in (out / "README.md").read_text()
+    load_d2f(out / "base", out / "lora", merge=True, dtype=torch.float32, device="cpu")
