@@ -27,6 +27,11 @@ FAMILY_LINEAR_MODULES: dict[str, frozenset[str]] = {
     "llada": frozenset({"q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"}),
     "Dream": frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"}),
 }
+# The released D2F adapters' target modules (D2F-train/utils/model.py), keyed by model_type.
+RELEASED_TARGET_MODULES: dict[str, tuple[str, ...]] = {
+    "llada": ("q_proj", "k_proj", "v_proj", "attn_out"),
+    "Dream": ("q_proj", "k_proj", "v_proj", "o_proj"),
+}
 _BASE_WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -133,4 +138,4 @@ def load_d2f(
     return model.eval()
 
 
-__all__ = ["FAMILY_LINEAR_MODULES", "check_base_dir", "check_lora_dir", "load_d2f"]
+__all__ = ["FAMILY_LINEAR_MODULES", "RELEASED_TARGET_MODULES", "check_base_dir", "check_lora_dir", "load_d2f"]

@@ -42,9 +42,9 @@ def build_random_tiny_model(out_dir: str | Path, hidden_size: int = 32, num_laye
     return save_checkpoint(tiny_model(family, build_tokenizer(), **sizes), out_dir)
 
 
-D2F_LORA_TARGETS = {"d2f_llada": ["q_proj", "k_proj", "v_proj", "attn_out"],
-                    "d2f_dream": ["q_proj", "k_proj", "v_proj", "o_proj"]}
-"""The released D2F adapters' target modules."""
+D2F_MODEL_TYPES = {"d2f_llada": "llada", "d2f_dream": "Dream"}
+"""The D2F families and their base model_type (whose released adapter targets are
+`D2F.lora.RELEASED_TARGET_MODULES`)."""
 
 
 def build_random_d2f_model(out_dir: str | Path, family: str = "d2f_llada", hidden_size: int = 32, num_layers: int = 1,
@@ -57,13 +57,14 @@ def build_random_d2f_model(out_dir: str | Path, family: str = "d2f_llada", hidde
 
     from D2F.configuration_dream import DreamConfig
     from D2F.configuration_llada import LLaDAConfig
+    from D2F.lora import RELEASED_TARGET_MODULES
     from D2F.modeling_dream import DreamModel
     from D2F.modeling_llada import LLaDAModelLM
     from synthetic.checkpoint import save_checkpoint
     from synthetic.tokenizer import MODEL_MAX_LENGTH, build_tokenizer
 
-    if family not in D2F_LORA_TARGETS:
-        raise ValueError(f"family={family!r}; valid: {', '.join(D2F_LORA_TARGETS)}")
+    if family not in D2F_MODEL_TYPES:
+        raise ValueError(f"family={family!r}; valid: {', '.join(D2F_MODEL_TYPES)}")
     tokenizer = build_tokenizer()
     ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                mask_token_id=tokenizer.mask_token_id)
@@ -82,8 +83,8 @@ def build_random_d2f_model(out_dir: str | Path, family: str = "d2f_llada", hidde
     out = Path(out_dir)
     base_dir, lora_dir = out / "base", out / "lora"
     save_checkpoint(model, base_dir)
-    lora = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
-                                            target_modules=D2F_LORA_TARGETS[family]))
+    targets = list(RELEASED_TARGET_MODULES[D2F_MODEL_TYPES[family]])
+    lora = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=targets))
     with torch.no_grad():
         for name, param in lora.named_parameters():
             if "lora_B" in name:
@@ -98,7 +99,7 @@ if __name__ == "__main__":
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--family", choices=FAMILIES, default="sdar")
     args = parser.parse_args()
-    if args.family in D2F_LORA_TARGETS:
+    if args.family in D2F_MODEL_TYPES:
         print(*build_random_d2f_model(args.out_dir, family=args.family))
     else:
         print(build_random_tiny_model(args.out_dir, family=args.family))

@@ -43,6 +43,7 @@ scored logit (the tests compare them with the full doubled sequence); autocast c
 
     python scripts/train_tiny.py                          # an SDAR model in models/sdar-tiny
     python scripts/train_tiny.py --family fast_dllm_v2    # a Fast-dLLM v2 model in models/fast-dllm-v2-tiny
+    python scripts/train_tiny.py --family d2f_llada       # base/ + lora/ in models/d2f-llada-tiny (synthetic/train_d2f.py)
     python scripts/train_tiny.py --steps 20 --output_dir /tmp/x --hidden_size 32 --num_layers 1
 """
 
@@ -63,6 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from families import FAMILIES as REGISTRY
+from synthetic import train_d2f
 from synthetic.checkpoint import FAMILIES
 from synthetic.tasks import TASKS
 
@@ -153,6 +155,7 @@ def build_parser() -> OneLineParser:
     run.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
                      help="pack short examples side by side in one line (no cross-attention between them)")
     run.add_argument("--log_every", type=int, default=50, help="steps between log lines")
+    train_d2f.add_arguments(parser)
     return parser
 
 
@@ -208,6 +211,7 @@ def validate(args: argparse.Namespace) -> None:
     if args.family == "fast_dllm_v2" and args.answers_per_prompt != 1:
         fail("--answers_per_prompt only applies to --family sdar (fast_dllm_v2 rows already hold two "
              "complementary masked copies under one clean copy)")
+    train_d2f.validate(args, build_parser(), fail)
     if args.output_dir is None:
         args.output_dir = DEFAULT_OUTPUT_DIRS[args.family]
     check_writable(args.output_dir)
@@ -700,11 +704,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.family in train_d2f.FAMILIES:  # two stages (base, LoRA adapter): synthetic/train_d2f.py
+        parser.set_defaults(**train_d2f.family_defaults(args.family))
+        args = parser.parse_args(argv)
     # The exact command, also when called in-process with an explicit argv (tests, notebooks).
     args.command = shlex.join(["python", "scripts/train_tiny.py", *(sys.argv[1:] if argv is None else argv)])
     validate(args)
-    record = train(args)
+    record = train_d2f.train(args, sys.modules[__name__]) if args.family in train_d2f.FAMILIES else train(args)
     print(json.dumps({k: v for k, v in record.items() if k != "log"}))
     return 0
 

@@ -19,7 +19,8 @@ FAMILIES = tuple(REGISTRY)
 def tiny_model(family: str, tokenizer: Any, **config_kwargs: Any) -> Any:
     """A freshly initialised model of `family` (seed torch first): the registry's causal-LM class with
     its configuration (Fast-dLLM v2: pass its `bd_size`). The special-token ids, vocabulary and context
-    length come from the synthetic tokenizer, never literals; `config_kwargs` give the sizes."""
+    length come from the synthetic tokenizer, never literals; `config_kwargs` give the sizes under the
+    family's own config keys (D2F-LLaDA: `d_model`, `n_heads`, ...; no `head_dim` for either D2F base)."""
     from synthetic.tokenizer import MODEL_MAX_LENGTH
 
     if family not in REGISTRY:
@@ -29,6 +30,18 @@ def tiny_model(family: str, tokenizer: Any, **config_kwargs: Any) -> Any:
         use_cache=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None, mask_token_id=tokenizer.mask_token_id,
     )
+    if family == "d2f_llada":
+        # LLaDA's config keys are OLMo-style: the embedding and output-head rows are `embedding_size`
+        # (whose default is the 8B's 126464 rows, not the vocabulary), the context is
+        # `max_sequence_length` and tying is `weight_tying`. Sizes come as LLaDA keys (d_model, n_heads,
+        # n_kv_heads, n_layers, mlp_hidden_size); the head dimension is d_model / n_heads.
+        shared["embedding_size"] = shared["vocab_size"]
+        shared["max_sequence_length"] = shared.pop("max_position_embeddings")
+        shared["weight_tying"] = shared.pop("tie_word_embeddings")
+    if family == "d2f_dream":
+        # Dream has no sliding window; max_window_layers (default: the 7B's 28) only names how many
+        # layers would skip one, so it follows the layer count. The head dimension is hidden / heads.
+        shared["max_window_layers"] = config_kwargs.get("num_hidden_layers", 28)
     config_class, model_class = load(REGISTRY[family].config_class), load(REGISTRY[family].model_class)
     return model_class(config_class(**shared, **config_kwargs, architectures=[model_class.__name__]))
 
