@@ -65,6 +65,8 @@ def build_parser(family: str = "sdar") -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--family", choices=sorted(FAMILIES), default="sdar", help="model family (decoders and flags)")
     run.add_argument("--model_dir", type=Path, default=spec.tiny_model_dir)
+    if spec.adapter_loader is not None:  # a base + LoRA family (D2F): the adapter goes on the base
+        run.add_argument("--lora_dir", type=Path, default=spec.tiny_adapter_dir, help="LoRA adapter folder")
     run.add_argument("--mode", choices=MODES, default="ar",
                      help="ar: block length 1; baseline: the family's block-diffusion decoder; s2d2: S2D2")
     run.add_argument("--split", type=Path, default=TEST_SPLIT_PATH, help="JSONL items (default: the shipped test split)")
@@ -170,8 +172,13 @@ def evaluate(args: argparse.Namespace, cfg: Any, generate: Callable) -> dict[str
     generator = torch.Generator().manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, local_files_only=True,
-                                                 torch_dtype=torch.float32).eval()
+    spec = FAMILIES[args.family]
+    if spec.adapter_loader is not None:
+        model = families.load(spec.adapter_loader)(args.model_dir, args.lora_dir, merge=True, dtype=torch.float32,
+                                                   device="cpu")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir, local_files_only=True,
+                                                     torch_dtype=torch.float32).eval()
     cfg = cfg.resolved(model)
     kwargs = {**dataclasses.asdict(cfg), "return_forward_stats": True}
     grouped = load_items(args.split, [t for t in args.tasks.split(",") if t], args.limit)

@@ -322,3 +322,35 @@ def test_wall_clock_cap_stops_both_stages_and_still_saves(tmp_path):
         assert record[stage]["stopped_early_by_max_minutes"] and record[stage]["steps_done"] <= 1
     assert "stopped by --max_minutes" in (out / "README.md").read_text()
     load_d2f(out / "base", out / "lora", merge=True, dtype=torch.float32, device="cpu")
+
+
+def test_eval_tiny_decodes_a_d2f_pair_with_its_adapter(tmp_path):
+    """eval_tiny puts the LoRA adapter on the base for a D2F family (AR mode with and without the adapter
+    differ on a random pair, so the adapter really is applied)."""
+    import importlib.util
+
+    from s2d2_eval.testing import build_random_d2f_model
+
+    base, lora = build_random_d2f_model(tmp_path / "pair", family="d2f_llada")
+    spec = importlib.util.spec_from_file_location("_eval_tiny_d2f", REPO_ROOT / "scripts" / "eval_tiny.py")
+    eval_tiny = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = eval_tiny
+    spec.loader.exec_module(eval_tiny)
+    outputs = {}
+    for name, adapter in (("with", lora), ("without", tmp_path / "empty")):
+        if name == "without":  # an adapter with B = 0: exactly the base model
+            import shutil
+
+            import torch
+            from safetensors.torch import load_file, save_file
+
+            shutil.copytree(lora, adapter)
+            weights = load_file(adapter / "adapter_model.safetensors")
+            save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()},
+                      str(adapter / "adapter_model.safetensors"))
+        path = tmp_path / f"{name}.jsonl"
+        assert eval_tiny.main(["--family", "d2f_llada", "--model_dir", str(base), "--lora_dir", str(adapter),
+                               "--mode", "ar", "--limit", "1", "--tasks", "add,letters", "--threads", "1",
+                               "--predictions", str(path)]) == 0
+        outputs[name] = [json.loads(line)["completion"] for line in path.read_text().splitlines()]
+    assert outputs["with"] != outputs["without"]
