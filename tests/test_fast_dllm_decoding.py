@@ -124,9 +124,10 @@ def test_greedy_exact_always_verify_equals_ar_greedy(model, prompt_len, shape, e
 def test_forward_accounting(model):
     """P = 8 = one block: prefill (with the first generated token for free), then per block drafts and one
     commit, none after the last block; the budget is met exactly."""
-    out, stats = _run(generate, model, _prompt(8), max_new_tokens=20, threshold=2.0, stopping_criteria_idx=(), **SHAPE)
+    out, stats = _run(generate, model, _prompt(8), max_new_tokens=20, threshold=1.0, stopping_criteria_idx=(), **SHAPE)
     assert out.shape == (1, 28) and stats["generated_tokens"] == 20 and (out[0, 8:] != MASK_ID).all()
-    # 3 blocks cover columns 8..31, each opened by its AR token; threshold 2 commits one token per draft.
+    # 3 blocks cover columns 8..31, each opened by its AR token; threshold 1 commits one token per draft
+    # (no confidence exceeds 1).
     # The budget ends at column 28, so the last block decodes 25..27 only: columns 28..31 are never output.
     assert stats["nfe_by_kind"] == {"prefill": 1, "draft": 7 + 7 + 3, "verify": 0, "commit": 2}
 
