@@ -115,6 +115,12 @@ def check_token_ids(config: dict[str, Any] | None, mask_id: int | None, stop_ids
         raise fail(f"{stop_flag} {' '.join(map(str, bad))} outside the vocabulary (vocab_size {vocab})")
 
 
+def loaded_config(model: Any, config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The loaded model's config where config.json could not be read before loading (a hub id), else None:
+    the checks that need it run then, after the weights."""
+    return model.config.to_dict() if config is None else None
+
+
 def resolve_device(name: str) -> str:
     """`auto` -> cuda when available, else cpu; a CUDA device without CUDA exits (imports torch)."""
     import torch
@@ -174,13 +180,25 @@ def encode_prompt(tokenizer: Any, prompt: str, chat: bool, prompt_length: int | 
     return kept, len(ids)
 
 
-def check_context(config: dict[str, Any] | None, prompt_tokens: int, budget: int, budget_flag: str) -> None:
+def fit_context(config: dict[str, Any] | None, prompt_tokens: int, args: argparse.Namespace,
+                specs: list[dict[str, Any]], budget_field: str) -> None:
     """The prompt plus the generation budget must fit the model's positions (config.json's
-    max_position_embeddings or max_sequence_length): past them the model decodes garbage silently."""
+    max_position_embeddings or max_sequence_length): past them the model decodes garbage silently. A
+    budget left at its default is lowered to fit (a note on stderr), as the lm-eval adapter does; one
+    given on the command line that does not fit exits with one line."""
     limit = next((config[key] for key in CONTEXT_KEYS if (config or {}).get(key)), None)
-    if limit is not None and prompt_tokens + budget > limit:
-        raise fail(f"the prompt ({prompt_tokens} tokens) plus {budget_flag} {budget} is {prompt_tokens + budget} "
-                   f"tokens, past the model's {limit} positions; shorten with --prompt_length or lower {budget_flag}")
+    field = "max_gen_toks" if args.max_gen_toks is not None else budget_field
+    budget = getattr(args, field)
+    if limit is None or prompt_tokens + budget <= limit:
+        return
+    default = next(spec["default"] for spec in specs if spec["name"] == field)
+    if budget == default and prompt_tokens < limit:
+        setattr(args, field, limit - prompt_tokens)
+        print(f"note: --{field} lowered from its default {budget} to {limit - prompt_tokens} so that the prompt "
+              f"({prompt_tokens} tokens) and the generation fit the model's {limit} positions", file=sys.stderr)
+        return
+    raise fail(f"the prompt ({prompt_tokens} tokens) plus --{field} {budget} is {prompt_tokens + budget} tokens, "
+               f"past the model's {limit} positions; shorten with --prompt_length or lower --{field}")
 
 
 @contextlib.contextmanager
@@ -240,6 +258,6 @@ def decode_and_print(decode: Any, cfg: Any, model: Any, tokenizer: Any, problem:
     completion = tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
     truncated = None
     if len(ids) < prompt_tokens:
-        truncated = f"(last {len(ids)} of {prompt_tokens} tokens) {tokenizer.decode(ids)}"
+        truncated = f"(last {len(ids)} of {prompt_tokens} tokens) {tokenizer.decode(ids)!r}"
     print_result(problem, completion, stats[0], decoding_order, truncated)
     return stats

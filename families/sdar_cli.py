@@ -51,16 +51,19 @@ def main(decoder: str, description: str | None = None, aliases: dict[str, list[s
     args = build_parser(decoder, description, aliases, negations).parse_args(argv)
     cli.check_flags(args, cli_schema.fields(decoder))
     problem = cli.read_prompt(args)
+    args.device = cli.resolve_device(args.device)  # the first torch import
+    decode, _ = cli.build_config(decoder, args)
     families.require_model(args.model_dir, "sdar", "--model_dir")
     config = cli.model_config(args.model_dir)
     cli.check_token_ids(config, args.mask_id, args.stopping_criteria_idx)
-    args.device = cli.resolve_device(args.device)  # the first torch import
-    decode, cfg = cli.build_config(decoder, args)
     tokenizer = cli.load_tokenizer(args.model_dir)
     ids, prompt_tokens = cli.encode_prompt(tokenizer, problem["prompt"], not args.no_chat, args.prompt_length,
                                            enable_thinking=False)
-    cli.check_context(config, len(ids), cfg.budget, "--max_gen_toks" if args.max_gen_toks else "--gen_length")
+    cli.fit_context(config, len(ids), args, cli_schema.fields(decoder), "gen_length")
     model, tokenizer = load_model_and_tokenizer(args.model_dir, args.device, args.dtype)
+    if (late := cli.loaded_config(model, config)) is not None:  # a hub id: its config is known only now
+        cli.check_token_ids(late, args.mask_id, args.stopping_criteria_idx)
+        cli.fit_context(late, len(ids), args, cli_schema.fields(decoder), "gen_length")
     args.mask_id = families.require_mask_id(model, tokenizer, "sdar", args.mask_id)
     _, cfg = cli.build_config(decoder, args)
     return cli.decode_and_print(decode, cfg, model, tokenizer, problem, ids, prompt_tokens, args.device, args.seed,

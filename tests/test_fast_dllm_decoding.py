@@ -230,10 +230,12 @@ def test_functions_advertise_their_config():
     assert "small_block_size" in inspect.signature(generate_ssd_policy).parameters
 
 
-def test_cli_validates_before_loading_and_names_the_model_flag(tmp_path, capsys):
+def test_cli_validates_before_loading_and_names_the_model_flag(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(example_v2, "load_model_and_tokenizer", lambda *a: pytest.fail("model loaded"))
     with pytest.raises(SystemExit, match="hysteresis"):
-        example_v2.main(["--do_verify_policy", "score_hysteresis", "--hysteresis_threshold_on", "-2",
-                         "--model", str(tmp_path / "never_loaded")])
+        example_v2.main(["--do_verify_policy", "score_hysteresis", "--hysteresis_threshold_on", "-2"])
+    with pytest.raises(SystemExit, match="^error: --model no such model directory"):
+        example_v2.main(["--model", str(tmp_path / "never_loaded")])
     if not example_v2.DEFAULT_MODEL.exists():
         with pytest.raises(SystemExit, match="--model"):
             example_v2.main(["--generate_fn", "fast"])
