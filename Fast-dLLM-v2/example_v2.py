@@ -21,7 +21,8 @@ from common.cli import OneLineErrorParser, add_field_arguments
 from families import cli, cli_schema
 
 DEFAULT_MODEL = families.FAMILIES["fast_dllm_v2"].tiny_model_dir
-DECODERS = {"fast": "fast_dllm_v2.generate:generate", "ssd_policy": "fast_dllm_v2.generate_ssd_policy:generate_ssd_policy"}
+DECODERS = {"fast": "fast_dllm_v2.generate:generate",
+            "ssd_policy": "fast_dllm_v2.generate_ssd_policy:generate_ssd_policy"}
 FLAGS = DECODERS["ssd_policy"]  # its config holds every flag of both decoders
 DEFAULT_BLOCK_SIZE = 32  # the released models' bd_size, for a model whose config.json is not readable yet
 

@@ -71,7 +71,11 @@ def add_field_arguments(parser: argparse.ArgumentParser, specs: list[dict[str, A
         kind = FIELD_TYPES[spec["type"]]
         default = tuple(spec["default"]) if isinstance(spec["default"], list) else spec["default"]
         names = [f"--{spec['name']}", *aliases.get(spec["name"], [])]
-        limits = "; in [{}, {}]".format(*("inf" if b is None else f"{b:g}" for b in spec["bounds"])) if "bounds" in spec else ""
+        limits = ""
+        if "bounds" in spec:
+            low, high = ("-inf" if spec["bounds"][0] is None else f"{spec['bounds'][0]:g}",
+                         "inf" if spec["bounds"][1] is None else f"{spec['bounds'][1]:g}")
+            limits = f"; in [{low}, {high}]"
         help_text = f"{spec['help']} (default: {default}{limits})".lstrip()
         if kind is bool:
             group.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, help=help_text)

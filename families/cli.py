@@ -31,7 +31,8 @@ PROMPT_HELP = (
     "user prompt (default: a sample problem of the synthetic suite). The shipped tiny models know only "
     "the synthetic suite's prompt formats and print nonsense for anything else; one per task: "
     "'add 41+79' (column addition), 'chain 15 -3 +2' (left-to-right arithmetic), "
-    "'sum3 15 in 4..9' (three digits in a range with a given sum), 'inc 4 n..t' (letters counting up)"
+    "'sum3 15 in 4..9' (three digits in 4..9 summing to 15), 'inc 4 n..t' (four increasing letters from n, "
+    "none after t)"
 )
 
 
