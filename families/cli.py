@@ -214,7 +214,11 @@ def decoding_progress(model: Any, enabled: bool | None = None) -> Iterator[None]
     from tqdm import tqdm
 
     bar = tqdm(desc="decoding", unit=" forwards", file=sys.stderr, leave=False)
-    handle = model.register_forward_hook(lambda *_: bar.update(1))
+
+    def count(*_: Any) -> None:  # a forward hook that returned a value would replace the forward's output
+        bar.update(1)
+
+    handle = model.register_forward_hook(count)
     try:
         yield
     finally:

@@ -179,6 +179,7 @@ def test_progress_counts_every_forward(monkeypatch):
 
         def update(self, k):
             self.n += k
+            return True  # as tqdm's does: the hook must not hand it on as the forward's output
 
         def close(self):
             self.closed = True
@@ -193,3 +194,19 @@ def test_progress_counts_every_forward(monkeypatch):
     with cli.decoding_progress(model, enabled=False):
         decode(model, ids, gen_length=8)
     assert len(bars) == 1 and bars[0].closed and bars[0].n == stats[0]["nfe"] > 1
+
+
+@pytest.mark.skipif(not (REPO / "models" / "fast-dllm-v2-tiny" / "config.json").is_file(),
+                    reason="models/fast-dllm-v2-tiny absent")
+@pytest.mark.parametrize("argv,message", [
+    (["--mask_id", "65"], "error: --mask_id 65 is outside the vocabulary (vocab_size 65)"),
+    (["--prompt", ""], "error: --prompt: the prompt is empty"),
+    (["--max_new_tokens", "300"], "error: the prompt (28 tokens) plus --max_new_tokens 300 is 328 tokens"),
+])
+def test_fast_dllm_cli_refuses_bad_input_before_the_weights_load(monkeypatch, argv, message):
+    from fast_dllm_v2 import example_v2
+
+    monkeypatch.setattr(example_v2, "load_model_and_tokenizer", lambda *a: pytest.fail("weights loaded"))
+    with pytest.raises(SystemExit) as exc:
+        example_v2.main(argv)
+    assert str(exc.value.code).startswith(message) and "\n" not in str(exc.value.code)
