@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     decoder = DECODERS[args.generate_fn]
     cli.check_flags(args, cli_schema.fields(FLAGS))
     problem = cli.read_prompt(args)
-    args.device = cli.resolve_device(args.device)  # the first torch import
-    decode, _ = cli.build_config(decoder, args)
     base, lora, family = model_folders(args)
     config = cli.model_config(base)
     cli.check_token_ids(config, args.mask_id, args.stopping_criteria_idx)
+    decode, _ = cli.build_config(decoder, args)  # the config's own checks
+    args.device = cli.resolve_device(args.device)
     tokenizer = cli.load_tokenizer(base)
     ids, prompt_tokens = cli.encode_prompt(tokenizer, problem["prompt"], not args.no_chat, args.prompt_length)
     cli.fit_context(config, len(ids), args, cli_schema.fields(FLAGS), "max_new_tokens")

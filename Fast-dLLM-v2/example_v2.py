@@ -65,17 +65,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     block_from_model = args.block_size is None
     cli.check_flags(args, cli_schema.fields(FLAGS))
     problem = cli.read_prompt(args)
-    args.device = cli.resolve_device(args.device)  # the first torch import
-    if block_from_model:  # checked with the released models' 32 now, with the model's bd_size below
-        args.block_size = DEFAULT_BLOCK_SIZE
-    cli.build_config(FLAGS, args)
     families.require_model(args.model, "fast_dllm_v2", "--model")
     config = cli.model_config(args.model)
     cli.check_token_ids(config, args.mask_id, args.stopping_criteria_idx)
-    if block_from_model:  # a hub id's bd_size is known once it loads
+    if block_from_model:  # a hub id's bd_size is known once it loads: the released models' 32 until then
         args.block_size = int((config or {}).get("bd_size", DEFAULT_BLOCK_SIZE))
     hint = f" (block_size {args.block_size} is the model's bd_size; pass --block_size)" if block_from_model else ""
+    cli.build_config(FLAGS, args, hint)  # the first torch import: the config's own checks
     decode, _ = cli.build_config(DECODERS[args.generate_fn], args, hint)
+    args.device = cli.resolve_device(args.device)
     tokenizer = cli.load_tokenizer(args.model)
     ids, prompt_tokens = cli.encode_prompt(tokenizer, problem["prompt"], not args.no_chat, args.prompt_length)
     cli.fit_context(config, len(ids), args, cli_schema.fields(FLAGS), "max_new_tokens")

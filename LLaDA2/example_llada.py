@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if unused:
         raise cli.fail(f"--generate_fn {args.generate_fn} does not read --{', --'.join(unused)}")
     problem = cli.read_prompt(args)
-    args.device = cli.resolve_device(args.device)  # the first torch import
-    decode, _ = cli.build_config(decoder, args)
     families.require_model(args.model, "llada2", "--model")
     config = cli.model_config(args.model)
     cli.check_token_ids(config, args.mask_id, args.stopping_criteria_idx, STOP_FLAG)
+    decode, _ = cli.build_config(decoder, args)  # the first torch import: the config's own checks
+    args.device = cli.resolve_device(args.device)
     tokenizer = cli.load_tokenizer(args.model)
     ids, prompt_tokens = cli.encode_prompt(tokenizer, problem["prompt"], not args.no_chat, args.prompt_length)
     cli.fit_context(config, len(ids), args, cli_schema.fields(FLAGS), "gen_length")

@@ -51,11 +51,11 @@ def main(decoder: str, description: str | None = None, aliases: dict[str, list[s
     args = build_parser(decoder, description, aliases, negations).parse_args(argv)
     cli.check_flags(args, cli_schema.fields(decoder))
     problem = cli.read_prompt(args)
-    args.device = cli.resolve_device(args.device)  # the first torch import
-    decode, _ = cli.build_config(decoder, args)
     families.require_model(args.model_dir, "sdar", "--model_dir")
     config = cli.model_config(args.model_dir)
     cli.check_token_ids(config, args.mask_id, args.stopping_criteria_idx)
+    decode, _ = cli.build_config(decoder, args)  # the first torch import: the config's own checks
+    args.device = cli.resolve_device(args.device)
     tokenizer = cli.load_tokenizer(args.model_dir)
     ids, prompt_tokens = cli.encode_prompt(tokenizer, problem["prompt"], not args.no_chat, args.prompt_length,
                                            enable_thinking=False)

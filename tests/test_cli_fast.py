@@ -67,7 +67,8 @@ def test_help_and_flag_errors_import_neither_torch_nor_transformers(script, deco
 
 def test_stored_flag_specs_match_the_configs():
     """The copy the command lines parse with equals the config classes (refresh: python -m families.cli_schema)."""
-    assert cli_schema.stored() == json.loads(json.dumps(cli_schema.current()))
+    assert cli_schema.stored() == json.loads(json.dumps(cli_schema.current())), \
+        "families/cli_schema.json is stale: run python -m families.cli_schema"
 
 
 def test_bounds_are_the_configs_own_checks():
