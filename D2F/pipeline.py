@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from common.config import require_positive
+from common.config import require_field_bounds, require_positive
 from common.masks import Predicate, materialize, pipelined_verifier, prefix_block_causal
 from common.remasking import select_transfer
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
@@ -89,11 +89,13 @@ class D2FDecodeConfig:
     max_gen_toks: int | None = field(default=None, metadata={"help": "overrides max_new_tokens (lm-eval's name)"})
     block_size: int = field(default=32, metadata={"help": "tokens per generated block (1 = AR mode)"})
     block_add_threshold: float = field(
-        default=0.5, metadata={"help": "add a block once the newest one's decoded fraction reaches this"})
+        default=0.5, metadata={"help": "add a block once the newest one's decoded fraction reaches this",
+                              "bounds": (0.0, 1.0)})
     decoded_token_threshold: float = field(
-        default=0.8, metadata={"help": "fully activate a block once its predecessor's decoded fraction reaches this"})
+        default=0.8, metadata={"help": "fully activate a block once its predecessor's decoded fraction reaches this",
+                              "bounds": (0.0, 1.0)})
     skip_threshold: float = field(
-        default=0.9, metadata={"help": "commit every masked draft with confidence > this"})
+        default=0.9, metadata={"help": "commit every masked draft with confidence > this", "bounds": (0.0, 1.0)})
     temperature: float = field(default=0.0, metadata={"help": "0: argmax drafts; > 0: sampled drafts"})
     top_p: float = 1.0
     top_k: int = field(default=0, metadata={"help": "0 disables top-k"})
@@ -106,11 +108,9 @@ class D2FDecodeConfig:
 
     def __post_init__(self) -> None:
         require_positive(self, ("max_new_tokens", "block_size"), optional=("max_gen_toks",))
-        # Above 1 a fraction is never reached: no block would follow, or none would be fully activated.
-        for name in ("block_add_threshold", "decoded_token_threshold"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        # Fractions and probabilities: above 1 a fraction is never reached (no block would follow, or
+        # none would be fully activated); the thresholds' bounds are their fields' metadata.
+        require_field_bounds(self)
         if not math.isfinite(self.skip_threshold):
             raise ValueError(f"skip_threshold must be finite, got {self.skip_threshold}")
         self.sampling()

@@ -50,7 +50,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from common.cache import cache_rows, row_mask
-from common.config import require_positive
+from common.config import require_field_bounds, require_positive
 from common.masks import Predicate, block_causal, draft_block, materialize
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
 from common.sequence import HoldsSequence, SequenceBuffer
@@ -75,7 +75,8 @@ class FastDecodeConfig:
     max_gen_toks: int | None = field(default=None, metadata={"help": "overrides max_new_tokens (lm-eval's name)"})
     block_size: int = field(default=32, metadata={"help": "tokens per block: KV-commit unit, block-causal granularity"})
     small_block_size: int = field(default=8, metadata={"help": "sub-block length; must divide block_size"})
-    threshold: float = field(default=0.9, metadata={"help": "commit every masked draft with confidence > threshold"})
+    threshold: float = field(default=0.9, metadata={"help": "commit every masked draft with confidence > threshold",
+                                                          "bounds": (0.0, 1.0)})
     top_p: float = 1.0
     temperature: float = field(default=0.0, metadata={"help": "0: argmax drafts; > 0: sampled drafts"})
     use_block_cache: bool = field(default=False, metadata={"help": "intra-block K/V cache: sub-block draft forwards"})
@@ -87,6 +88,7 @@ class FastDecodeConfig:
 
     def __post_init__(self) -> None:
         require_positive(self, ("max_new_tokens", "block_size", "small_block_size"), optional=("max_gen_toks",))
+        require_field_bounds(self)
         if self.block_size % self.small_block_size:
             raise ValueError(f"small_block_size ({self.small_block_size}) must divide block_size ({self.block_size})")
         if not math.isfinite(self.threshold):

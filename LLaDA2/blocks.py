@@ -54,7 +54,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from common.cache import cache_rows, row_mask
-from common.config import require_positive
+from common.config import require_field_bounds, require_positive
 from common.editing import token_edits
 from common.masks import Predicate, block_causal, full_attention, materialize, token_causal, verifier_2l
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
@@ -78,10 +78,11 @@ class LLaDA2DecodeConfig:
     temperature: float = field(default=0.0, metadata={"help": "0: argmax drafts; > 0: sampled drafts"})
     top_k: int = field(default=0, metadata={"help": "0 disables top-k"})
     top_p: float = 1.0
-    threshold: float = field(default=0.7, metadata={"help": "tau_mask: fill every mask whose drawn token has p > it"})
+    threshold: float = field(default=0.7, metadata={"help": "tau_mask: fill every mask whose drawn token has p > it",
+                                                          "bounds": (0.0, 1.0)})
     editing_threshold: float = field(
         default=0.5, metadata={"help": "tau_edit: rewrite a decoded token whose new draw differs and has p > it "
-                                       "(>= 1: no editing, as for LLaDA2.0)"})
+                                       "(1: no editing, as for LLaDA2.0)", "bounds": (0.0, 1.0)})
     max_post_steps: int = field(default=0, metadata={"help": "edit-only iterations per block once no mask is left"})
     num_to_transfer: int = field(default=1, metadata={"help": "minimum masks filled per iteration (most confident)"})
     eos_early_stop: bool = field(default=True, metadata={"help": "stop a row after the block that completes a stop token"})
@@ -90,6 +91,7 @@ class LLaDA2DecodeConfig:
 
     def __post_init__(self) -> None:
         require_positive(self, ("gen_length", "block_length", "num_to_transfer"), optional=("max_gen_toks",))
+        require_field_bounds(self)
         if self.max_post_steps < 0:
             raise ValueError(f"max_post_steps must be >= 0, got {self.max_post_steps}")
         for name in ("threshold", "editing_threshold"):

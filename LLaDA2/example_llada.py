@@ -18,109 +18,76 @@ synthetic suite) and the decoding stats.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
-from pathlib import Path
-
-import torch
 
 import families
-from common.cli import OneLineErrorParser, add_dataclass_arguments, dataclass_from_namespace
-from families.cli import print_result, sample_problem
-from LLaDA2.blocks import CachedDecodeConfig, LLaDA2DecodeConfig
-from LLaDA2.generate import generate, generate_cached
-from LLaDA2.generate_ssd_policy import S2D2Config, generate_ssd_policy
+from common.cli import OneLineErrorParser, add_field_arguments
+from families import cli, cli_schema
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "models" / "llada2-tiny"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DECODERS = {"nocache": (LLaDA2DecodeConfig, generate), "cached": (CachedDecodeConfig, generate_cached),
-            "ssd_policy": (S2D2Config, generate_ssd_policy)}
+DEFAULT_MODEL = families.FAMILIES["llada2"].tiny_model_dir
+DECODERS = {"nocache": "LLaDA2.generate:generate", "cached": "LLaDA2.generate:generate_cached",
+            "ssd_policy": "LLaDA2.generate_ssd_policy:generate_ssd_policy"}
+FLAGS = DECODERS["ssd_policy"]  # its config holds every flag of the three decoders
+STOP_FLAG = "--eos_id/--stopping_criteria_idx"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run = parser.add_argument_group("run")
+    run = cli.add_run_arguments(parser, dtype_auto="bfloat16 (the released weights)")
     run.add_argument("--model", default=str(DEFAULT_MODEL),
                      help="model directory or hub id (default: the repository's tiny LLaDA2 model)")
     run.add_argument("--generate_fn", choices=list(DECODERS), default="cached",
                      help="nocache: the model card's decoder; cached: KV-cached (the reference's default); "
                           "ssd_policy: S2D2")
-    source = run.add_mutually_exclusive_group()
-    source.add_argument("-p", "--prompt", default=None,
-                        help="user prompt (default: a sample problem of the synthetic suite)")
-    source.add_argument("--prompt_file", type=Path, default=None, help="read the prompt from a file ('-': stdin)")
-    run.add_argument("--no_chat", action="store_true", help="feed the prompt raw, without the chat template")
-    run.add_argument("--seed", type=int, default=42, help="seeds the generator of drafts and acceptance")
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                     help="auto: bfloat16 on CUDA (the released weights), float32 on CPU")
-    add_dataclass_arguments(parser, S2D2Config, aliases={"stopping_criteria_idx": ["--eos_id"]})
+    add_field_arguments(parser, cli_schema.fields(FLAGS), "decoding", aliases={"stopping_criteria_idx": ["--eos_id"]})
     parser.add_argument("--no_resample", dest="allow_resample", action="store_false",
                         help="same as --no-allow_resample")
     return parser
 
 
-def unused_flags(config_cls: type, args: argparse.Namespace) -> list[str]:
-    """Flags set away from their default that `config_cls` (the chosen decoder) does not read."""
-    used = {f.name for f in dataclasses.fields(config_cls)}
-    return [f.name for f in dataclasses.fields(S2D2Config)
-            if f.name not in used and getattr(args, f.name) != f.default]
-
-
-def read_prompt(args: argparse.Namespace) -> dict:
-    if args.prompt is not None:
-        return {"prompt": args.prompt}
-    if args.prompt_file is not None:
-        if str(args.prompt_file) == "-":
-            return {"prompt": sys.stdin.read()}
-        if not args.prompt_file.is_file():
-            sys.exit(f"error: --prompt_file {args.prompt_file} is not a file")
-        return {"prompt": args.prompt_file.read_text()}
-    return sample_problem()
+def unused_flags(decoder: str, args: argparse.Namespace) -> list[str]:
+    """Flags set away from their default that `decoder`'s config does not read."""
+    used = {spec["name"] for spec in cli_schema.fields(decoder)}
+    default = {spec["name"]: spec["default"] for spec in cli_schema.fields(FLAGS)}
+    return [name for name, value in default.items()
+            if name not in used and getattr(args, name) != (tuple(value) if isinstance(value, list) else value)]
 
 
 def load_model_and_tokenizer(model: str, device: str, dtype: str):
     """Load with our registered classes (no trust_remote_code); a local directory never touches the network."""
     import LLaDA2  # noqa: F401  (registers model_type "llada2_moe" with the Auto classes)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    local = Path(model).is_dir()
-    torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local)
-    loaded = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch_dtype, local_files_only=local)
+    tokenizer = cli.load_tokenizer(model)
+    loaded = AutoModelForCausalLM.from_pretrained(families.local_dir(model),
+                                                  torch_dtype=cli.torch_dtype(dtype, device, "bfloat16"),
+                                                  local_files_only=True)
     return loaded.to(device).eval(), tokenizer
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
-    config_cls, decode = DECODERS[args.generate_fn]
-    try:
-        dataclass_from_namespace(S2D2Config, args)
-    except (TypeError, ValueError) as err:
-        sys.exit(f"error: {err}")
-    unused = unused_flags(config_cls, args)
+    decoder = DECODERS[args.generate_fn]
+    cli.check_flags(args, cli_schema.fields(FLAGS))
+    unused = unused_flags(decoder, args)
     if unused:
-        sys.exit(f"error: --generate_fn {args.generate_fn} does not read --{', --'.join(unused)}")
+        raise cli.fail(f"--generate_fn {args.generate_fn} does not read --{', --'.join(unused)}")
+    problem = cli.read_prompt(args)
     families.require_model(args.model, "llada2", "--model")
-    problem = read_prompt(args)
+    config = cli.model_config(args.model)
+    cli.check_token_ids(config, args.mask_id, args.stopping_criteria_idx, STOP_FLAG)
+    decode, _ = cli.build_config(decoder, args)  # the first torch import: the config's own checks
+    args.device = cli.resolve_device(args.device)
+    tokenizer = cli.load_tokenizer(args.model)
+    ids, prompt_tokens = cli.encode_prompt(tokenizer, problem["prompt"], not args.no_chat, args.prompt_length)
+    cli.fit_context(config, len(ids), args, cli_schema.fields(FLAGS), "gen_length")
     model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype)
+    if (late := cli.loaded_config(model, config)) is not None:  # a hub id: its config is known only now
+        cli.check_token_ids(late, args.mask_id, args.stopping_criteria_idx, STOP_FLAG)
+        cli.fit_context(late, len(ids), args, cli_schema.fields(FLAGS), "gen_length")
     args.mask_id = families.require_mask_id(model, tokenizer, "llada2", args.mask_id)
-    cfg = dataclass_from_namespace(config_cls, args)
-    text = problem["prompt"]
-    if not args.no_chat and tokenizer.chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                             tokenize=False)
-    input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(args.device)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    kwargs = {**vars(cfg), "return_forward_stats": True}
-    try:
-        ids, stats = decode(model, input_ids, generator=generator, **kwargs)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
-    completion = tokenizer.decode(ids[0, input_ids.shape[1]:], skip_special_tokens=True)
-    print_result(problem, completion, stats[0], cfg.record_decoding_order)
-    return stats
+    _, cfg = cli.build_config(decoder, args)
+    return cli.decode_and_print(decode, cfg, model, tokenizer, problem, ids, prompt_tokens, args.device, args.seed,
+                                cfg.record_decoding_order)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from common.cache import cache_rows, row_mask
-from common.config import require_positive
+from common.config import require_field_bounds, require_positive
 from common.masks import Predicate, block_causal, draft_block, materialize, token_causal, verifier_2l
 from common.remasking import REMASKING_STRATEGIES
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
@@ -44,13 +44,15 @@ class BlockDiffusionConfig:
     gen_length: int = field(default=128, metadata={"help": "generation budget in tokens"})
     max_gen_toks: int | None = field(default=None, metadata={"help": "overrides gen_length when set (lm-eval's name)"})
     block_length: int = field(default=4, metadata={"help": "tokens per block L (1 = AR mode)"})
-    denoising_steps: int = field(default=4, metadata={"help": "denoising steps S per block"})
+    denoising_steps: int = field(default=4, metadata={"help": "denoising steps S per block (at most block_length)",
+                                                        "at_most": "block_length"})
     temperature: float = 1.0
     top_k: int = field(default=0, metadata={"help": "0 disables top-k"})
     top_p: float = 1.0
     do_sample: bool = field(default=False, metadata={"help": "sample drafts (else argmax of the same distribution)"})
     remasking_strategy: str = field(default="low_confidence_dynamic", metadata={"choices": REMASKING_STRATEGIES})
-    confidence_threshold: float = field(default=0.85, metadata={"help": "dynamic strategy threshold tau (strict >)"})
+    confidence_threshold: float = field(default=0.85, metadata={"help": "dynamic strategy threshold tau (strict >)",
+                                                                  "bounds": (0.0, 1.0)})
     eb_threshold: float = field(default=0.35, metadata={"help": "entropy_bounded cumulative entropy budget (nats)"})
     stopping_criteria_idx: tuple[int, ...] | None = field(default=None, metadata={"help": "stop token ids; default: generation config eos"})
     cache_ver: bool = field(default=False, metadata={"help": "AR-like cache: prefill/commit with a token-causal mask"})
@@ -61,6 +63,7 @@ class BlockDiffusionConfig:
 
     def __post_init__(self) -> None:
         require_positive(self, ("gen_length", "block_length", "denoising_steps"), optional=("max_gen_toks",))
+        require_field_bounds(self)
         if self.remasking_strategy not in REMASKING_STRATEGIES:
             raise ValueError(
                 f"unknown remasking_strategy {self.remasking_strategy!r}; valid: {', '.join(REMASKING_STRATEGIES)}"

@@ -10,6 +10,14 @@ Block length 1 with one step is AR mode: one forward per token with `fold_commit
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports below: flags are parsed and checked without torch
+    import sys
+
+    from families.sdar_cli import main
+
+    main("SDAR.generate:block_diffusion_generate", description=__doc__)
+    sys.exit(0)
+
 import torch
 from torch import Tensor
 
@@ -45,8 +53,3 @@ def block_diffusion_generate(model: torch.nn.Module, input_ids: Tensor, attentio
     ids, stats = decode_blocks(model, input_ids, attention_mask, cfg, BaselineStep(cfg, generator))
     return (ids, stats) if cfg.return_forward_stats else ids
 
-
-if __name__ == "__main__":
-    from SDAR.run import main
-
-    main(BlockDiffusionConfig, block_diffusion_generate, description=__doc__)

@@ -12,6 +12,15 @@ verifies reproduces `generate.py` exactly.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports below: flags are parsed and checked without torch
+    import sys
+
+    from families.sdar_cli import main
+
+    main("SDAR.generate_ssd_policy:block_diffusion_generate", description=__doc__,
+         aliases={"return_forward_stats": ["--forward_stats"]}, negations={"allow_resample": "--no_resample"})
+    sys.exit(0)
+
 from dataclasses import dataclass
 
 import torch
@@ -71,9 +80,3 @@ def block_diffusion_generate(model: torch.nn.Module, input_ids: Tensor, attentio
     ids, stats = decode_blocks(model, input_ids, attention_mask, cfg, step)
     return (ids, stats) if cfg.return_forward_stats else ids
 
-
-if __name__ == "__main__":
-    from SDAR.run import main
-
-    main(S2D2Config, block_diffusion_generate, description=__doc__,
-         aliases={"return_forward_stats": ["--forward_stats"]}, negations={"allow_resample": "--no_resample"})

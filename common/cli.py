@@ -10,6 +10,8 @@ import types
 import typing
 from typing import Any, Callable, TypeVar
 
+from common.config import check_field_bounds
+
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,28 +27,70 @@ def _scalar_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
-def add_dataclass_arguments(
-    parser: argparse.ArgumentParser, cls: type, aliases: dict[str, list[str]] | None = None
-) -> None:
-    """One `--name` flag per dataclass field with the field's default. Booleans get
-    `--name/--no-name`; a field's `metadata["choices"]` become the flag's choices (listed by --help);
-    `aliases` adds extra spellings (e.g. the reference's `--forward_stats`)."""
-    aliases = aliases or {}
+FIELD_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+"""Element types a config field may have, by the name a field spec records."""
+
+
+def field_specs(cls: type) -> list[dict[str, Any]]:
+    """What a command line needs to know of each init field of a config dataclass, as JSON-ready dicts:
+    name, element type name (FIELD_TYPES), whether it takes several values, default, help, and the
+    checks argparse or `common.config.check_field_bounds` can make without the class (choices, bounds,
+    at_most). A CLI can build its flags from a stored copy of these without importing the decoder."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(cls.__name__)
+    specs = []
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         kind, many = _scalar_type(hints[f.name])
-        names = [f"--{f.name}", *aliases.get(f.name, [])]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f.metadata.get("help", "") + f" (default: {default})"
+        spec = {"name": f.name, "type": kind.__name__, "many": many,
+                "default": list(default) if isinstance(default, tuple) else default, "help": f.metadata.get("help", "")}
+        for key in ("choices", "bounds", "at_most"):
+            if key in f.metadata:
+                value = f.metadata[key]
+                spec[key] = list(value) if isinstance(value, tuple) else value
+        specs.append(spec)
+    return specs
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser, cls: type, aliases: dict[str, list[str]] | None = None
+) -> None:
+    """One `--name` flag per dataclass field with the field's default (see `add_field_arguments`)."""
+    add_field_arguments(parser, field_specs(cls), cls.__name__, aliases)
+
+
+def add_field_arguments(parser: argparse.ArgumentParser, specs: list[dict[str, Any]], title: str,
+                        aliases: dict[str, list[str]] | None = None) -> None:
+    """One `--name` flag per field spec (`field_specs`) with its default. Booleans get `--name/--no-name`;
+    a field's choices become the flag's choices (listed by --help), its bounds are named in the help;
+    `aliases` adds extra spellings (e.g. the reference's `--forward_stats`)."""
+    aliases = aliases or {}
+    group = parser.add_argument_group(title)
+    for spec in specs:
+        kind = FIELD_TYPES[spec["type"]]
+        default = tuple(spec["default"]) if isinstance(spec["default"], list) else spec["default"]
+        names = [f"--{spec['name']}", *aliases.get(spec["name"], [])]
+        limits = ""
+        if "bounds" in spec:
+            low, high = ("-inf" if spec["bounds"][0] is None else f"{spec['bounds'][0]:g}",
+                         "inf" if spec["bounds"][1] is None else f"{spec['bounds'][1]:g}")
+            limits = f"; in [{low}, {high}]"
+        help_text = f"{spec['help']} (default: {default}{limits})".lstrip()
         if kind is bool:
             group.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif many:
+        elif spec["many"]:
             group.add_argument(*names, type=kind, nargs="+", default=default, help=help_text)
         else:
-            group.add_argument(*names, type=kind, default=default, choices=f.metadata.get("choices"), help=help_text)
+            group.add_argument(*names, type=kind, default=default, choices=spec.get("choices"), help=help_text)
+
+
+def check_flag_values(specs: list[dict[str, Any]], namespace: argparse.Namespace) -> None:
+    """The field specs' bounds and at_most checks (`common.config.check_field_bounds`) on parsed flags:
+    the same declarations the config's `__post_init__` checks, run before the config class is imported."""
+    values = {spec["name"]: getattr(namespace, spec["name"], None) for spec in specs}
+    metadata = {spec["name"]: {k: spec[k] for k in ("bounds", "at_most") if k in spec} for spec in specs}
+    check_field_bounds(values, {name: meta for name, meta in metadata.items() if meta})
 
 
 def dataclass_from_namespace(cls: type[T], namespace: argparse.Namespace) -> T:

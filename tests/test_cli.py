@@ -5,8 +5,10 @@ import dataclasses
 
 import pytest
 
-import SDAR.run as run
+import families.sdar_cli as run
 from SDAR.generate_ssd_policy import S2D2Config
+
+S2D2 = "SDAR.generate_ssd_policy:block_diffusion_generate"
 
 
 def _no_loading(monkeypatch):
@@ -17,7 +19,7 @@ def _no_loading(monkeypatch):
 
 
 def test_cli_defaults_are_the_config_defaults():
-    parser = run.build_parser(S2D2Config, None, None, {"allow_resample": "--no_resample"})
+    parser = run.build_parser(S2D2, None, None, {"allow_resample": "--no_resample"})
     args = parser.parse_args([])
     for f in dataclasses.fields(S2D2Config):
         assert getattr(args, f.name) == f.default, f.name
@@ -38,17 +40,17 @@ def test_bad_arguments_fail_before_loading(monkeypatch, capsys, argv, needle):
 
     _no_loading(monkeypatch)
     with pytest.raises(SystemExit) as exc:
-        run.main(S2D2Config, lambda *a, **k: None, argv=argv)
+        run.main(S2D2, argv=argv)
     message = str(exc.value.code)
     assert message.startswith("error:") and "\n" not in message
     assert re.search(needle, message)
 
 
 def test_missing_model_dir_names_the_flag(monkeypatch, tmp_path):
-    monkeypatch.setattr(run, "DEFAULT_MODEL_DIR", tmp_path / "absent")
+    _no_loading(monkeypatch)
     with pytest.raises(SystemExit) as exc:
-        run.load_model_and_tokenizer(str(tmp_path / "absent"), "cpu", "auto")
-    assert "--model_dir" in str(exc.value.code)
+        run.main(S2D2, argv=["--model_dir", str(tmp_path / "absent")])
+    assert str(exc.value.code).startswith("error: --model_dir no such model directory")
 
 
 def test_generate_signatures_list_every_config_field():

@@ -154,7 +154,7 @@ def test_dream_verifier_is_causal_and_its_mask_matters(models):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("prompt_len,block,budget,skip", [(5, 4, 12, 0.3), (8, 4, 10, 0.6), (3, 3, 9, 2.0), (7, 1, 5, 0.5)])
+@pytest.mark.parametrize("prompt_len,block,budget,skip", [(5, 4, 12, 0.3), (8, 4, 10, 0.6), (3, 3, 9, 1.0), (7, 1, 5, 0.5)])
 def test_one_block_in_flight_equals_block_decoding(models, family, prompt_len, block, budget, skip):
     model = models[family]
     ids = _prompt(prompt_len, seed=prompt_len)

@@ -203,16 +203,16 @@ def test_cli_decodes_with_each_decoder(llada2_model_dir, capsys):
     (["--model", "./nope/llada2-tiny"], "no such model directory"),
     (["--min_ssd_span_length", "3"], "--generate_fn cached does not read --min_ssd_span_length"),
     (["--generate_fn", "nocache", "--no-fold_commit"], "--generate_fn nocache does not read --fold_commit"),
-    (["--threshold", "nan"], "threshold must be finite"),
+    (["--threshold", "nan"], "threshold must be in [0, 1], got nan"),
     (["--max_post_steps", "-1"], "max_post_steps must be >= 0"),
     (["--generate_fn", "fast"], "invalid choice"),
 ])
-def test_cli_rejects_bad_input_in_one_line_before_loading(argv, message, monkeypatch):
+def test_cli_rejects_bad_input_in_one_line_before_loading(argv, message, monkeypatch, llada2_model_dir):
     from LLaDA2 import example_llada
 
     monkeypatch.setattr(example_llada, "load_model_and_tokenizer", lambda *a: pytest.fail("model loaded"))
     with pytest.raises(SystemExit) as exit_info:
-        _cli(argv)
+        _cli(argv if "--model" in argv else ["--model", str(llada2_model_dir), *argv])
     text = str(exit_info.value.code)
     assert message in text and "\n" not in text
 

@@ -124,9 +124,10 @@ def test_greedy_exact_always_verify_equals_ar_greedy(model, prompt_len, shape, e
 def test_forward_accounting(model):
     """P = 8 = one block: prefill (with the first generated token for free), then per block drafts and one
     commit, none after the last block; the budget is met exactly."""
-    out, stats = _run(generate, model, _prompt(8), max_new_tokens=20, threshold=2.0, stopping_criteria_idx=(), **SHAPE)
+    out, stats = _run(generate, model, _prompt(8), max_new_tokens=20, threshold=1.0, stopping_criteria_idx=(), **SHAPE)
     assert out.shape == (1, 28) and stats["generated_tokens"] == 20 and (out[0, 8:] != MASK_ID).all()
-    # 3 blocks cover columns 8..31, each opened by its AR token; threshold 2 commits one token per draft.
+    # 3 blocks cover columns 8..31, each opened by its AR token; threshold 1 commits one token per draft
+    # (no confidence exceeds 1).
     # The budget ends at column 28, so the last block decodes 25..27 only: columns 28..31 are never output.
     assert stats["nfe_by_kind"] == {"prefill": 1, "draft": 7 + 7 + 3, "verify": 0, "commit": 2}
 
@@ -229,10 +230,12 @@ def test_functions_advertise_their_config():
     assert "small_block_size" in inspect.signature(generate_ssd_policy).parameters
 
 
-def test_cli_validates_before_loading_and_names_the_model_flag(tmp_path, capsys):
+def test_cli_validates_before_loading_and_names_the_model_flag(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(example_v2, "load_model_and_tokenizer", lambda *a: pytest.fail("model loaded"))
     with pytest.raises(SystemExit, match="hysteresis"):
-        example_v2.main(["--do_verify_policy", "score_hysteresis", "--hysteresis_threshold_on", "-2",
-                         "--model", str(tmp_path / "never_loaded")])
+        example_v2.main(["--do_verify_policy", "score_hysteresis", "--hysteresis_threshold_on", "-2"])
+    with pytest.raises(SystemExit, match="^error: --model no such model directory"):
+        example_v2.main(["--model", str(tmp_path / "never_loaded")])
     if not example_v2.DEFAULT_MODEL.exists():
         with pytest.raises(SystemExit, match="--model"):
             example_v2.main(["--generate_fn", "fast"])

@@ -1,0 +1,213 @@
+"""Every single-run command line: `--help` and flag errors without importing torch, one-line refusals of
+bad input before any weight is loaded, left truncation of the prompt, and the stored flag specs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import families.sdar_cli as sdar_cli
+from families import cli, cli_schema, load
+
+REPO = Path(__file__).resolve().parent.parent
+SDAR_S2D2 = "SDAR.generate_ssd_policy:block_diffusion_generate"
+SDAR_TINY = REPO / "models" / "sdar-tiny"
+needs_sdar_tiny = pytest.mark.skipif(not (SDAR_TINY / "config.json").is_file(), reason="models/sdar-tiny absent")
+
+# (script, the decoder whose config holds its flags, a flag error the stored specs catch)
+SCRIPTS = [
+    ("SDAR/generate.py", "SDAR.generate:block_diffusion_generate", ["--confidence_threshold", "1.5"],
+     "confidence_threshold must be in [0, 1], got 1.5"),
+    ("SDAR/generate_ssd_policy.py", SDAR_S2D2, ["--do_verify_policy", "sometimes"],
+     "argument --do_verify_policy: invalid choice: 'sometimes'"),
+    ("Fast-dLLM-v2/example_v2.py", "fast_dllm_v2.generate_ssd_policy:generate_ssd_policy", ["--threshold", "-0.1"],
+     "threshold must be in [0, 1], got -0.1"),
+    ("LLaDA2/example_llada.py", "LLaDA2.generate_ssd_policy:generate_ssd_policy", ["--editing_threshold", "1.2"],
+     "editing_threshold must be in [0, 1], got 1.2"),
+    ("D2F/example_d2f.py", "D2F.generate_ssd_policy:generate_ssd_policy", ["--skip_threshold", "2"],
+     "skip_threshold must be in [0, 1], got 2.0"),
+]
+
+PROBE = """
+import runpy, sys
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exc:
+    print(f"exit: {exc.code}")
+heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+print(f"heavy: {heavy}")
+"""
+
+
+def _probe(script: str, argv: list[str]) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", PROBE, str(REPO / script), *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("script,decoder,argv,message", SCRIPTS)
+def test_help_and_flag_errors_import_neither_torch_nor_transformers(script, decoder, argv, message):
+    """In a fresh interpreter: --help (which lists every choice of every choice flag and the prompt formats
+    the shipped models know) and a bad flag end before torch or transformers is imported."""
+    out = _probe(script, ["--help"])
+    assert out.rstrip().endswith("exit: 0\nheavy: []"), out
+    assert "synthetic suite's prompt formats" in out and "'add 41+79'" in out and "'inc 4 n..t'" in out
+    choices = [spec for spec in cli_schema.fields(decoder) if "choices" in spec]
+    assert choices and all(f"--{spec['name']} {{{','.join(spec['choices'])}}}" in out for spec in choices), out
+    out = _probe(script, argv)
+    assert f"exit: error: {message}" in out and out.rstrip().endswith("heavy: []"), out
+
+
+def test_stored_flag_specs_match_the_configs():
+    """The copy the command lines parse with equals the config classes (refresh: python -m families.cli_schema)."""
+    assert cli_schema.stored() == json.loads(json.dumps(cli_schema.current())), \
+        "families/cli_schema.json is stale: run python -m families.cli_schema"
+
+
+def test_bounds_are_the_configs_own_checks():
+    """The bounds the command lines check without torch are the ones `__post_init__` enforces."""
+    from D2F.generate import D2FDecodeConfig
+    from fast_dllm_v2.blocks import FastDecodeConfig
+    from LLaDA2.blocks import LLaDA2DecodeConfig
+    from SDAR.blocks import BlockDiffusionConfig
+
+    for cls, name in ((BlockDiffusionConfig, "confidence_threshold"), (FastDecodeConfig, "threshold"),
+                      (LLaDA2DecodeConfig, "threshold"), (LLaDA2DecodeConfig, "editing_threshold"),
+                      (D2FDecodeConfig, "skip_threshold")):
+        for bad in (-0.01, 1.01, float("nan")):
+            with pytest.raises(ValueError, match=rf"^{name} must be in \[0, 1\], got"):
+                cls(**{name: bad})
+        cls(**{name: 1.0}), cls(**{name: 0.0})
+    with pytest.raises(ValueError, match=r"^denoising_steps \(5\) must be <= block_length \(4\)$"):
+        BlockDiffusionConfig(block_length=4, denoising_steps=5)
+
+
+def _no_loading(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the input was checked")
+
+    monkeypatch.setattr(sdar_cli, "load_model_and_tokenizer", fail)
+
+
+def _error(argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        sdar_cli.main(SDAR_S2D2, argv=argv)
+    message = str(exc.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+@needs_sdar_tiny
+@pytest.mark.parametrize("argv,message", [
+    (["--prompt", " \n"], "error: --prompt: the prompt is empty"),
+    (["--denoising_steps", "8"], "error: denoising_steps (8) must be <= block_length (4)"),
+    (["--mask_id", "65"], "error: --mask_id 65 is outside the vocabulary (vocab_size 65)"),
+    (["--stopping_criteria_idx", "3", "-1", "99"], "error: --stopping_criteria_idx -1 99 outside the vocabulary"),
+    (["--prompt_length", "0"], "error: --prompt_length must be a positive number of tokens, got 0"),
+    (["--device", "gpu"], "error: --device 'gpu' is not one of auto, cpu, mps, cuda, cuda:N"),
+    (["--gen_length", "250"], "error: the prompt (28 tokens) plus --gen_length 250 is 278 tokens, past the "
+                              "model's 256 positions; shorten with --prompt_length or lower --gen_length"),
+])
+def test_bad_input_is_refused_before_the_weights_load(monkeypatch, argv, message):
+    _no_loading(monkeypatch)
+    assert _error(argv).startswith(message)
+
+
+def test_empty_prompt_file_is_refused(monkeypatch, tmp_path):
+    _no_loading(monkeypatch)
+    (tmp_path / "p.txt").write_text("\n")
+    message = _error(["--prompt_file", str(tmp_path / "p.txt")])
+    assert message == f"error: --prompt_file {tmp_path / 'p.txt'}: the prompt is empty"
+
+
+def test_cuda_without_cuda_is_refused_before_loading(monkeypatch):
+    _no_loading(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _error(["--device", "cuda"]).startswith("error: --device cuda: CUDA is not available here")
+    assert cli.resolve_device("auto") == "cpu"
+
+
+def test_a_default_budget_is_lowered_to_fit_and_a_given_one_refused(capsys):
+    specs = [{"name": "gen_length", "default": 128}, {"name": "max_gen_toks", "default": None}]
+    config = {"max_sequence_length": 100}  # LLaDA's name for the positions
+    args = type("Args", (), {"gen_length": 128, "max_gen_toks": None})()
+    cli.fit_context(config, 30, args, specs, "gen_length")
+    assert args.gen_length == 70 and "lowered from its default 128 to 70" in capsys.readouterr().err
+    args.max_gen_toks = 71
+    with pytest.raises(SystemExit, match=r"^error: the prompt \(30 tokens\) plus --max_gen_toks 71 is 101 tokens"):
+        cli.fit_context(config, 30, args, specs, "gen_length")
+    args.max_gen_toks = 70
+    cli.fit_context(config, 30, args, specs, "gen_length")
+    assert args.max_gen_toks == 70
+
+
+@needs_sdar_tiny
+def test_left_truncation_keeps_the_generation_prompt():
+    tokenizer = cli.load_tokenizer(str(SDAR_TINY))
+    full, total = cli.encode_prompt(tokenizer, "add 41+79", True, None, enable_thinking=False)
+    kept, counted = cli.encode_prompt(tokenizer, "add 41+79", True, 12, enable_thinking=False)
+    tail = tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids
+    assert total == counted == len(full) > 12
+    assert kept == full[-12:] and kept[-len(tail):] == tail
+
+
+@needs_sdar_tiny
+def test_the_cli_prints_what_the_model_decoded(capsys):
+    stats = sdar_cli.main(SDAR_S2D2, argv=["--device", "cpu", "--gen_length", "4", "--prompt_length", "12"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "prompt: add 41+79"
+    assert out[1].startswith("decoded input (left-truncated): (last 12 of 28 tokens) '")
+    assert out[1].endswith("<|im_start|>assistant\\n'")
+    assert stats[0]["generated_tokens"] <= 4
+
+
+@needs_sdar_tiny
+def test_progress_counts_every_forward(monkeypatch):
+    """On a terminal the progress display advances once per model forward: its count is the decode's NFE."""
+    import tqdm
+
+    class Counter:
+        def __init__(self, **kwargs):
+            self.n, self.closed = 0, False
+            bars.append(self)
+
+        def update(self, k):
+            self.n += k
+            return True  # as tqdm's does: the hook must not hand it on as the forward's output
+
+        def close(self):
+            self.closed = True
+
+    bars: list = []
+    monkeypatch.setattr(tqdm, "tqdm", Counter)
+    model, _ = sdar_cli.load_model_and_tokenizer(str(SDAR_TINY), "cpu", "float32")
+    decode = load(SDAR_S2D2)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with cli.decoding_progress(model, enabled=True):
+        _, stats = decode(model, ids, gen_length=8, return_forward_stats=True, stopping_criteria_idx=())
+    with cli.decoding_progress(model, enabled=False):
+        decode(model, ids, gen_length=8)
+    assert len(bars) == 1 and bars[0].closed and bars[0].n == stats[0]["nfe"] > 1
+
+
+@pytest.mark.skipif(not (REPO / "models" / "fast-dllm-v2-tiny" / "config.json").is_file(),
+                    reason="models/fast-dllm-v2-tiny absent")
+@pytest.mark.parametrize("argv,message", [
+    (["--mask_id", "65"], "error: --mask_id 65 is outside the vocabulary (vocab_size 65)"),
+    (["--prompt", ""], "error: --prompt: the prompt is empty"),
+    (["--max_new_tokens", "300"], "error: the prompt (28 tokens) plus --max_new_tokens 300 is 328 tokens"),
+])
+def test_fast_dllm_cli_refuses_bad_input_before_the_weights_load(monkeypatch, argv, message):
+    from fast_dllm_v2 import example_v2
+
+    monkeypatch.setattr(example_v2, "load_model_and_tokenizer", lambda *a: pytest.fail("weights loaded"))
+    with pytest.raises(SystemExit) as exc:
+        example_v2.main(argv)
+    assert str(exc.value.code).startswith(message) and "\n" not in str(exc.value.code)
