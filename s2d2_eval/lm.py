@@ -138,10 +138,7 @@ class S2D2LM(HFLM):
             self.AUTO_MODEL_CLASS = self.custom_model_class
         family = None
         if isinstance(pretrained, str) and self.custom_model_class is None:
-            try:  # one line for a missing directory, an offline hub id or another family's model
-                family = families.check_model(pretrained, families.of_package(self.generate_fn.__module__.split(".")[0]))
-            except families.ModelDirError as err:
-                raise ModelArgError(f"pretrained={pretrained}: {err}") from None
+            family = self.check_pretrained(pretrained, self.generate_fn)
         self.lora_dir, self.merge_lora, self.adapter_loader = parsed.lora_dir, parsed.merge_lora, None
         if self.lora_dir is not None:
             self.adapter_loader = self._adapter_loader(family, pretrained)
@@ -157,6 +154,16 @@ class S2D2LM(HFLM):
         self.decode_log: list[dict[str, Any]] = []
         self.progress_label = f"s2d2 {self.generate_spec.rsplit(':', 1)[-1]}"
         self._warned_gen_kwargs: set[str] = set()
+
+    @staticmethod
+    def check_pretrained(pretrained: str, generate_fn: Callable) -> Any:
+        """One line (ModelArgError) for a missing directory, an offline hub id or a model of another
+        family than the decoder's, before any weight loads; returns the directory's family (None for a
+        hub id)."""
+        try:
+            return families.check_model(pretrained, families.of_package(generate_fn.__module__.split(".")[0]))
+        except families.ModelDirError as err:
+            raise ModelArgError(f"pretrained={pretrained}: {err}") from None
 
     @classmethod
     def parse_model_args(

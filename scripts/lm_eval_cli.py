@@ -54,13 +54,15 @@ def check_s2d2_model_args() -> None:
     if getattr(args, "model", None) != "s2d2":
         return
     model_args = dict(getattr(args, "model_args", None) or {})
-    model_args.pop("pretrained", None)
+    pretrained = model_args.pop("pretrained", None)
     # Validation only: the device is resolved once, when lm-eval builds the model with --device.
     model_args["device"] = "cpu"
     if getattr(args, "batch_size", None) is not None:
         model_args.setdefault("batch_size", args.batch_size)
     try:
-        S2D2LM.parse_model_args(**model_args)
+        parsed = S2D2LM.parse_model_args(**model_args)
+        if isinstance(pretrained, str) and parsed.custom_model_class is None:
+            S2D2LM.check_pretrained(pretrained, parsed.generate_fn)
     except ModelArgError as err:
         sys.exit(f"lm_eval_cli.py: error: {err}")
 

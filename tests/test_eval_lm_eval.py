@@ -218,6 +218,20 @@ def test_cli_batch_size_auto_is_one_line_before_lm_eval_starts(random_model_dir,
         "schedule, not on one forward); pass an integer"]
 
 
+@pytest.mark.parametrize("pretrained,needle", [
+    ("/nonexistent/model", "no such model directory: /nonexistent/model"),
+    (str(REPO / "models" / "fast-dllm-v2-tiny"), "is a Fast-dLLM v2 model (model_type 'Fast_dLLM_Qwen'), not SDAR"),
+])
+def test_cli_bad_model_directory_is_one_line_before_lm_eval_starts(tmp_path, pretrained, needle):
+    command = [sys.executable, str(REPO / "scripts" / "lm_eval_cli.py"), "--model", "s2d2", "--device", "cpu",
+               "--apply_chat_template", "--model_args", f"pretrained={pretrained}", "--tasks", "synthetic_add",
+               "--limit", "1"]
+    done = subprocess.run(command, cwd=tmp_path, env=OFFLINE_ENV, capture_output=True, text=True, timeout=600)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and "Traceback" not in done.stderr and len(lines) == 1
+    assert lines[0].startswith("lm_eval_cli.py: error: pretrained=") and needle in lines[0]
+
+
 def test_notice_filters_drop_exactly_the_noise(tmp_path, monkeypatch):
     import logging
 
