@@ -45,10 +45,17 @@ def threshold_of(params: Mapping[str, Any]) -> float | None:
     return _family_field(params, "threshold_field")
 
 
+POLICY_TITLES = {"mask_span_length": "span", "score_threshold": "score_threshold", "score_hysteresis": "hysteresis",
+                 "contextual_bandit_ucb": "ucb"}
+"""Short names of the routing policies, for an S2D2 preset whose name does not say it (`d2f_s2d2`)."""
+
+
 def describe_decoding(kind: str, name: str, params: Mapping[str, Any]) -> str:
     """Short human label of a decoder configuration, e.g. `dynamic τ=0.9 B=8`, with a Fast-dLLM v2
     sub-block size `S2D2 config_a B=16 SB=4`, with LLaDA2's editing threshold `dynamic τ=0.95 τ_edit=0.9 B=32`
-    (`τ_edit=off` when no probability can pass it)."""
+    (`τ_edit=off` when no probability can pass it). The pipelined D2F decoder is `d2f τ=0.9 B=8 τ_add=0.1
+    τ_act=0.95` (τ its skip threshold; the add and activate thresholds after B, so the matched-baseline
+    column, which cuts at ` B=`, stays short), D2F's S2D2 presets `S2D2 span B=8`, `S2D2 ucb B=8`, ..."""
     length, steps = block_length_of(params), params.get("denoising_steps")
     sub_block = f" SB={params['small_block_size']}" if params.get("small_block_size") is not None else ""
     editing = params.get("editing_threshold")
@@ -57,9 +64,14 @@ def describe_decoding(kind: str, name: str, params: Mapping[str, Any]) -> str:
         return "AR mode (B=1)"
     if kind == "static":
         return f"static B={length} S={steps}"
+    if kind == "dynamic" and "block_add_threshold" in params:
+        return (f"d2f τ={threshold_of(params):g} B={length} τ_add={params['block_add_threshold']:g} "
+                f"τ_act={params['decoded_token_threshold']:g}")
     if kind == "dynamic":
         return f"dynamic τ={threshold_of(params):g}{edit} B={length}{sub_block}"
-    short = next((name[len(prefix):] for prefix in ("llada2_s2d2_", "llada2_", "s2d2_", "fast_")
+    if name == "d2f_s2d2":
+        return f"S2D2 {POLICY_TITLES.get(params.get('do_verify_policy'), 'd2f_s2d2')} B={length}"
+    short = next((name[len(prefix):] for prefix in ("llada2_s2d2_", "llada2_", "d2f_s2d2_", "s2d2_", "fast_")
                   if name.startswith(prefix)), name)
     return f"S2D2 {short}{edit} B={length}{sub_block}"
 

@@ -62,8 +62,10 @@ def plot_group(points: list[Point], title: str, out: Path) -> Path:
             ys = [100 * p.accuracy for p in family]
             errs = [100 * p.stderr for p in family]
             line = "-" if connect and attr == "tpf" else ""  # wall-clock noise would zigzag a line on tokens/s
+            # The threshold baseline is named by its labels' first word ("dynamic", or "d2f" for D2F's).
+            series = family[0].label.split(" ")[0] if kind == "dynamic" else KIND_TITLES[kind]
             ax.errorbar(xs, ys, yerr=errs, fmt=marker + line, color=colour, ms=7, lw=1.2,
-                        capsize=2, alpha=0.9, label=KIND_TITLES[kind])
+                        capsize=2, alpha=0.9, label=series)
             by_x = sorted(range(len(family)), key=lambda i: xs[i])
             for rank, i in enumerate(by_x):
                 ax.annotate(_short(family[i]), (xs[i], ys[i]), textcoords="offset points",

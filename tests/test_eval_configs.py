@@ -80,6 +80,10 @@ def test_sweep_options_compose(option):
     suffix = "_batch16" if "batch16" in option else ""
     if option.startswith("fast_dllm_v2"):  # presets read block_size from the model (tests/test_eval_fast_dllm.py)
         assert cfg.sweep_name == "fast_dllm_v2" + suffix and cfg.block_length is None and cfg.model.block_length == 16
+    elif option.startswith("d2f_"):  # d2f_llada*, d2f_dream*: the family's tiny pair (tests/test_eval_d2f_sweep.py)
+        family = "_".join(option.split("_")[:2])
+        assert cfg.sweep_name == family and cfg.model.name == f"{family}_tiny" and cfg.model.lora_dir
+        assert cfg.block_length is None and cfg.model.block_length == 8
     else:
         assert cfg.sweep_name == "sdar" + suffix and cfg.block_length == cfg.model.block_length == 8
     assert cfg.batch_size == (16 if suffix else 1)
