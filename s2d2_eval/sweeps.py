@@ -38,10 +38,11 @@ PUBLISHED_SWEEPS: dict[str, tuple[tuple[str, ...], ...]] = {
     "fast_dllm_v2": (("sweep=fast_dllm_v2",), ("sweep=fast_dllm_v2_threshold_grid",)),
     "sdar_batch16": (("sweep=sdar_batch16",), ("sweep=sdar_batch16_grid",)),
     "fast_dllm_v2_batch16": (("sweep=fast_dllm_v2_batch16",), ("sweep=fast_dllm_v2_batch16_grid",)),
+    "llada2": (("sweep=llada2",), ("sweep=llada2_threshold_grid",)),
 }
 """Published folder (= sweep_name) -> the run_eval.py overrides of each stage of the documented
 command that writes it (scripts/sweep_sdar.sh, the same with the T=1 overrides, scripts/sweep_fast_dllm_v2.sh,
-scripts/sweep_batch16.sh for the two *_batch16 folders)."""
+scripts/sweep_batch16.sh for the two *_batch16 folders, scripts/sweep_llada2.sh)."""
 
 FAILURE_NOTE = "run_eval_failure.txt"
 """Name of the note a failed multirun job leaves in its output folder."""
