@@ -96,7 +96,8 @@ def documented_command(sweep_name: str) -> str:
     stage, *_ = PUBLISHED_SWEEPS[sweep_name]
     if sweep_name.endswith("_batch16"):
         return "bash scripts/sweep_batch16.sh"
-    script = "sweep_fast_dllm_v2.sh" if stage[0].startswith("sweep=fast") else "sweep_sdar.sh"
+    script = ("sweep_fast_dllm_v2.sh" if stage[0].startswith("sweep=fast")
+              else "sweep_llada2.sh" if stage[0].startswith("sweep=llada2") else "sweep_sdar.sh")
     return " ".join(["bash", f"scripts/{script}", *stage[1:]])
 
 
