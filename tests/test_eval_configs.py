@@ -80,6 +80,9 @@ def test_sweep_options_compose(option):
     suffix = "_batch16" if "batch16" in option else ""
     if option.startswith("fast_dllm_v2"):  # presets read block_size from the model (tests/test_eval_fast_dllm.py)
         assert cfg.sweep_name == "fast_dllm_v2" + suffix and cfg.block_length is None and cfg.model.block_length == 16
+    elif option.startswith("llada2"):  # presets read block_length from the model, as Fast-dLLM v2's
+        assert cfg.sweep_name == "llada2" and cfg.block_length is None and cfg.model.block_length == 8
+        assert cfg.model.name == "llada2_tiny" and cfg.decoding.generate.startswith("LLaDA2.")
     else:
         assert cfg.sweep_name == "sdar" + suffix and cfg.block_length == cfg.model.block_length == 8
     assert cfg.batch_size == (16 if suffix else 1)
