@@ -63,6 +63,8 @@ def describe_decoding(kind: str, name: str, params: Mapping[str, Any]) -> str:
     if kind == "ar":
         return "AR mode (B=1)"
     if kind == "static":
+        if steps is None:  # LLaDA2: a fixed number of masks filled per iteration, no step count
+            return f"static B={length} k={params.get('num_to_transfer', 1)}{edit}"
         return f"static B={length} S={steps}"
     if kind == "dynamic" and "block_add_threshold" in params:
         return (f"d2f τ={threshold_of(params):g} B={length} τ_add={params['block_add_threshold']:g} "

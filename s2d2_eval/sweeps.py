@@ -41,10 +41,11 @@ PUBLISHED_SWEEPS: dict[str, tuple[tuple[str, ...], ...]] = {
     # scripts/sweep_d2f.sh (d2f_dream: with model=d2f_dream_tiny, which selects the d2f_dream sweep configs)
     "d2f_llada": (("sweep=d2f_llada",), ("sweep=d2f_llada_threshold_grid",)),
     "d2f_dream": (("sweep=d2f_dream",), ("sweep=d2f_dream_threshold_grid",)),
+    "llada2": (("sweep=llada2",), ("sweep=llada2_threshold_grid",)),
 }
 """Published folder (= sweep_name) -> the run_eval.py overrides of each stage of the documented
 command that writes it (scripts/sweep_sdar.sh, the same with the T=1 overrides, scripts/sweep_fast_dllm_v2.sh,
-scripts/sweep_batch16.sh for the two *_batch16 folders)."""
+scripts/sweep_batch16.sh for the two *_batch16 folders, scripts/sweep_llada2.sh)."""
 
 FAILURE_NOTE = "run_eval_failure.txt"
 """Name of the note a failed multirun job leaves in its output folder."""
@@ -101,7 +102,8 @@ def documented_command(sweep_name: str) -> str:
     if stage[0].startswith("sweep=d2f_"):  # sweep_d2f.sh picks the Dream sweep configs from model=d2f_dream*
         model = () if stage[0] == "sweep=d2f_llada" else (f"model={stage[0].removeprefix('sweep=')}_tiny",)
         return " ".join(["bash", "scripts/sweep_d2f.sh", *model, *stage[1:]])
-    script = "sweep_fast_dllm_v2.sh" if stage[0].startswith("sweep=fast") else "sweep_sdar.sh"
+    script = ("sweep_fast_dllm_v2.sh" if stage[0].startswith("sweep=fast")
+              else "sweep_llada2.sh" if stage[0].startswith("sweep=llada2") else "sweep_sdar.sh")
     return " ".join(["bash", f"scripts/{script}", *stage[1:]])
 
 

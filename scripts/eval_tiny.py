@@ -9,7 +9,9 @@ throughput (generated tokens / summed batch wall time), not batch-1 latency.
 `--family` picks the model family and so the decoders and their flags (every field of the family's
 S2D2 config is a flag; `--family fast_dllm_v2 --help` lists that family's):
 * `sdar` (default, models/sdar-tiny): `SDAR/generate.py`, `SDAR/generate_ssd_policy.py`;
-* `fast_dllm_v2` (models/fast-dllm-v2-tiny): `Fast-dLLM-v2/generate.py`, `generate_ssd_policy.py`.
+* `fast_dllm_v2` (models/fast-dllm-v2-tiny): `Fast-dLLM-v2/generate.py`, `generate_ssd_policy.py`;
+* `llada2` (models/llada2-tiny): `LLaDA2/generate.py` (cached, token editing), `generate_ssd_policy.py`;
+  sampling is `--temperature` alone (no `--do_sample`).
 
 Modes:
 * `ar`: AR mode, block length 1: one forward per token (the S2D2 verifier). For Fast-dLLM v2 every

@@ -5,7 +5,9 @@ this script produces: by default an `SDARForCausalLM` (Qwen3 maths, position-ali
 with the SDAR / BD3-LM block-diffusion objective (below); with `--family
 fast_dllm_v2` a `Fast_dLLM_QwenForCausalLM` (Qwen2.5 maths, shift-aligned logits) trained with
 Fast-dLLM v2's objective: the same block mask, token shift, complementary masked copies, and
-block starts scored from the block-causal clean copy (see `make_shifted_row`).
+block starts scored from the block-causal clean copy (see `make_shifted_row`); with `--family llada2`
+an `LLaDA2MoeModelLM` (a MoE: group-limited top-k, a shared expert, `expert_bias` balancing) trained
+with SDAR's objective (M2T) plus LLaDA2.1's token-editing objective (T2T), `synthetic/train_llada2.py`.
 
 Objective. A training row is the doubled sequence [x_t ‖ x_0] with ONE bool mask (True = may attend):
 
@@ -43,6 +45,7 @@ scored logit (the tests compare them with the full doubled sequence); autocast c
 
     python scripts/train_tiny.py                          # an SDAR model in models/sdar-tiny
     python scripts/train_tiny.py --family fast_dllm_v2    # a Fast-dLLM v2 model in models/fast-dllm-v2-tiny
+    python scripts/train_tiny.py --family llada2          # a LLaDA2 MoE model in models/llada2-tiny
     python scripts/train_tiny.py --family d2f_llada       # base/ + lora/ in models/d2f-llada-tiny (synthetic/train_d2f.py)
     python scripts/train_tiny.py --steps 20 --output_dir /tmp/x --hidden_size 32 --num_layers 1
 """
@@ -64,7 +67,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from families import FAMILIES as REGISTRY
-from synthetic import train_d2f
+from synthetic import train_d2f, train_llada2
 from synthetic.checkpoint import FAMILIES
 from synthetic.tasks import TASKS
 
@@ -105,7 +108,8 @@ def build_parser() -> OneLineParser:
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--family", choices=FAMILIES, default="sdar",
                         help="sdar: SDARForCausalLM, position-aligned objective; fast_dllm_v2: "
-                             "Fast_dLLM_QwenForCausalLM, shift-aligned objective with complementary masks")
+                             "Fast_dLLM_QwenForCausalLM, shift-aligned objective with complementary masks; llada2: "
+                             "LLaDA2MoeModelLM, position-aligned objective plus token editing (T2T)")
     data = parser.add_argument_group("data")
     data.add_argument("--tasks", type=_str_list, default=list(TASKS), help="comma-separated synthetic tasks")
     data.add_argument("--task_weights", type=_int_list, default=None,
@@ -156,6 +160,7 @@ def build_parser() -> OneLineParser:
                      help="pack short examples side by side in one line (no cross-attention between them)")
     run.add_argument("--log_every", type=int, default=50, help="steps between log lines")
     train_d2f.add_arguments(parser)
+    train_llada2.add_arguments(parser)
     return parser
 
 
@@ -195,10 +200,9 @@ def validate(args: argparse.Namespace) -> None:
         fail(f"--head_dim must be even (rotate-half RoPE), got {args.head_dim}")
     if not 0.0 <= args.causal_clean_fraction <= 1.0:
         fail(f"--causal_clean_fraction must be in [0, 1], got {args.causal_clean_fraction}")
-    if args.family == "llada2":
-        fail("--family llada2: the LLaDA2 MoE training recipe (M2T + T2T objectives, expert-bias balancing) is not "
-             "implemented yet (issue 11 §3); its decoders run on any llada2_moe checkpoint "
-             "(python -m s2d2_eval.testing DIR --family llada2 writes a random one)")
+    llada2_error = train_llada2.validate(args, build_parser().parse_args([]))
+    if llada2_error:
+        fail(llada2_error)
     if args.family != "fast_dllm_v2" and args.causal_clean_fraction:
         fail("--causal_clean_fraction only applies to --family fast_dllm_v2")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
@@ -570,6 +574,8 @@ def build_model(args: argparse.Namespace, tokenizer: "PreTrainedTokenizerFast"):
                  num_key_value_heads=args.num_kv_heads, head_dim=args.head_dim, rope_theta=args.rope_theta)
     if args.family == "fast_dllm_v2":
         sizes.update(bd_size=max(args.block_sizes), conplemenrary_mask=True)
+    if args.family == "llada2":
+        sizes.update(train_llada2.config_kwargs(args))
     return tiny_model(args.family, tokenizer, **sizes)
 
 
@@ -599,8 +605,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     mask_id, pad_id = tokenizer.mask_token_id, tokenizer.pad_token_id
     model = build_model(args, tokenizer).to(device).train()
     shifted = REGISTRY[args.family].shift_aligned
+    # LLaDA2: dense training MoE, expert-bias balancing and the T2T rows (synthetic/train_llada2.py).
+    recipe = train_llada2.Recipe(args, tokenizer, rng) if args.family == "llada2" else None
+    if recipe is not None:
+        recipe.prepare(model)
 
     def row_maker(ids: list[int], prompt_len: int, block: int) -> TrainRow:
+        if recipe is not None:
+            return recipe.row(make_row(ids, prompt_len, block, rng, mask_id, pad_id), prompt_len)
         if not shifted:
             return make_row(ids, prompt_len, block, rng, mask_id, pad_id)
         causal = block > 1 and args.causal_clean_fraction > 0 and rng.random() < args.causal_clean_fraction
@@ -662,6 +674,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
+        if recipe is not None:
+            recipe.after_step()
         value = float(loss.detach())
         losses.append(value)
         ema = value if ema is None else 0.98 * ema + 0.02 * value
@@ -698,6 +712,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "load_average_at_end": os.getloadavg(),
         "data_sources_sha256": data_fingerprint,
         "log": log,
+        **(recipe.summary() if recipe is not None else {}),
     }
     save(model, args.output_dir, record)
     return record

@@ -65,5 +65,8 @@ def save_checkpoint(model: Any, out_dir: str | Path) -> Path:
         mask_token_id=tokenizer.mask_token_id,
     )
     model.save_pretrained(out, safe_serialization=True)
+    # save_pretrained writes it only for models that `can_generate()`; LLaDA2MoeModelLM (no
+    # GenerationMixin: our decoders generate) would lose its stop ids.
+    model.generation_config.save_pretrained(out)
     save_tokenizer(out)
     return out

@@ -84,6 +84,9 @@ def test_sweep_options_compose(option):
         family = "_".join(option.split("_")[:2])
         assert cfg.sweep_name == family and cfg.model.name == f"{family}_tiny" and cfg.model.lora_dir
         assert cfg.block_length is None and cfg.model.block_length == 8
+    elif option.startswith("llada2"):  # presets read block_length from the model, as Fast-dLLM v2's
+        assert cfg.sweep_name == "llada2" and cfg.block_length is None and cfg.model.block_length == 8
+        assert cfg.model.name == "llada2_tiny" and cfg.decoding.generate.startswith("LLaDA2.")
     else:
         assert cfg.sweep_name == "sdar" + suffix and cfg.block_length == cfg.model.block_length == 8
     assert cfg.batch_size == (16 if suffix else 1)

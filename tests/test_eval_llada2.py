@@ -135,7 +135,7 @@ def test_llada2_paper_presets_carry_the_paper_values():
     greedy = params("llada2_greedy")
     assert greedy["acceptance"] == "greedy_exact" and greedy["editing_threshold"] >= 1 and greedy["cache_ver"]
     tiny = effective_decoding_params(_compose(["model=llada2_tiny", "decoding=llada2_s2d2_conservative"]))
-    assert tiny == {**params("llada2_s2d2_conservative"), "block_length": 16}  # the tiny counterpart
+    assert tiny == {**params("llada2_s2d2_conservative"), "block_length": 8}  # the tiny counterpart
 
 
 def test_missing_tiny_llada2_model_names_the_training_command():

@@ -419,10 +419,6 @@ def test_causal_clean_fraction_is_fast_dllm_only(tmp_path):
                        "--causal_clean_fraction must be in [0, 1]")
 
 
-def test_llada2_training_is_refused_until_its_recipe_exists(tmp_path):
-    _assert_fails_fast(["--family", "llada2", "--output_dir", str(tmp_path)], "--family llada2")
-
-
 def test_answers_per_prompt_is_sdar_only(tmp_path):
     _assert_fails_fast(["--family", "fast_dllm_v2", "--answers_per_prompt", "2", "--output_dir", str(tmp_path)],
                        "--answers_per_prompt only applies to --family sdar")
