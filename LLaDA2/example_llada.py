@@ -28,6 +28,7 @@ DECODERS = {"nocache": "LLaDA2.generate:generate", "cached": "LLaDA2.generate:ge
             "ssd_policy": "LLaDA2.generate_ssd_policy:generate_ssd_policy"}
 FLAGS = DECODERS["ssd_policy"]  # its config holds every flag of the three decoders
 STOP_FLAG = "--eos_id/--stopping_criteria_idx"
+RELEASED_BLOCK_LENGTH = 32  # the paper's block length for LLaDA2.x-mini
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_field_arguments(parser, cli_schema.fields(FLAGS), "decoding", aliases={"stopping_criteria_idx": ["--eos_id"]})
     parser.add_argument("--no_resample", dest="allow_resample", action="store_false",
                         help="same as --no-allow_resample")
+    parser.set_defaults(block_length=None)
+    for action in parser._actions:
+        if action.dest == "block_length":
+            action.help = (f"tokens per block (default: the model config's `block_length`, the block size it was "
+                           f"trained at, else the released models' {RELEASED_BLOCK_LENGTH})")
     return parser
 
 
@@ -67,6 +73,8 @@ def load_model_and_tokenizer(model: str, device: str, dtype: str):
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     decoder = DECODERS[args.generate_fn]
+    if args.block_length is None:  # the model's own block size (the tiny model records it), read before any load
+        args.block_length = int((cli.model_config(args.model) or {}).get("block_length", RELEASED_BLOCK_LENGTH))
     cli.check_flags(args, cli_schema.fields(FLAGS))
     unused = unused_flags(decoder, args)
     if unused:

@@ -90,8 +90,10 @@ def validate(args: argparse.Namespace, defaults: argparse.Namespace) -> str | No
 
 def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """LLaDA2MoeConfig keys beyond the shared sizes: layer 0 dense, then the MoE; all written out,
-    since the config defaults are the released 256-expert model's."""
+    since the config defaults are the released 256-expert model's. `block_length` (an extra key) records
+    the largest training block, which `LLaDA2/example_llada.py` decodes at by default."""
     return dict(
+        block_length=max(args.block_sizes),
         num_experts=args.num_experts, num_experts_per_tok=args.num_experts_per_tok, n_group=args.n_group,
         topk_group=args.topk_group, moe_intermediate_size=args.moe_intermediate_size, num_shared_experts=1,
         first_k_dense_replace=1, routed_scaling_factor=2.5, partial_rotary_factor=0.5,

@@ -267,3 +267,19 @@ def test_shipped_model_restores_a_corrupted_answer_token_and_edits_nothing_else(
     editable[position] = False
     fires = editable & (draft != corrupted) & (confidence > EDIT_THRESHOLD)
     assert not bool(fires.any()), f"{task}: edits at {fires.nonzero().flatten().tolist()} besides {position}"
+
+
+def test_cli_decodes_the_shipped_model_at_its_training_block_length(capsys):
+    """The shipped model's config.json records its block length (8); the CLI's default follows it (the
+    released models' 32 otherwise) and S2D2 solves the sample problem."""
+    import importlib.util
+    import json as json_
+
+    config = json_.loads((REPO_ROOT / "models" / "llada2-tiny" / "config.json").read_text())
+    assert config["block_length"] == 8
+    spec = importlib.util.spec_from_file_location("_example_llada", REPO_ROOT / "LLaDA2" / "example_llada.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    stats = example.main(["--generate_fn", "ssd_policy", "--device", "cpu"])
+    assert "correct: True" in capsys.readouterr().out
+    assert stats[0]["verifications"] > 0
