@@ -26,7 +26,7 @@ blocks at the front of a pipelined D2F window while the blocks behind them are s
 Every call attends over cached + ALL current keys, whatever it stores.
 """
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -280,3 +280,53 @@ def reject_unsupported_kwargs(
 def check_logits_to_keep(logits_to_keep: int) -> None:
     if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
         raise ValueError(f"logits_to_keep must be a non-negative int (0 = all rows); got {logits_to_keep!r}.")
+
+
+def prepare_inputs(
+    embed: nn.Module,
+    config: Any,
+    input_ids: Optional[torch.LongTensor],
+    attention_mask: Optional[torch.Tensor],
+    attention_bias: Optional[torch.Tensor],
+    position_ids: Optional[torch.LongTensor],
+    past_key_values: Optional[DynamicCache],
+    inputs_embeds: Optional[torch.Tensor],
+    use_cache: Optional[bool],
+    store_kv: Union[bool, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Optional[DynamicCache], int]:
+    """The shared front of both models' forward: validate the call (exactly one of ids / embeddings, a
+    DynamicCache, an explicit mask with a cache and several queries, store_kv), embed, and build the
+    mask and RoPE tables. Returns (embeddings [B, Q, E], mask [B|1, 1, Q, K], cos, sin [B|1, Q, D],
+    the cache, the number of leading query tokens whose K/V are stored)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids [B, Q] or inputs_embeds [B, Q, E].")
+    if past_key_values is not None and not isinstance(past_key_values, DynamicCache):
+        raise TypeError(f"past_key_values must be a transformers DynamicCache; got {type(past_key_values)}.")
+    full_mask, padding_mask = split_masks(attention_mask, attention_bias)
+    q_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+    check_mask_with_cache(full_mask, past_key_values, q_len)
+    n_store = tokens_to_store(store_kv, q_len)
+    use_cache = config.use_cache if use_cache is None else use_cache
+    if past_key_values is None and use_cache:
+        past_key_values = DynamicCache()
+    if n_store > 0 and past_key_values is None:
+        raise ValueError(
+            "store_kv asks to append K/V but there is no cache: pass past_key_values or use_cache=True."
+        )
+
+    if inputs_embeds is None:
+        inputs_embeds = embed(input_ids)  # [B, Q, E]
+    batch = inputs_embeds.shape[0]
+    device = inputs_embeds.device
+    past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+    if position_ids is None:
+        position_ids = torch.arange(past_len, past_len + q_len, device=device)[None]  # [1, Q]
+    elif position_ids.shape[1:] != (q_len,) or position_ids.shape[0] not in (1, batch):
+        raise ValueError(
+            f"position_ids must have shape [B|1, Q] = [{batch}, {q_len}]; got {tuple(position_ids.shape)}."
+        )
+    mask = prepare_attention_mask(full_mask, padding_mask, batch, q_len, past_len + q_len, device)  # [B|1, 1, Q, K]
+    cos, sin = rope_tables(
+        position_ids.to(device), config.head_dim, config.rope_theta, inputs_embeds.dtype
+    )  # [B|1, Q, D] each
+    return inputs_embeds, mask, cos, sin, past_key_values, n_store

@@ -29,7 +29,6 @@ D head dim, E hidden size, V vocabulary.
 from typing import Any, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
@@ -42,13 +41,9 @@ from D2F.layers import (
     apply_rope,
     attend,
     check_logits_to_keep,
-    check_mask_with_cache,
     keys_values_with_cache,
-    prepare_attention_mask,
+    prepare_inputs,
     reject_unsupported_kwargs,
-    rope_tables,
-    split_masks,
-    tokens_to_store,
 )
 
 
@@ -178,37 +173,9 @@ class DreamBaseModel(DreamPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
     ) -> BaseModelOutputWithPast:
         """Run the decoder; the contract is documented on `DreamModel.forward`."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids [B, Q] or inputs_embeds [B, Q, E].")
-        if past_key_values is not None and not isinstance(past_key_values, DynamicCache):
-            raise TypeError(f"past_key_values must be a transformers DynamicCache; got {type(past_key_values)}.")
-        full_mask, padding_mask = split_masks(attention_mask, attention_bias)
-        q_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        check_mask_with_cache(full_mask, past_key_values, q_len)
-        n_store = tokens_to_store(store_kv, q_len)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if past_key_values is None and use_cache:
-            past_key_values = DynamicCache()
-        if n_store > 0 and past_key_values is None:
-            raise ValueError(
-                "store_kv asks to append K/V but there is no cache: pass past_key_values or use_cache=True."
-            )
-
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)  # [B, Q, E]
-        batch = inputs_embeds.shape[0]
-        device = inputs_embeds.device
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + q_len, device=device)[None]  # [1, Q]
-        elif position_ids.shape[1:] != (q_len,) or position_ids.shape[0] not in (1, batch):
-            raise ValueError(
-                f"position_ids must have shape [B|1, Q] = [{batch}, {q_len}]; got {tuple(position_ids.shape)}."
-            )
-        mask = prepare_attention_mask(full_mask, padding_mask, batch, q_len, past_len + q_len, device)  # [B|1, 1, Q, K]
-        cos, sin = rope_tables(
-            position_ids.to(device), self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype
-        )  # [B|1, Q, D] each
+        inputs_embeds, mask, cos, sin, past_key_values, n_store = prepare_inputs(
+            self.embed_tokens, self.config, input_ids, attention_mask, attention_bias, position_ids, past_key_values, inputs_embeds,
+            use_cache, store_kv)
 
         hidden_states = inputs_embeds
         all_hidden_states: tuple[torch.Tensor, ...] = ()
