@@ -64,7 +64,7 @@ from common.remasking import select_transfer
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
 from common.sequence import HoldsSequence, SequenceBuffer
 from common.spans import Span
-from common.stats import COMMIT_DIFFUSION, DecodeRecorder
+from common.stats import DecodeRecorder
 from common.token_ids import with_token_ids
 
 SHIFTED_MODEL_TYPES = frozenset({"Dream"})

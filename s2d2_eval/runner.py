@@ -20,7 +20,6 @@ sweep folder never mixes two models, tasks or sample counts.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time

@@ -310,7 +310,6 @@ class Probe:
 def hf_twin(model: Any, family: Family, model_dir: Path) -> Any:
     """The transformers class of the family's backbone with the shipped safetensors loaded, every key
     matched by name (ValueError listing any that is missing or left over)."""
-    import torch
     import transformers
     from safetensors.torch import load_file
 

@@ -110,7 +110,6 @@ def dense_moe_forward(block: Any, hidden_states: "torch.Tensor",
     `loads` [X] (optional) accumulates how many (token, slot) picks each expert got.
     """
     import torch
-    import torch.nn.functional as F
 
     batch, q_len, hidden = hidden_states.shape
     tokens = hidden_states.reshape(batch * q_len, hidden)  # [N, E]
