@@ -4,7 +4,8 @@ Two stages, as the released D2F artefacts are made (MODEL-FAMILIES.md §4.1, §8
 
 1. BASE: a bidirectional masked-diffusion LM of the family's architecture (LLaDA: `LLaDAModelLM`,
    position-aligned logits; Dream: `DreamModel`, shifted logits, the logit at t - 1 predicts token t),
-   trained as LLaDA's SFT: each row draws t ~ U[eps, 1] and masks each answer token with probability t,
+   trained as LLaDA's SFT: each row draws t ~ U[eps, 1] (stratified: one draw in each of the batch's
+   equal slices of the range, shuffled over its rows) and masks each answer token with probability t,
    the prompt is never masked, every row is padded to the batch's longest with the pad token and that
    trailing padding is part of the answer (masked and trained like any answer token), and the loss is
    the masked tokens' cross entropy weighted by 1/t, per row divided by its answer length. Saved as a
@@ -104,17 +105,19 @@ def family_defaults(family: str) -> dict[str, Any]:
     """Defaults of the shared train_tiny.py flags for a D2F family (argparse `set_defaults`; explicit flags
     win). `--steps`, `--warmup_steps` and `--lr` are the BASE stage's.
 
-    Step counts, from smoke runs at the default sizes and batch (60 base + 40 LoRA steps, 1 torch thread,
-    the 2-core machine shared with other work at load 3.4-3.9): CPU seconds per step were 0.37 (base) and
-    0.63 (LoRA) for D2F-LLaDA, 0.39 and 0.49 for D2F-Dream; wall seconds per step were 0.50 / 0.76 and
-    0.56 / 0.72 under that load. On a machine with nothing else running the wall time per step is about
-    the CPU time, so 1,800 base + 1,300 LoRA steps take 1,800 x 0.37 + 1,300 x 0.63 = 1,485 s = 24.8 min
-    (D2F-LLaDA) and 702 + 637 = 1,339 s = 22.3 min (D2F-Dream), leaving about 5 minutes under the 30-minute
-    cap for a slower machine. Under the load above they would take 31.5 and 32.4 min: then the cap binds
-    and the last steps follow the wall clock (`time_bound_steps` > 0 in the record, not deterministic)."""
+    Step counts. CPU seconds per step at the default sizes and batch, 1 torch thread: 0.37 (base) and
+    0.63 (LoRA) for D2F-LLaDA, 0.39 and 0.49 for D2F-Dream (rank 16; rank 32 costs about the same at this
+    width). So 2,600 base + 800 LoRA steps take 2,600 x 0.37 + 800 x 0.63 = 1,466 s = 24.4 min (D2F-LLaDA)
+    and 1,014 + 392 = 1,406 s = 23.4 min (D2F-Dream) on a machine with nothing else running, under the
+    30-minute cap. Most of the budget goes to the base: the adapter's left-to-right cross entropy settles
+    a few hundred steps in at about the base's own left-to-right cross entropy (measured on a first
+    1,800 + 1,300-step run: 0.52 against 0.55 nats per answer token; a rank-64 adapter, or one on the MLP
+    as well, settled at the same value), so the base's quality bounds the adapter's. On a loaded machine
+    the cap may bind: then the last steps follow the wall clock (`time_bound_steps` > 0 in the record, not
+    deterministic); `--max_minutes 45` keeps a slower machine on the step schedule."""
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; D2F families: {', '.join(FAMILIES)}")
-    return {"steps": 1800, "warmup_steps": 80, "lr": 3e-3,
+    return {"steps": 2600, "warmup_steps": 80, "lr": 3e-3,
             "output_dir": REGISTRY[family].tiny_model_dir.parent}
 
 
@@ -125,10 +128,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "D2F (--family d2f_llada / d2f_dream): stage 2, the LoRA adapter; --steps, --lr, --warmup_steps are stage "
         f"1's (the base), with the D2F defaults {base['steps']} / {base['lr']:g} / {base['warmup_steps']}, and "
         "--output_dir defaults to the folder holding the registry's base/ and lora/")
-    group.add_argument("--lora_steps", type=int, default=1300, help="optimiser steps of the adapter stage")
+    group.add_argument("--lora_steps", type=int, default=800, help="optimiser steps of the adapter stage")
     group.add_argument("--lora_warmup_steps", type=int, default=50)
     group.add_argument("--lora_lr", type=float, default=2e-3, help="peak AdamW learning rate of the adapter")
-    group.add_argument("--lora_rank", type=int, default=16, help="LoRA r (the released adapters: 32)")
+    group.add_argument("--lora_rank", type=int, default=32, help="LoRA r (32, as the released adapters)")
     group.add_argument("--lora_alpha", type=int, default=None,
                        help="LoRA alpha; default: the rank (scale 1, as the released adapters' 32/32)")
     group.add_argument("--lora_dropout", type=float, default=0.0, help="LoRA dropout (the released: 0.1)")
@@ -212,7 +215,12 @@ def base_rows(ids: "torch.Tensor", prompt_len: "torch.Tensor", mask_id: int,
 
     batch, width = ids.shape
     answer = torch.arange(width)[None, :] >= prompt_len[:, None]  # [B, T]
-    ratio = MASK_RATIO_EPS + (1.0 - MASK_RATIO_EPS) * torch.rand(batch, generator=generator)  # [B]
+    # Stratified ratios: one uniform draw in each of B equal slices of [0, 1), shuffled over the rows. Each
+    # row's t is still U[eps, 1], so the objective's expectation is LLaDA's; the batch always spans the
+    # whole range, which cuts the variance the 1/t weight gives a small batch (at 500 steps the base's
+    # left-to-right CE was 0.69 nats against 0.86 with independent draws).
+    slices = (torch.arange(batch) + torch.rand(batch, generator=generator)) / batch  # [B]
+    ratio = MASK_RATIO_EPS + (1.0 - MASK_RATIO_EPS) * slices[torch.randperm(batch, generator=generator)]  # [B]
     scored = answer & (torch.rand(batch, width, generator=generator) < ratio[:, None])  # [B, T]
     return {"input_ids": torch.where(scored, mask_id, ids), "targets": ids, "scored": scored,
             "weight": (1.0 / ratio)[:, None].expand(batch, width), "answer_len": answer.sum(1)}
@@ -615,7 +623,8 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
         f"{', '.join(f'`{m}`' for m in record['lora_target_modules'])}) adds {record['lora_parameters']:,}. Both "
         f"folders: {size_mb:.1f} MB.",
         f"- **Stage 1, the base** ({args['steps']:,} steps, batch {args['batch_size']}, peak LR {args['lr']:g}): the "
-        f"masked-diffusion objective with bidirectional attention, t ~ U[{MASK_RATIO_EPS:g}, 1] per row, the prompt "
+        f"masked-diffusion objective with bidirectional attention, t ~ U[{MASK_RATIO_EPS:g}, 1] per row (stratified over "
+        "the batch: one draw in each of its equal slices of the range), the prompt "
         "never masked, trailing padding trained as answer tokens, the loss weighted by 1/t "
         "(`synthetic/train_d2f.py`).",
         f"- **Stage 2, the D2F adapter** ({args['lora_steps']:,} steps, peak LR {args['lora_lr']:g}, the base frozen): "

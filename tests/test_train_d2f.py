@@ -187,6 +187,23 @@ def test_base_rows_never_mask_the_prompt_and_train_the_padding():
     assert padding_scored > 0, "trailing padding is an answer token"
 
 
+def test_base_rows_stratify_the_mask_ratio_over_the_batch():
+    """Sorted, the batch's B ratios hold one draw in each of B equal slices of [eps, 1]; over many batches
+    every row's ratio is still uniform (so the 1/t-weighted objective keeps LLaDA's expectation)."""
+    ids, prompt_len = train_d2f.pad_examples(_examples(0), PAD_ID)
+    batch, eps = ids.shape[0], train_d2f.MASK_RATIO_EPS
+    generator = torch.Generator().manual_seed(3)
+    first_row = []
+    for _ in range(400):
+        ratio = 1.0 / train_d2f.base_rows(ids, prompt_len, MASK_ID, generator)["weight"][:, 0]  # [B]
+        slot = ((ratio.sort().values - eps) / (1 - eps) * batch).floor()  # [B]
+        assert slot.tolist() == [float(i) for i in range(batch)]
+        first_row.append(float(ratio[0]))
+    # The first row's slice is uniform over the B slices: each is hit about 400 / B times.
+    hits = torch.bincount(((torch.tensor(first_row) - eps) / (1 - eps) * batch).floor().long(), minlength=batch)
+    expected = 400 / batch
+    assert float(((hits - expected) ** 2 / expected).sum()) < 20.5  # chi-square, B - 1 = 5 dof: p < 0.001
+
 def test_d2f_rows_have_prompt_relative_blocks_and_monotonic_noise():
     ids, prompt_len = train_d2f.pad_examples(_examples(1), PAD_ID)
     sizes = torch.tensor([2, 4, 8, 4, 2, 3])
