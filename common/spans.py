@@ -34,17 +34,9 @@ def first_masked_span(masked: Tensor) -> Span:
     return Span(member=member, length=member.sum(-1))
 
 
-def scatter_to_span(values: Tensor, span: Span, length_l: int, fill: float = 0.0) -> Tensor:
-    """Place per-span values [B, S] (S >= every span length) at the span positions of a [B, L] row.
-
-    Used to lay the verifier's uniforms (drawn as `torch.rand(span_len)` in the reference) onto block
-    positions: uniform j of a row goes to position start + j.
-    """
-    placed = values.gather(-1, span_offsets(span, values.shape[-1]))  # [B, L]
-    return torch.where(span.member, placed, fill)
-
-
 def span_offsets(span: Span, width: int) -> Tensor:
     """[B, L] long: each span position's index within its span (0 for the first), clamped to
-    [0, width - 1] outside it, so a gather from per-span values [B, width] is in range everywhere."""
+    [0, width - 1] outside it, so a gather from per-span values [B, width] (S >= every span length) is
+    in range everywhere. Lays the verifier's uniforms (drawn as `torch.rand(span_len)` in the reference)
+    onto block positions: uniform j of a row goes to position start + j."""
     return (span.member.cumsum(-1) - 1).clamp(0, width - 1)
