@@ -55,8 +55,8 @@ class S2D2Step(SubBlockStep):
                  live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         probs, drafts, confidence = self.draft(logits)
         return self.core(probs, drafts, confidence, sub, masked, live,
-                         progress=(sub != self.cfg.mask_id).float().mean(-1), context_length=self.cfg.small_block_size,
-                         min_k=live.long(), top_up_rule=self.rule,
+                         progress=lambda: (sub != self.cfg.mask_id).float().mean(-1),
+                         context_length=self.cfg.small_block_size, min_k=live.long(), min_k_max=1, top_up_rule=self.rule,
                          verify=lambda drafted, rows: blocks.verify(b, s, drafted, rows), recorder=blocks.recorder)
 
 

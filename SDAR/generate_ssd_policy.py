@@ -50,24 +50,27 @@ class S2D2Step(BlockStep):
         self.core = s2d2.S2D2Step(cfg, self.sampling, batch, device, generator)
         self.rule = TopUp(cfg.remasking_strategy, cfg.confidence_threshold, cfg.eb_threshold,
                           cfg.always_check_high_confidence)
-        self.decoded_in_block = torch.zeros(batch, dtype=torch.long, device=device)
+        self.masked_at_start = torch.zeros(batch, dtype=torch.long, device=device)  # [B] of the current block
 
     def begin_block(self, b: int, masked: Tensor) -> None:
-        self.decoded_in_block.zero_()
+        self.masked_at_start = masked.sum(-1)
 
     def select(self, keep: Tensor) -> None:
         self.core.select(keep)
-        self.decoded_in_block = self.decoded_in_block[keep]
+        self.masked_at_start = self.masked_at_start[keep]
 
     def __call__(self, blocks: SDARBlocks, b: int, step: int, blk: Tensor, masked: Tensor,
                  live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         probs, drafts, confidence = self.draft(blocks, b, masked, live)
-        commit, tokens, kinds = self.core(
-            probs, drafts, confidence, blk, masked, live, progress=self.decoded_in_block.float() / self.cfg.block_length,
-            context_length=self.cfg.block_length, min_k=torch.clamp(masked.sum(-1), max=self.schedule[step]),
-            top_up_rule=self.rule, verify=lambda drafted, rows: blocks.verify(b, drafted, rows), recorder=blocks.recorder)
-        self.decoded_in_block += commit.sum(-1)
-        return commit, tokens, kinds
+        n_masked = masked.sum(-1)  # [B]
+
+        def progress() -> Tensor:  # [B] decoded fraction of the block: every commit unmasks one position
+            return (self.masked_at_start - n_masked).float() / self.cfg.block_length
+
+        return self.core(
+            probs, drafts, confidence, blk, masked, live, progress=progress, context_length=self.cfg.block_length,
+            min_k=n_masked.clamp(max=self.schedule[step]), min_k_max=self.schedule[step], top_up_rule=self.rule,
+            verify=lambda drafted, rows: blocks.verify(b, drafted, rows), recorder=blocks.recorder)
 
 
 @takes_config(S2D2Config)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from common.sampling import sample_rows
+
 PROB_FLOOR = 1e-12
 ACCEPTANCE_MODES = ("stochastic", "greedy_exact")
 
@@ -24,25 +26,35 @@ class Verdict:
     accepted: Tensor  # [B, L] bool, the accepted draft prefix of the span
     n_accepted: Tensor  # [B] long
     rejected: Tensor  # [B] bool, a span position was rejected (span not fully accepted)
-    reject_index: Tensor  # [B] long, block index of the first rejected position (valid where rejected)
-    ratio: Tensor  # [B, L] float, min(1, (q/p)^gamma) at every position (for the ratio-threshold option)
+    first_rejected: Tensor  # [B, L] bool, True at the first rejected position (all False where none)
+    ratio: Tensor | None  # [B, L] float, min(1, (q/p)^gamma) (None where the rule did not need it)
+
+    @property
+    def reject_index(self) -> Tensor:
+        """[B] long, block index of the first rejected position (valid where rejected). Derived on
+        demand: only a residual draw reads it."""
+        return self.first_rejected.int().argmax(-1)
 
 
 def acceptance_ratio(q_draft: Tensor, p_draft: Tensor, gamma: float = 1.0) -> Tensor:
     """r_i = min(1, (q_i(x_i) / max(p_i(x_i), 1e-12)) ** gamma); gamma is the ratio tempering factor
     (paper App. A.8). q_draft, p_draft: [B, L]."""
-    return torch.clamp((q_draft / p_draft.clamp_min(PROB_FLOOR)) ** gamma, max=1.0)
+    ratio = q_draft / p_draft.clamp_min(PROB_FLOOR)
+    if gamma != 1.0:  # x ** 1 is x exactly: skip the op
+        ratio = ratio ** gamma
+    return torch.clamp(ratio, max=1.0)
 
 
-def _prefix_verdict(ok: Tensor, in_span: Tensor, ratio: Tensor) -> Verdict:
-    """Accept the span prefix before the first position where `ok` is False."""
-    passes = ok | ~in_span  # positions outside the span never stop the prefix
-    accepted = (torch.cumprod(passes.int(), dim=-1).bool()) & in_span
-    n_accepted = accepted.sum(-1)
-    span_len = in_span.sum(-1)
-    rejected = n_accepted < span_len
-    first = in_span.int().argmax(-1)
-    return Verdict(accepted, n_accepted, rejected, first + n_accepted, ratio)
+def _prefix_verdict(ok: Tensor, in_span: Tensor, ratio: Tensor | None) -> Verdict:
+    """Accept the span prefix before the first position where `ok` is False. ok, in_span: [B, L] bool.
+
+    Counting the span positions that fail (`bad`) left to right: the accepted prefix is the span
+    positions before the first failure (running count 0), the first rejection the one where the count
+    first reaches 1."""
+    bad = in_span > ok  # [B, L]: in the span and not ok
+    failures = bad.cumsum(-1)  # [B, L] long
+    accepted = in_span & (failures == 0)
+    return Verdict(accepted, accepted.sum(-1), bad.any(-1), bad & (failures == 1), ratio)
 
 
 def stochastic_verdict(
@@ -57,9 +69,10 @@ def stochastic_verdict(
     return _prefix_verdict(uniforms < ratio, in_span, ratio)
 
 
-def greedy_exact_verdict(drafts: Tensor, q_argmax: Tensor, in_span: Tensor, ratio: Tensor) -> Verdict:
+def greedy_exact_verdict(drafts: Tensor, q_argmax: Tensor, in_span: Tensor, ratio: Tensor | None = None) -> Verdict:
     """Accept x_i iff it equals argmax q_i. With the correction below, the committed tokens are exactly
-    what greedy AR (block size 1) decoding would produce from the same prefix."""
+    what greedy AR (block size 1) decoding would produce from the same prefix. `ratio` is only carried
+    (for the ratio-threshold option); the rule does not read it."""
     return _prefix_verdict(drafts == q_argmax, in_span, ratio)
 
 
@@ -76,9 +89,10 @@ def recover_tokens(
 ) -> Tensor:
     """The token committed at the first rejected position. q_rows, p_rows: [N, V] -> [N] long.
 
-    stochastic: one multinomial over the N rows from the residual (the reference draws one per
-    rejection; with batch 1 this is the same single draw). greedy_exact: argmax q.
+    stochastic: one draw per row from the residual, all N rows in one call, in row order (the
+    reference draws one per rejection; with batch 1 this is the same single draw). greedy_exact:
+    argmax q.
     """
     if mode == "greedy_exact":
         return q_rows.argmax(-1)
-    return torch.multinomial(residual_distribution(q_rows, p_rows), 1, generator=generator).squeeze(-1)
+    return sample_rows(residual_distribution(q_rows, p_rows), generator)

@@ -94,6 +94,19 @@ def _top_margin(probs: Tensor) -> Tensor:
     return top2[..., 0] - top2[..., 1]
 
 
+def _entropy_negexp(probs: Tensor, temperature: float) -> Tensor:
+    """``exp(−T · H̃(p))`` in four ops. ``Σ p log p = −H`` exactly (negation is exact), so
+    ``(Σ p log p / log V) · T`` is bit for bit ``−T · (H / log V)``; the product is <= 0, so the result
+    is already in ``[0, 1]`` and needs no clamp. probs: ``[..., V]`` float32. Returns ``[...]``."""
+    vocab_size = probs.shape[-1]
+    if vocab_size <= 1:
+        return torch.ones(probs.shape[:-1], dtype=torch.float32, device=probs.device)
+    scaled = torch.special.xlogy(probs, probs).sum(dim=-1) / math.log(vocab_size)  # [...] = −H̃
+    if temperature != 1.0:
+        scaled = scaled * temperature
+    return torch.exp(scaled)
+
+
 def token_acceptance(probs: Tensor, confidence: Tensor, cfg: EstimatorConfig) -> Tensor:
     """Per-position acceptance estimate ``α_i ∈ [0, 1]`` (ALGORITHM.md §3.2).
 
@@ -108,7 +121,8 @@ def token_acceptance(probs: Tensor, confidence: Tensor, cfg: EstimatorConfig) ->
     name = cfg.token_acceptance_estimator
     if name == "soft_confidence_power":
         return confidence.float().clamp(0.0, 1.0) ** cfg.ssd_confidence_power
-    probs = probs.float()
+    if probs.dtype != torch.float32:
+        probs = probs.float()
     if name == "hard_margin_threshold":
         return (_top_margin(probs) > cfg.ssd_confidence_margin_threshold).float()
     if name == "soft_clipped_linear_margin":
@@ -116,7 +130,7 @@ def token_acceptance(probs: Tensor, confidence: Tensor, cfg: EstimatorConfig) ->
     if name == "hard_entropy_threshold":
         return (normalized_entropy(probs) < cfg.ssd_entropy_threshold).float()
     if name == "soft_entropy_negexp":
-        return torch.exp(-cfg.ssd_entropy_temperature * normalized_entropy(probs)).clamp(0.0, 1.0)
+        return _entropy_negexp(probs, cfg.ssd_entropy_temperature)
     if name == "soft_renyi_2_entropy":
         return probs.square().sum(dim=-1).clamp(0.0, 1.0)
     raise ValueError(f"unknown token acceptance estimator {name!r}; valid: {', '.join(ESTIMATORS)}")
@@ -131,7 +145,9 @@ def expected_accepted_length(alpha: Tensor, in_span: Tensor) -> Tensor:
 
     alpha: ``[B, L]``; in_span: ``[B, L]`` bool. Returns ``[B]`` float32.
     """
-    in_span = in_span.bool()
-    alpha = alpha.float().clamp(0.0, 1.0)  # [B, L]
-    prefix_prob = torch.where(in_span, alpha, torch.ones_like(alpha)).cumprod(dim=-1)  # [B, L]
-    return torch.where(in_span, prefix_prob, torch.zeros_like(prefix_prob)).sum(dim=-1)  # [B]
+    if alpha.dtype != torch.float32:
+        alpha = alpha.float()
+    if in_span.dtype != torch.bool:
+        in_span = in_span.bool()
+    prefix_prob = torch.where(in_span, alpha.clamp(0.0, 1.0), 1.0).cumprod(dim=-1)  # [B, L]
+    return torch.where(in_span, prefix_prob, 0.0).sum(dim=-1)  # [B]

@@ -34,14 +34,35 @@ def materialize(
     into NaN and the NaN would leak through the cache. Query q's own key is `query_start + q`; by
     default the fed tokens are the last Q keys (`query_start = K - Q`).
     Returns [1, Q, K] (or [B, Q, K] when the predicate or key_valid is batched).
+    A decoder builds masks every forward, so this spends few ops: the query index is built once per
+    length and device (predicates must not modify their index tensors in place).
     """
-    q_idx = torch.arange(q_len, device=device).view(1, q_len, 1)
+    q_idx = _query_index(q_len, None if device is None else torch.device(device))  # [1, Q, 1]
     kv_idx = torch.arange(kv_len, device=device).view(1, 1, kv_len)
-    mask = predicate(q_idx, kv_idx).expand(-1, q_len, kv_len)
+    mask = predicate(q_idx, kv_idx)
+    if mask.shape[-2:] != (q_len, kv_len):
+        mask = mask.expand(-1, q_len, kv_len)
     if key_valid is not None:
         own_key = kv_idx == q_idx + (kv_len - q_len if query_start is None else query_start)  # [1, Q, K]
-        mask = (mask & key_valid[:, None, :].to(mask.device)) | own_key
+        if key_valid.device != mask.device:
+            key_valid = key_valid.to(mask.device)
+        mask = (mask & key_valid.unsqueeze(1)) | own_key
     return mask
+
+
+_QUERY_INDEX: dict[tuple[int, torch.device | None], Tensor] = {}
+
+
+def _query_index(q_len: int, device: torch.device | None) -> Tensor:
+    """[1, Q, 1] long: 0..Q-1, built once per length and device (a decoder uses one or two query
+    lengths) and shared by every mask of that length, so never written."""
+    key = (q_len, device)
+    if key not in _QUERY_INDEX:
+        if len(_QUERY_INDEX) >= 64:  # prefills of many prompt lengths: keep the table small
+            _QUERY_INDEX.clear()
+        with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+            _QUERY_INDEX[key] = torch.arange(q_len, device=device).view(1, q_len, 1)
+    return _QUERY_INDEX[key]
 
 
 def to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -121,14 +142,10 @@ def verifier_2l(cache_len: int, block_length: int) -> Predicate:
     c, n = cache_len, block_length
 
     def predicate(q: Tensor, kv: Tensor) -> Tensor:
-        in_cache = kv < c
-        draft_key = (kv >= c) & (kv < c + n)
-        key_pos = kv - c  # index within the draft half (or n + index within the mask half)
-        draft_row = q < n
-        row_pos = torch.where(draft_row, q, q - n)
-        draft_rows_see = draft_key & (key_pos <= row_pos)
-        mask_rows_see = (draft_key & (key_pos < row_pos)) | (key_pos == n + row_pos)
-        return in_cache | torch.where(draft_row, draft_rows_see, mask_rows_see)
+        # Row i of either half (i = q mod L) sees keys up to draft i (draft row) or draft i - 1 (mask
+        # row), the cache included; a mask row also sees its own key, the one at index C + q.
+        last_seen = q % n + (c - 1) + (q < n)  # [.., Q, 1]
+        return (kv <= last_seen) | (kv == q + c)
 
     return predicate
 

@@ -39,30 +39,31 @@ def token_entropy(probs: Tensor) -> Tensor:
     return -torch.special.xlogy(probs, probs).sum(dim=-1)  # [...]
 
 
-def _masked_first_order(key: Tensor, masked: Tensor) -> Tensor:
-    """Permutation of positions per row: masked positions first, each group by descending key.
+def _order(key: Tensor, masked: Tensor, descending: bool) -> tuple[Tensor, Tensor]:
+    """Masked positions first, by ``key`` (descending or ascending), ties lower index first; the
+    decoded positions after them. Returns (sorted keys, NaN at decoded positions; permutation), both
+    ``[B, L]``.
 
-    Ties keep the lower index first (both sorts are stable). Sorting by ``masked`` as a second,
-    stable key (rather than setting unmasked keys to ``-inf``) keeps decoded positions out of the
-    budget even when a masked key is itself ``-inf``.
+    Decoded positions get the key NaN, which a stable ascending sort places after every number
+    (``±inf`` included), so one sort ranks them last even when a masked key is itself ``-inf``;
+    descending order sorts ``-key``. A masked NaN key ties with the decoded ones (a model that emits
+    NaN probabilities decodes garbage anyway).
 
-    key: ``[B, L]``; masked: ``[B, L]`` bool. Returns ``[B, L]`` long.
+    key: ``[B, L]`` float; masked: ``[B, L]`` bool.
     """
-    by_key = torch.sort(key, dim=-1, descending=True, stable=True).indices  # [B, L]
-    unmasked_sorted = (~masked.gather(-1, by_key)).to(torch.int8)  # [B, L]
-    masked_first = torch.sort(unmasked_sorted, dim=-1, stable=True).indices  # [B, L]
-    return by_key.gather(-1, masked_first)  # [B, L]
+    values = torch.where(masked, -key if descending else key, float("nan"))  # [B, L]
+    return torch.sort(values, dim=-1, stable=True)
 
 
-def _take_first(order: Tensor, count: Tensor) -> Tensor:
-    """Select the first ``count[b]`` positions of each row's permutation ``order``.
+def _take_first(order: Tensor, count: Tensor, masked: Tensor) -> Tensor:
+    """Select the first ``count[b]`` positions of each row's permutation ``order`` (masked positions
+    first), never a decoded one: the count is capped at the row's masked positions.
 
-    order: ``[B, L]`` long permutation; count: ``[B]`` long. Returns ``[B, L]`` bool.
+    order: ``[B, L]`` long permutation; count: ``[B]`` long; masked: ``[B, L]`` bool. Returns
+    ``[B, L]`` bool.
     """
-    length = order.shape[-1]
-    rank = torch.arange(length, device=order.device)  # [L]
-    in_budget = rank.unsqueeze(0) < count.unsqueeze(-1)  # [B, L], in sorted coordinates
-    return torch.zeros_like(in_budget).scatter(-1, order, in_budget)  # [B, L]
+    rank = torch.argsort(order, dim=-1)  # [B, L]: each position's place in the order (inverse permutation)
+    return (rank < count.unsqueeze(-1)) & masked
 
 
 def _top_by_key(key: Tensor, masked: Tensor, count: Tensor) -> Tensor:
@@ -70,8 +71,7 @@ def _top_by_key(key: Tensor, masked: Tensor, count: Tensor) -> Tensor:
 
     key: ``[B, L]``; masked: ``[B, L]`` bool; count: ``[B]`` long. Returns ``[B, L]`` bool.
     """
-    n_masked = masked.sum(dim=-1)  # [B]
-    return _take_first(_masked_first_order(key, masked), torch.minimum(count, n_masked))
+    return _take_first(_order(key, masked, descending=True)[1], count, masked)
 
 
 def _sequential(masked: Tensor, k: Tensor) -> Tensor:
@@ -80,8 +80,7 @@ def _sequential(masked: Tensor, k: Tensor) -> Tensor:
     Ranking by the running count of masked positions equals the reference's contiguous range
     whenever the masks form a suffix, and never reaches a decoded position otherwise.
     """
-    rank_among_masked = masked.long().cumsum(dim=-1) - 1  # [B, L]
-    return masked & (rank_among_masked < k.unsqueeze(-1))  # [B, L]
+    return masked & (masked.cumsum(dim=-1) <= k.unsqueeze(-1))  # [B, L]: running count 1..k
 
 
 def _low_confidence_dynamic(
@@ -111,15 +110,13 @@ def _entropy_bounded(entropy: Tensor, masked: Tensor, k: Tensor, eb_threshold: f
     K/V in the baseline, an IndexError in S2D2). The floor of 1 guarantees progress even when a
     caller passes ``k = 0``.
     """
-    entropy = entropy.float()
-    order = _masked_first_order(-entropy, masked)  # [B, L], lowest entropy first
-    masked_sorted = masked.gather(-1, order)  # [B, L]
-    entropy_sorted = torch.where(
-        masked_sorted, entropy.gather(-1, order), torch.full_like(entropy, float("inf"))
-    )  # [B, L]; decoded positions can never fit under the bound
+    if entropy.dtype != torch.float32:
+        entropy = entropy.float()
+    entropy_sorted, order = _order(entropy, masked, descending=False)  # [B, L], lowest entropy first
+    # Decoded positions sort last with NaN entropy: no running sum through them is <= the bound.
     n_eb = (entropy_sorted.cumsum(dim=-1) <= eb_threshold).sum(dim=-1)  # [B]
     count = torch.maximum(n_eb, k).clamp_min(1)  # [B]
-    return _take_first(order, torch.minimum(count, masked.sum(dim=-1)))
+    return _take_first(order, count, masked)
 
 
 def select_transfer(
@@ -154,8 +151,10 @@ def select_transfer(
         raise ValueError(
             f"confidence {tuple(confidence.shape)} and masked {tuple(masked.shape)} must match"
         )
-    masked = masked.bool()
-    k = k.to(device=masked.device, dtype=torch.long)  # [B]
+    if masked.dtype != torch.bool:
+        masked = masked.bool()
+    if k.dtype != torch.long or k.device != masked.device:
+        k = k.to(device=masked.device, dtype=torch.long)  # [B]
     if strategy == "sequential":
         return _sequential(masked, k)
     if strategy == "low_confidence_static":

@@ -89,11 +89,11 @@ class RouteFeatures:
     ones are None unless the policy reads them (``RoutingPolicy.reads``): each costs work per step.
 
     span_length: long, ``|C|`` of the first contiguous masked span (0 when none).
+    progress: float in ``[0, 1]``, ``u / L_ctx`` (§3.6).
     expected_length: float, ``K̂`` over the span (§3.2, ``expected_accepted_length``).
     n_high: long, masked positions of the block/sub-block with confidence above the family's
         threshold (``N_hi`` of §3.3; also the legacy span rule of §2.3).
     n_masked: long, masked positions of the block/sub-block.
-    progress: float in ``[0, 1]``, ``u / L_ctx`` (§3.6).
     mean_entropy: float, normalised entropy averaged over ``ucb_entropy_source`` positions.
     active: bool, rows that actually decide this step; inactive rows get False and leave every
         policy state untouched.
@@ -101,16 +101,16 @@ class RouteFeatures:
     """
 
     span_length: Tensor
-    progress: Tensor
     active: Tensor
     context_length: int
+    progress: Tensor | None = None
     expected_length: Tensor | None = None
     n_high: Tensor | None = None
     n_masked: Tensor | None = None
     mean_entropy: Tensor | None = None
 
 
-OPTIONAL_FEATURES = ("expected_length", "n_high", "n_masked", "mean_entropy")
+OPTIONAL_FEATURES = ("progress", "expected_length", "n_high", "n_masked", "mean_entropy")
 """Features computed only when the chosen policy reads them (`RoutingPolicy.reads`)."""
 
 
@@ -122,15 +122,23 @@ def score(features: RouteFeatures, cfg: RoutingConfig) -> Tensor:
 
     Returns ``[B]`` float32.
     """
-    k_hat = features.expected_length.float()  # [B]
-    coef = cfg.score_penalty_coef
+    return torch.where(features.span_length > 0, _raw_score(features, cfg), float("-inf"))  # [B]
+
+
+def _raw_score(features: RouteFeatures, cfg: RoutingConfig) -> Tensor:
+    """``score`` before empty spans are set to ``−inf`` (a caller that masks them out anyway skips that
+    op). Returns ``[B]`` float32."""
+    k_hat = features.expected_length  # [B]
+    if k_hat.dtype != torch.float32:
+        k_hat = k_hat.float()
     if cfg.do_verify_score_type == "difference_static":
-        value = k_hat - coef
-    else:
-        value = k_hat - coef * features.n_high.float()
-    return torch.where(
-        features.span_length > 0, value, torch.full_like(value, float("-inf"))
-    )  # [B]
+        return k_hat - cfg.score_penalty_coef
+    return k_hat - cfg.score_penalty_coef * features.n_high.float()
+
+
+def _bool(t: Tensor) -> Tensor:
+    """``t`` as bool, without dispatching a no-op conversion when it already is."""
+    return t if t.dtype == torch.bool else t.bool()
 
 
 def linear_bin(value: Tensor, lo: float, hi: float, n_bins: int) -> Tensor:
@@ -174,6 +182,9 @@ def ucb_bucket(
 
 class RoutingPolicy:
     """Two-method routing interface; one object per generate call (state spans its blocks)."""
+
+    learns = False
+    """Whether ``update`` does anything: a decoder skips computing its arguments when it does not."""
 
     def __init__(self, cfg: RoutingConfig, batch_size: int, device: torch.device | str) -> None:
         self.cfg = cfg
@@ -246,7 +257,7 @@ class MaskSpanLengthPolicy(RoutingPolicy):
         if self.cfg.legacy_ssd_span_strategy:
             enough_high = f.n_high >= f.n_masked.clamp(max=self.cfg.min_ssd_span_length)  # [B]
             long_enough = long_enough | ~enough_high
-        return long_enough & (f.span_length > 0) & f.active.bool()
+        return long_enough & (f.span_length > 0) & _bool(f.active)
 
 
 def score_reads(cfg: RoutingConfig) -> frozenset[str]:
@@ -264,8 +275,9 @@ class ScoreThresholdPolicy(RoutingPolicy):
         return score_reads(self.cfg)
 
     def decide(self, f: RouteFeatures) -> Tensor:
-        verify = score(f, self.cfg) >= self.cfg.do_verify_score_threshold  # [B]
-        return verify & (f.span_length > 0) & f.active.bool()
+        # An empty span scores −inf (never verified): the span test below stands for it.
+        verify = _raw_score(f, self.cfg) >= self.cfg.do_verify_score_threshold  # [B]
+        return verify & (f.span_length > 0) & _bool(f.active)
 
 
 @register_policy("score_hysteresis")
@@ -292,7 +304,7 @@ class ScoreHysteresisPolicy(RoutingPolicy):
         stay_on = ~(s < self.cfg.hysteresis_threshold_off)  # [B]
         switch_on = s > self.cfg.hysteresis_threshold_on  # [B]
         verify = torch.where(self.on, stay_on, switch_on)  # [B]
-        active = f.active.bool()
+        active = _bool(f.active)
         self.on.copy_(torch.where(active, verify, self.on))
         return verify & (f.span_length > 0) & active
 
@@ -309,6 +321,8 @@ class ContextualBanditUCBPolicy(RoutingPolicy):
     the reference's Python arithmetic at tie boundaries.
     """
 
+    learns = True
+
     def __init__(self, cfg: RoutingConfig, batch_size: int, device: torch.device | str) -> None:
         super().__init__(cfg, batch_size, device)
         self.n_buckets = (
@@ -323,7 +337,7 @@ class ContextualBanditUCBPolicy(RoutingPolicy):
 
     @property
     def reads(self) -> frozenset[str]:
-        return frozenset({"mean_entropy"})
+        return frozenset({"mean_entropy", "progress"})
 
     def bucket(self, f: RouteFeatures) -> Tensor:
         """``[B]`` long context bucket of each row for these features."""

@@ -26,11 +26,12 @@ from common.remasking import select_transfer, token_entropy
 from common.config import chain_post_init
 from common.routing import OPTIONAL_FEATURES, RouteFeatures, RoutingConfig, make_policy
 from common.sampling import SamplingConfig, logits_to_probs
-from common.spans import Span, first_masked_span, scatter_to_span
+from common.spans import Span, first_masked_span, span_offsets
 from common.stats import (
     COMMIT_ACCEPTED,
     COMMIT_DIFFUSION,
     COMMIT_HIGH_CONF,
+    COMMIT_NONE,
     COMMIT_RATIO,
     COMMIT_RESAMPLED,
     DecodeRecorder,
@@ -70,17 +71,20 @@ class S2D2Flags(EstimatorConfig, RoutingConfig, VerifyConfig):
 
 
 def routing_features(probs: Tensor, confidence: Tensor, masked: Tensor, span: Span, live: Tensor,
-                     progress: Tensor, context_length: int, confidence_threshold: float,
+                     progress: Tensor | Callable[[], Tensor], context_length: int, confidence_threshold: float,
                      estimator: EstimatorConfig, entropy_source: str,
                      needed: frozenset[str] = frozenset(OPTIONAL_FEATURES)) -> RouteFeatures:
     """Features of one region (block or sub-block) for the routing policy; of the optional ones, only
     those in `needed` (the policy's `reads`) are computed.
 
-    probs: [B, L, V] draft distribution; confidence: [B, L]; masked: [B, L]; progress: [B] in [0, 1].
+    probs: [B, L, V] draft distribution; confidence: [B, L]; masked: [B, L]; progress: [B] in [0, 1],
+    or a function computing it (called only when the policy reads it).
     `n_high` counts masked positions above the family's confidence threshold (the dynamic score's
     penalty, ALGORITHM.md §3.3); the UCB entropy is averaged over the span or all masked positions.
     """
-    features = RouteFeatures(span_length=span.length, progress=progress, active=live, context_length=context_length)
+    features = RouteFeatures(span_length=span.length, active=live, context_length=context_length)
+    if "progress" in needed:
+        features.progress = progress() if callable(progress) else progress
     if "expected_length" in needed:
         alpha = token_acceptance(probs, confidence, estimator)  # [B, L]
         features.expected_length = expected_accepted_length(alpha, span.member)
@@ -95,37 +99,55 @@ def routing_features(probs: Tensor, confidence: Tensor, masked: Tensor, span: Sp
 
 
 def verify_commits(q: Tensor, probs: Tensor, drafts: Tensor, confidence: Tensor, masked: Tensor, span: Span,
-                   verify: Tensor, widest: int, cfg: VerifyConfig,
+                   verify: Tensor | None, widest: int, cfg: VerifyConfig,
                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Verdict, Tensor]:
-    """Acceptance over the first masked span of the rows in `verify` ([B] bool).
+    """Acceptance over the first masked span of the rows in `verify` ([B] bool; None: every row).
 
     q, probs: [B, L, V] verifier and draft distributions (the same sampling transform); drafts,
     confidence: [B, L] (confidence = p at the draft); widest: the longest verified span (host int, used
     for the reference-order uniform draw). Returns (tokens [B, L] = drafts with recovered tokens placed,
     kinds [B, L] COMMIT_* codes of this verification's commits, the verdict, recovered [B] bool).
-    Randomness, in the reference's order: one `torch.rand` over the span, then one multinomial over the
-    rows whose span was rejected (none drawn when every row accepted everything).
+    Randomness, in the reference's order: one `torch.rand` over the span, then one multinomial draw per
+    row whose span was rejected, all in one call (none drawn when every row accepted everything).
+    Host syncs: none for greedy_exact (its recovered token is argmax q, placed on device); one for the
+    stochastic rule with resampling (the draw needs the number of rejected rows).
     """
-    q_draft = q.gather(-1, drafts.unsqueeze(-1)).squeeze(-1)  # [B, L]
-    if cfg.acceptance == "stochastic":
-        uniforms = torch.rand(verify.shape[0], widest, generator=generator, device=q.device)
-        verdict = stochastic_verdict(q_draft, confidence, span.member,
-                                     scatter_to_span(uniforms, span, drafts.shape[1], fill=1.0), cfg.ssd_ratio_tempering_factor)
+    greedy = cfg.acceptance == "greedy_exact"
+    thresholded = cfg.ssd_ratio_threshold >= 0
+    q_draft = q.gather(-1, drafts.unsqueeze(-1)).squeeze(-1) if not greedy or thresholded else None  # [B, L]
+    if greedy:
+        q_argmax = q.argmax(-1)  # [B, L]
+        ratio = acceptance_ratio(q_draft, confidence, cfg.ssd_ratio_tempering_factor) if thresholded else None
+        verdict = greedy_exact_verdict(drafts, q_argmax, span.member, ratio)
     else:
-        verdict = greedy_exact_verdict(drafts, q.argmax(-1), span.member,
-                                       acceptance_ratio(q_draft, confidence, cfg.ssd_ratio_tempering_factor))
-    tokens = drafts.clone()
-    kinds = torch.zeros_like(drafts).masked_fill(verdict.accepted & verify[:, None], COMMIT_ACCEPTED)
-    recovered = verdict.rejected & verify & (cfg.allow_resample or cfg.acceptance == "greedy_exact")
-    rows = recovered.nonzero().squeeze(-1)  # one host sync; the residual draw happens only on rejection
-    if rows.numel():
-        at = verdict.reject_index[rows]
-        tokens[rows, at] = recover_tokens(q[rows, at], probs[rows, at], cfg.acceptance, generator)
-        kinds[rows, at] = COMMIT_RESAMPLED
-    if cfg.ssd_ratio_threshold >= 0:
+        uniforms = torch.rand(drafts.shape[0], widest, generator=generator, device=q.device)  # [B, widest]
+        # Uniform j of a row at its span's j-th position; positions outside the span are never read.
+        placed = uniforms.gather(-1, span_offsets(span, widest))  # [B, L]
+        verdict = stochastic_verdict(q_draft, confidence, span.member, placed, cfg.ssd_ratio_tempering_factor)
+    accepted, rejected_at, rejected = verdict.accepted, verdict.first_rejected, verdict.rejected
+    if verify is not None:
+        accepted, rejected_at, rejected = accepted & verify[:, None], rejected_at & verify[:, None], rejected & verify
+    tokens = drafts
+    if greedy or cfg.allow_resample:
+        recovered = rejected
+        kinds = torch.where(accepted, COMMIT_ACCEPTED, torch.where(rejected_at, COMMIT_RESAMPLED, COMMIT_NONE))
+        if greedy:
+            tokens = torch.where(rejected_at, q_argmax, drafts)
+        else:
+            rows = recovered.nonzero(as_tuple=True)[0]  # one host sync: the residual draw happens only on rejection
+            if rows.numel():
+                at = verdict.reject_index[rows]
+                tokens = drafts.index_put((rows, at), recover_tokens(q[rows, at], probs[rows, at], cfg.acceptance,
+                                                                     generator))
+    else:
+        recovered = torch.zeros_like(rejected)
+        kinds = torch.where(accepted, COMMIT_ACCEPTED, COMMIT_NONE)
+    if thresholded:
         region = masked if cfg.ssd_threshold_all_spans else span.member
-        extra = region & (kinds == 0) & verify[:, None] & (verdict.ratio >= cfg.ssd_ratio_threshold)
-        kinds.masked_fill_(extra, COMMIT_RATIO)
+        extra = region & (kinds == COMMIT_NONE) & (verdict.ratio >= cfg.ssd_ratio_threshold)
+        if verify is not None:
+            extra &= verify[:, None]
+        kinds = kinds.masked_fill(extra, COMMIT_RATIO)
     return tokens, kinds, verdict, recovered
 
 
@@ -181,6 +203,12 @@ class TopUp:
         return top_up(kinds, masked, confidence, min_k, live, strategy=self.strategy, threshold=self.threshold,
                       probs=probs, eb_threshold=self.eb_threshold, high_confidence=self.high_confidence)
 
+    @property
+    def idle_once_met(self) -> bool:
+        """A row that already has its `min_k` commits gets nothing more (no high-confidence pass), so
+        `S2D2Step` may skip the rule when it knows every row has them."""
+        return not self.high_confidence
+
 
 VerifyFn = Callable[[Tensor, Tensor], Tensor]
 """(drafted tokens [R, L] of the routed rows, their batch indices [R] long) -> verifier logits
@@ -192,31 +220,37 @@ forward runs over the routed rows only."""
 class S2D2Step:
     """One batched S2D2 step, the same for every family (ALGORITHM.md §2.1):
 
-    drafts -> first masked span -> routing features -> policy decision -> (one host sync: is any row
-    routed?) -> verifier forward over the routed rows -> acceptance and recovery -> baseline top-up ->
-    policy update. The family supplies the draft distribution, the verifier forward and its baseline
-    rule; a step where no row verifies is exactly the family's baseline step.
+    drafts -> first masked span -> routing features -> policy decision -> (one host sync: the routed
+    rows' span lengths) -> verifier forward over the routed rows -> acceptance and recovery -> baseline
+    top-up -> policy update. The family supplies the draft distribution, the verifier forward and its
+    baseline rule; a step where no row verifies is exactly the family's baseline step.
     """
 
     def __init__(self, flags: S2D2Flags, sampling: SamplingConfig, batch: int, device: torch.device | str,
                  generator: torch.Generator | None = None) -> None:
         self.flags, self.sampling, self.generator = flags, sampling, generator
         self.policy = make_policy(flags, batch, device)
+        self.every_row = torch.arange(batch, device=device)  # [B] the verifier's rows when all of them route
 
     def select(self, keep: Tensor) -> None:
         """The decoder keeps rows `keep` only (`RoutingPolicy.select`)."""
         self.policy.select(keep)
+        self.every_row = self.every_row[: keep.numel()]
 
     def __call__(self, probs: Tensor, drafts: Tensor, confidence: Tensor, current: Tensor, masked: Tensor,
-                 live: Tensor, *, progress: Tensor, context_length: int, min_k: Tensor, top_up_rule: TopUpRule,
-                 verify: VerifyFn, recorder: DecodeRecorder,
-                 span_region: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                 live: Tensor, *, progress: Tensor | Callable[[], Tensor], context_length: int, min_k: Tensor,
+                 top_up_rule: TopUpRule, verify: VerifyFn, recorder: DecodeRecorder,
+                 span_region: Tensor | None = None, min_k_max: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """probs: [B, L, V] draft distribution p; drafts, confidence: [B, L]; current: [B, L] tokens of the
         region (masks where undecided; a family that edits decoded tokens passes the region with this
         step's edits written, so the verifier's first half holds them); masked: [B, L]; live: [B];
-        progress: [B] decoded fraction of the routing context; min_k: [B] the baseline's minimum commits
-        this step; span_region: [B, L] bool, the routing context inside the region (the span is its
-        first masked span, the routing features are its masked positions; default: the whole region).
+        progress: [B] decoded fraction of the routing context (or a function computing it, called only
+        when the policy reads it); min_k: [B] the baseline's minimum commits this step; span_region:
+        [B, L] bool, the routing context inside the region (the span is its first masked span, the
+        routing features are its masked positions; default: the whole region); min_k_max: a host-side
+        bound on `min_k` where the family knows one (the schedule count): when it is at most 1, every row
+        verified and the rule is `idle_once_met`, the top-up is skipped, as every verified span commits
+        at least one token (an accepted draft or the recovered one).
         Only masked positions are ever committed here.
         Returns (commit [B, L] bool, tokens [B, L], kinds [B, L] COMMIT_* codes)."""
         drafts = torch.where(masked, drafts, current)  # [B, L]: the region with every mask drafted
@@ -225,30 +259,39 @@ class S2D2Step:
         flags = self.flags
         features = routing_features(probs, confidence, context, span, live, progress, context_length,
                                     top_up_rule.threshold, flags, flags.ucb_entropy_source, self.policy.reads)
-        routed = self.policy.decide(features) & live & (span.length > 0)  # [B]
+        routed = self.policy.decide(features)  # [B]; False for idle rows and empty spans (the policy contract)
         recorder.decision(live)
-        tokens, kinds = drafts, torch.zeros_like(current)
-        n_routed, widest = torch.stack([routed.sum(), (span.length * routed).max()]).tolist()  # one host sync
-        if n_routed:  # the verifier runs over the routed rows only
-            every = n_routed == routed.shape[0]
-            idx = (torch.arange(n_routed, device=routed.device) if every
-                   else torch.argsort((~routed).to(torch.uint8), stable=True)[:n_routed])  # [R] routed rows, in order
+        lengths = torch.where(routed, span.length, 0).tolist()  # one host sync: each routed row's span length
+        widest = max(lengths)
+        if widest:  # the verifier runs over the routed rows only
+            n_routed = len(lengths) - lengths.count(0)
+            every = n_routed == len(lengths)
+            idx = (self.every_row if every  # [R] routed rows, in order
+                   else torch.argsort(routed.to(torch.uint8), descending=True, stable=True)[:n_routed])
 
             def rows(t: Tensor) -> Tensor:
                 return t if every else t[idx]
 
             q = logits_to_probs(verify(rows(drafts), idx), self.sampling)  # [R, L, V]
-            sub_span = Span(member=rows(span.member), start=rows(span.start), length=rows(span.length))
+            sub_span = Span(member=rows(span.member), length=rows(span.length))
             sub_tokens, sub_kinds, verdict, recovered = verify_commits(
-                q, rows(probs), rows(drafts), rows(confidence), rows(masked), sub_span, rows(routed), widest, flags,
+                q, rows(probs), rows(drafts), rows(confidence), rows(masked), sub_span, None, widest, flags,
                 self.generator)
             if every:
                 tokens, kinds = sub_tokens, sub_kinds
             else:
-                tokens, kinds = drafts.index_copy(0, idx, sub_tokens), kinds.index_copy(0, idx, sub_kinds)
+                tokens = drafts.index_copy(0, idx, sub_tokens)
+                kinds = torch.zeros_like(current).index_copy_(0, idx, sub_kinds)
             recorder.verification(idx, verdict.n_accepted, recovered)
-        kinds = top_up_rule.apply(kinds, masked=masked, confidence=confidence, probs=probs, min_k=min_k, live=live,
-                                  routed=routed)
+        else:
+            every = False
+            tokens, kinds = drafts, torch.zeros_like(current)
+        met = (every and min_k_max is not None and min_k_max <= 1 and getattr(top_up_rule, "idle_once_met", False)
+               and (flags.acceptance == "greedy_exact" or flags.allow_resample))
+        if not met:
+            kinds = top_up_rule.apply(kinds, masked=masked, confidence=confidence, probs=probs, min_k=min_k,
+                                      live=live, routed=routed)
         commit = kinds > 0
-        self.policy.update(routed, commit.sum(-1), live)
+        if self.policy.learns:
+            self.policy.update(routed, commit.sum(-1), live)
         return commit, tokens, kinds

@@ -55,7 +55,8 @@ def logits_to_probs(logits: Tensor, cfg: SamplingConfig) -> Tensor:
 
     logits: [..., V] in any dtype. Returns [..., V] float32 rows summing to 1.
     """
-    logits = logits.float()
+    if logits.dtype != torch.float32:
+        logits = logits.float()
     if cfg.temperature < GREEDY_TEMPERATURE:
         return torch.softmax(logits, dim=-1)
     if cfg.temperature != 1.0:
@@ -85,13 +86,23 @@ def draft_tokens(
     """Pick one token per row of `probs` and return it with its probability (the confidence).
 
     probs: [B, L, V] from `logits_to_probs`. Returns (tokens [B, L] long, confidence [B, L] float32).
-    When sampling, all B*L rows are drawn by ONE `torch.multinomial` call, in row-major order, which is
-    the order the reference draws them for batch 1 (so seeded runs are comparable token for token).
+    When sampling, all B*L rows are drawn by ONE `torch.multinomial`-equivalent call (`sample_rows`), in
+    row-major order, which is the order the reference draws them for batch 1 (so seeded runs are
+    comparable token for token).
     """
-    if cfg.greedy:
-        tokens = probs.argmax(dim=-1)
-    else:
-        flat = probs.reshape(-1, probs.shape[-1])  # [B*L, V]
-        tokens = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    if cfg.greedy:  # max: the argmax (first of ties, as argmax) and its probability in one op
+        confidence, tokens = probs.max(dim=-1)
+        return tokens, confidence
+    tokens = sample_rows(probs.reshape(-1, probs.shape[-1]), generator).view(probs.shape[:-1])  # [B, L]
     confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     return tokens, confidence
+
+
+def sample_rows(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One draw per row of `probs` [N, V] -> [N] long, identical to `torch.multinomial(probs, 1)` with the
+    same generator state, draw for draw, and leaving the generator in the same state: that is how
+    `torch.multinomial` draws one sample (argmax of p / E with E ~ Exp(1), one E per entry). It skips
+    multinomial's input checks, which read values back to the host (two syncs per call); callers pass
+    normalised distributions."""
+    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)  # [N, V]
+    return (probs / noise).argmax(-1)

@@ -55,40 +55,51 @@ class SequenceBuffer:
         real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if real.shape != input_ids.shape:
             raise ValueError(f"attention_mask {tuple(real.shape)} must match input_ids {tuple(input_ids.shape)}")
-        if attention_mask is not None and (real[:, 1:].int() < real[:, :-1].int()).any():
-            raise ValueError("attention_mask must describe LEFT padding (0s before 1s in every row)")
         device = input_ids.device
         self.unit, self.budget, self.mask_id = unit, budget, mask_id
-        self.input_width = input_ids.shape[1]
+        self.input_width = width = input_ids.shape[1]
         lengths = real.sum(-1)  # [B] real prompt tokens per row
         self.prompt_lengths = lengths
         if align == "first_token":
             prompt_blocks = torch.div(lengths, unit, rounding_mode="floor")  # [B]
             tail = lengths - prompt_blocks * unit  # [B]
-            self.first_block = int(prompt_blocks.max()) if lengths.numel() else 0  # F: one host sync per batch
-            self.offset = (self.first_block - prompt_blocks) * unit  # [B]
+            blocks = prompt_blocks  # F = their max
             prefilled = prompt_blocks * unit  # [B]
         else:
-            self.first_block = -(-int(lengths.max()) // unit) if lengths.numel() else 0  # F = ceil(max P / unit)
-            self.offset = self.first_block * unit - lengths  # [B]
+            blocks = torch.div(lengths + unit - 1, unit, rounding_mode="floor")  # [B] F = ceil(max P / unit)
             tail = torch.zeros_like(lengths)
             prefilled = lengths
-        self.gen_start = self.first_block * unit + tail  # [B]
-        if whole_blocks:
-            self.row_end = self.first_block * unit + torch.div(tail + budget + unit - 1, unit, rounding_mode="floor") * unit
+        if whole_blocks:  # each row's end, past column F * unit
+            end_past_first = torch.div(tail + budget + unit - 1, unit, rounding_mode="floor") * unit  # [B]
         else:
-            self.row_end = self.gen_start + budget  # [B]
+            end_past_first = tail + budget  # [B]
+        # One host read for the layout: F, the furthest end past F * unit, the row needing the most
+        # padding (none: no key mask at all), and whether the mask is LEFT padding (0s before 1s).
+        first_block, furthest, least, right_padded = (
+            torch.stack([blocks.max(), end_past_first.max(), (lengths if align == "prompt_end" else blocks).min(),
+                         (real[:, :-1] > real[:, 1:]).any() if attention_mask is not None else lengths.new_zeros(())
+                         ]).tolist() if lengths.numel() else (0, 0, 0, False))
+        if right_padded:
+            raise ValueError("attention_mask must describe LEFT padding (0s before 1s in every row)")
+        self.first_block = first_block
+        self.offset = (first_block - prompt_blocks) * unit if align == "first_token" else first_block * unit - lengths
+        self.gen_start = first_block * unit + tail  # [B]
+        self.row_end = first_block * unit + end_past_first  # [B]
         self.prompt_block_tokens = prefilled  # [B] tokens each row prefills
-        self.n_blocks = math.ceil(int(self.row_end.max()) / unit) if lengths.numel() else 0
+        self.n_blocks = first_block + math.ceil(furthest / unit) if lengths.numel() else 0
         total = self.n_blocks * unit
         self.columns = torch.arange(total, device=device)  # [T]
-        self.x = torch.full((input_ids.shape[0], total), mask_id, dtype=torch.long, device=device)  # [B, T]
-        self.x[:, : self.first_block * unit] = 0  # padding columns hold token 0 (never a key, never output)
-        rows, cols = real.nonzero(as_tuple=True)
-        pad = input_ids.shape[1] - lengths  # [B] left padding of the input
-        self.x[rows, cols - pad[rows] + self.offset[rows]] = input_ids[rows, cols]
+        # Column j of row r holds input column j - offset_r + pad_r when that is one of the row's tokens;
+        # the prompt blocks' other columns are padding (token 0: never a key, never output), the rest masks.
+        pad = width - lengths  # [B] left padding of the input
+        source = self.columns[None, :] + (pad - self.offset)[:, None]  # [B, T]
+        is_token = (source >= pad[:, None]) & (source < width)  # [B, T]
+        empty = torch.where(self.columns < first_block * unit, 0, mask_id)  # [T]
+        self.x = (torch.where(is_token, input_ids.gather(1, source.clamp(0, max(width - 1, 0))), empty) if width
+                  else empty.expand(input_ids.shape[0], total).clone())  # [B, T]
         self.valid = self.columns[None, :] >= self.offset[:, None]  # [B, T]
-        self.key_valid = None if bool((self.offset == 0).all()) else self.valid
+        padded = least < (first_block * unit if align == "prompt_end" else first_block)
+        self.key_valid = self.valid if padded else None
         self.positions = (self.columns[None, :] - self.offset[:, None]).clamp_min(0)  # [B, T]
         self.rows = torch.arange(input_ids.shape[0], device=device)  # [B] original row of each held row
         self._all_x, self._all_gen_start = self.x, self.gen_start  # every row, for `finish`
@@ -150,7 +161,7 @@ class SequenceBuffer:
         stops_first = first_stop < first_mask
         counted = torch.where(stops_first, first_stop + 1, first_mask)  # [B]
         keep = counted if keep_stop else counted - stops_first.long()
-        pad_id = int(stop_ids[0]) if stop_ids.numel() else self.mask_id
+        pad_id = stop_ids[0] if stop_ids.numel() else self.mask_id  # a tensor value: no read back
         tail = torch.arange(width, device=gen.device)[None, :] >= keep[:, None]
         return torch.cat([input_ids, gen.masked_fill(tail, pad_id)], dim=1), counted.tolist()
 

@@ -36,9 +36,10 @@ class DecodeRecorder:
     """Accumulates statistics for a batch of rows decoded together.
 
     Per step the recorder only logs the tensors it is given (no tensor op); the log is reduced with a few
-    stacked ops into one [B', C] counter tensor of the rows the decoder still holds, and that into the
-    totals of the original rows (`index_add_`), only when rows leave the batch (`select`) and at
-    `finalize`. Logged tensors must not be modified in place afterwards (the decoders pass fresh ones).
+    ops into one [B', C] counter tensor of the rows the decoder still holds, and that into the totals of
+    the original rows (`index_add_`), only when rows leave the batch (`select`) and at `finalize`, which
+    reads everything back in one transfer. Logged tensors must not be modified in place afterwards (the
+    decoders pass fresh ones).
     `editing`: count T2T edits in `commits` (families that edit; the others skip that work).
     """
 
@@ -48,9 +49,10 @@ class DecodeRecorder:
     editing: bool = False
     totals: Tensor = field(init=False)  # [B, C] long, counters of every original row (see _COUNTERS)
     held: Tensor = field(init=False)  # [B', C] long, counters of the held rows since the last flush
-    _accepted: list[tuple[Tensor, Tensor]] = field(init=False, default_factory=list)
     _log: list[tuple[int, Tensor, int | Tensor | None]] = field(init=False, default_factory=list)
-    _resampled: list[tuple[Tensor, Tensor]] = field(init=False, default_factory=list)
+    _verified: list[tuple[Tensor, Tensor, Tensor]] = field(init=False, default_factory=list)
+    _accepted: list[tuple[Tensor, Tensor]] = field(init=False, default_factory=list)
+    _weights: dict[tuple[int, int], Tensor] = field(init=False, default_factory=dict)
     order: list[list[float | str]] = field(init=False)
     index: Tensor = field(init=False)  # [B'] original row of each row the decoder still holds
 
@@ -61,23 +63,35 @@ class DecodeRecorder:
         self.order = [[] for _ in range(b)]
         self.index = torch.arange(b, device=self.device)
 
+    def _weight(self, column: int, width: int) -> Tensor:
+        """[C] long: what one logged row adds to each counter: 1 to `column`, `width` query tokens.
+        Built once per (column, width) and reused, so a flush stacks them without building any."""
+        key = (column, width)
+        if key not in self._weights:  # written in place on device: no host-to-device copy (a sync on a GPU)
+            weight = torch.zeros(len(_COUNTERS), dtype=torch.long, device=self.device)
+            weight[column] = 1
+            weight[_COLUMN["query_tokens"]] += width
+            self._weights[key] = weight
+        return self._weights[key]
+
     def _flush(self) -> None:
-        """Add the logged charges to the held rows' counters (a few stacked ops per counter), then the
-        held counters to the original rows' totals."""
-        by_column: dict[int, list[Tensor]] = {}
-        widths: list[Tensor] = []
-        for column, rows, width in self._log:
-            by_column.setdefault(column, []).append(rows)
-            if width is not None:
-                widths.append(rows * width)
-        for column, rows in by_column.items():
-            self.held[:, column] += torch.stack(rows).sum(0)
-        if widths:
-            self.held[:, _COLUMN["query_tokens"]] += torch.stack(widths).sum(0)
-        if self._resampled:
-            rows, flags = zip(*self._resampled)
-            self.held[:, _COLUMN["resamples"]].index_add_(0, torch.cat(rows), torch.cat(flags).long())
-        self._log, self._resampled = [], []
+        """Add the logged charges to the held rows' counters, then the held counters to the original
+        rows' totals: every charge with a fixed width in one broadcast product ([N, B', 1] rows x [N, 1, C]
+        weights, summed over N), per-row widths and resamples with one op each."""
+        if self._log:
+            fixed = [(rows, self._weight(column, width if isinstance(width, int) else 0))
+                     for column, rows, width in self._log]
+            rows = torch.stack([r for r, _ in fixed])  # [N, B'] bool
+            weights = torch.stack([w for _, w in fixed])  # [N, C] long
+            self.held += (rows[:, :, None] * weights[:, None, :]).sum(0)
+            per_row = [rows * width for _, rows, width in self._log if isinstance(width, Tensor)]
+            if per_row:
+                self.held[:, _COLUMN["query_tokens"]] += torch.stack(per_row).sum(0)
+        if self._verified:
+            rows, n_accepted, resampled = (torch.cat(parts) for parts in zip(*self._verified))
+            self.held[:, _COLUMN["resamples"]].index_add_(0, rows, resampled.long())
+            self._accepted.append((self.index[rows], n_accepted))
+        self._log, self._verified = [], []
         self.totals.index_add_(0, self.index, self.held)
         self.held.zero_()
 
@@ -102,9 +116,8 @@ class DecodeRecorder:
 
     def verification(self, rows: Tensor, n_accepted: Tensor, resampled: Tensor) -> None:
         """Record one verification of the held rows `rows` ([R] long indices) with their accepted-prefix
-        lengths and resample flags ([R])."""
-        self._accepted.append((self.index[rows], n_accepted))
-        self._resampled.append((rows, resampled))
+        lengths and resample flags ([R]). Logged; counted at the next flush."""
+        self._verified.append((rows, n_accepted, resampled))
 
     def new_block(self) -> None:
         if self.record_order:
@@ -134,13 +147,17 @@ class DecodeRecorder:
     def finalize(self, generated_tokens: list[int], wall_time: float) -> list[dict]:
         """One dict per row. TPF excludes prefill (MEASURING.md); `tpf_with_prefill` includes it."""
         self._flush()
-        counters = [dict(zip(_COUNTERS, row)) for row in self.totals.tolist()]
+        # One transfer: the counters, then every verification's original row and accepted length, in order.
+        flat = torch.cat([self.totals.flatten(), *(part for pair in self._accepted for part in pair)]).tolist()
+        width, size = len(_COUNTERS), self.totals.numel()
+        counters = [dict(zip(_COUNTERS, flat[start : start + width])) for start in range(0, size, width)]
         accepted: list[list[int]] = [[] for _ in range(self.batch_size)]
-        if self._accepted:  # one transfer: every verification's (original row, accepted length), in order
-            rows = torch.cat([index for index, _ in self._accepted]).tolist()
-            lengths = torch.cat([n for _, n in self._accepted]).tolist()
-            for row, n in zip(rows, lengths):
-                accepted[row].append(n)
+        at = size
+        for index, _ in self._accepted:  # each flush's (rows [N], lengths [N])
+            n = index.numel()
+            for row, length in zip(flat[at : at + n], flat[at + n : at + 2 * n]):
+                accepted[row].append(length)
+            at += 2 * n
         out = []
         for row in range(self.batch_size):
             count = counters[row]

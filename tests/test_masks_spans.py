@@ -3,7 +3,7 @@
 import torch
 
 from common.masks import (block_causal, draft_block, materialize, to_additive, token_causal, verifier_2l)
-from common.spans import first_masked_span, scatter_to_span
+from common.spans import first_masked_span, span_offsets
 
 
 def _m(rows):
@@ -61,8 +61,9 @@ def test_first_masked_span_rows():
     assert span.member.int().tolist() == [[0, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0] * 5, [0, 0, 0, 0, 1]]
 
 
-def test_scatter_to_span_places_values_in_order():
-    masked = torch.tensor([[0, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
-    vals = torch.tensor([[0.1, 0.2, 0.3], [0.7, 0.8, 0.9]])
-    placed = scatter_to_span(vals, first_masked_span(masked), 4, fill=-1.0)
-    assert torch.allclose(placed, torch.tensor([[-1.0, 0.1, 0.2, 0.3], [0.7, -1.0, -1.0, -1.0]]))
+def test_span_offsets_place_values_in_order():
+    masked = torch.tensor([[0, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    span = first_masked_span(masked)
+    vals = torch.tensor([[1, 2, 3], [7, 8, 9], [4, 5, 6]])
+    placed = vals.gather(-1, span_offsets(span, 3)).masked_fill(~span.member, -1)
+    assert placed.tolist() == [[-1, 1, 2, 3], [7, -1, -1, -1], [-1] * 4]

@@ -166,3 +166,24 @@ def test_token_entropy_literal_values():
     got = token_entropy(probs)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, torch.tensor([math.log(4), 0.0, math.log(2)]))
+
+
+def _reference_top_k(key, masked, k):
+    """Slow reference: per row, masked positions sorted by key descending (ties: lower index), first k."""
+    out = torch.zeros_like(masked)
+    for row in range(key.shape[0]):
+        ranked = sorted((i for i in range(key.shape[1]) if masked[row, i]), key=lambda i: (-key[row, i].item(), i))
+        out[row, ranked[: int(k[row])]] = True
+    return out
+
+
+def test_static_top_k_matches_reference_with_ties_and_infinities():
+    generator = torch.Generator().manual_seed(1)
+    confidence = torch.rand(200, 6, generator=generator).mul(4).round().div(4)  # many ties
+    pick = torch.rand(200, 6, generator=generator)
+    confidence[pick < 0.1] = float("-inf")
+    confidence[pick > 0.95] = float("inf")
+    masked = torch.rand(200, 6, generator=generator) < 0.6
+    k = torch.randint(0, 8, (200,), generator=generator)
+    got = select_transfer("low_confidence_static", confidence, masked, k)
+    assert torch.equal(got, _reference_top_k(confidence, masked, k))

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from common.s2d2 import VerifyConfig, top_up, verify_commits
+from common.s2d2 import S2D2Flags, S2D2Step, TopUp, VerifyConfig, top_up, verify_commits
+from common.sampling import SamplingConfig
 from common.spans import first_masked_span
+from common.stats import DecodeRecorder
 from common.stats import COMMIT_ACCEPTED, COMMIT_DIFFUSION, COMMIT_HIGH_CONF, COMMIT_RATIO, COMMIT_RESAMPLED
 
 
@@ -71,3 +73,71 @@ def test_verify_config_validation():
         VerifyConfig(acceptance="lenient")
     with pytest.raises(ValueError, match="tempering"):
         VerifyConfig(ssd_ratio_tempering_factor=0.0)
+
+
+def _step_inputs(batch=5, length=4, vocab=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(batch, length, vocab, generator=g) * 3, -1)
+    confidence, drafts = probs.max(-1)
+    masked = torch.rand(batch, length, generator=g) < 0.7
+    masked[0] = True
+    current = torch.where(masked, 6, drafts)
+    verifier_logits = torch.randn(batch, length, vocab, generator=g) * 3
+    return probs, drafts, confidence, current, masked, verifier_logits
+
+
+def _run_step(flags, inputs, min_k, min_k_max, rule, generator=None):
+    probs, drafts, confidence, current, masked, verifier_logits = inputs
+    step = S2D2Step(flags, SamplingConfig(), masked.shape[0], "cpu", generator)
+    return step(probs, drafts, confidence, current, masked, masked.any(-1), progress=torch.zeros(masked.shape[0]),
+                context_length=masked.shape[1], min_k=min_k, min_k_max=min_k_max, top_up_rule=rule,
+                verify=lambda drafted, rows: verifier_logits[rows], recorder=DecodeRecorder(masked.shape[0]))
+
+
+@pytest.mark.parametrize("acceptance", ["greedy_exact", "stochastic"])
+def test_skipping_a_met_top_up_changes_nothing(acceptance):
+    """With every row verifying and min_k <= 1 the step skips the top-up rule; the commits are what the
+    rule would have left them."""
+    flags = S2D2Flags(acceptance=acceptance, do_verify_policy="mask_span_length")
+    rule = TopUp("low_confidence_dynamic", 0.5)
+    for seed in range(10):
+        inputs = _step_inputs(seed=seed)
+        inputs[4][:] |= torch.arange(4) == 0  # every row has a span: every row verifies
+        min_k = inputs[4].sum(-1).clamp(max=1)
+        skipped = _run_step(flags, inputs, min_k, 1, rule, torch.Generator().manual_seed(seed))
+        applied = _run_step(flags, inputs, min_k, None, rule, torch.Generator().manual_seed(seed))
+        assert all(torch.equal(a, b) for a, b in zip(skipped, applied))
+
+
+def _host_syncs(fn):
+    """(sync ops, tolist calls) made by fn(): value reads and data-dependent shapes, as the benchmark counts."""
+    calls = []
+    original = torch.Tensor.tolist
+
+    def counted(self):
+        calls.append(1)
+        return original(self)
+
+    torch.Tensor.tolist = counted
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+    finally:
+        torch.Tensor.tolist = original
+    names = [e.name for e in prof.events()]
+    return sum(n in ("aten::_local_scalar_dense", "aten::nonzero") for n in names), len(calls)
+
+
+def test_host_syncs_of_a_step():
+    """Greedy-exact: one read per step (the routed rows' span lengths). Stochastic: one more when a span
+    is rejected (the residual draw needs the count), none for multinomial's input checks."""
+    inputs = _step_inputs()
+    rule = TopUp("low_confidence_dynamic", 0.5)
+    min_k = inputs[4].sum(-1).clamp(max=1)
+    greedy = S2D2Flags(acceptance="greedy_exact", do_verify_policy="mask_span_length")
+    assert _host_syncs(lambda: _run_step(greedy, inputs, min_k, 1, rule)) == (0, 1)
+    stochastic = S2D2Flags(do_verify_policy="mask_span_length")
+    recovered = _run_step(stochastic, inputs, min_k, 1, rule, torch.Generator().manual_seed(0))[2] == COMMIT_RESAMPLED
+    assert recovered.any()  # the random verifier rejects some span
+    syncs = _host_syncs(lambda: _run_step(stochastic, inputs, min_k, 1, rule, torch.Generator().manual_seed(0)))
+    assert syncs == (1, 1)

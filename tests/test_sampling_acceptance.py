@@ -8,7 +8,7 @@ import torch
 
 from common.acceptance import (acceptance_ratio, greedy_exact_verdict, recover_tokens, residual_distribution,
                                stochastic_verdict)
-from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
+from common.sampling import SamplingConfig, draft_tokens, logits_to_probs, sample_rows
 
 
 def test_temperature_zero_is_plain_softmax_and_argmax():
@@ -110,3 +110,17 @@ def test_speculative_sampling_recovers_q_chi_square():
     acceptance = 1 - rejected.double().mean().item()
     assert acceptance == pytest.approx(float(torch.minimum(p, q).sum()), abs=0.01)
     assert not math.isnan(chi2)
+
+
+def test_sample_rows_is_multinomial_draw_for_draw():
+    """sample_rows skips multinomial's host-side input checks but must give its samples and leave the
+    generator where multinomial leaves it (zeros, ties and a one-hot row included)."""
+    probs = torch.softmax(torch.randn(6, 40, generator=torch.Generator().manual_seed(3)) * 4, -1)
+    probs[1, ::2] = 0
+    probs[1] /= probs[1].sum()
+    probs[2] = 0
+    probs[2, 7] = 1
+    for seed in range(20):
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        assert torch.equal(sample_rows(probs, ours), torch.multinomial(probs, 1, generator=theirs).squeeze(-1))
+        assert torch.equal(torch.rand(4, generator=ours), torch.rand(4, generator=theirs))
