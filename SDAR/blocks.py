@@ -35,6 +35,11 @@ from common.sequence import HoldsSequence, SequenceBuffer
 from common.stats import DecodeRecorder
 from common.token_ids import with_token_ids
 
+SUBSET_FRACTION = 1.0
+"""A draft forward after a block's first runs over the rows that still have masks in the block when
+some row has none left and they are at most this fraction of the batch (the others' drafts are never
+used, so only the work changes, never the tokens)."""
+
 
 @dataclass(frozen=True)
 class BlockDiffusionConfig:
@@ -101,6 +106,9 @@ class SDARBlocks(HoldsSequence):
         self.cache = DynamicCache()
         self.pending_commit: int | None = None
         self._masks: dict[tuple[str, int], Tensor] = {}  # [B|1, Q, K] masks reused by every step of a block
+        # [R] long: the rows a read-only draft forward runs over (None: every row). Set by the loop per
+        # step: rows with no mask left in the block skip the forwards until the block ends.
+        self.draft_rows: Tensor | None = None
 
     def rows_dropped(self) -> None:
         self._masks.clear()
@@ -169,8 +177,17 @@ class SDARBlocks(HoldsSequence):
         cur = draft_block(start, causal_rows)
         if self.pending_commit is None:
             uses_default = causal_rows is None
-            logits = self._forward(start, start + length, None if uses_default else cur, store=False,
-                                   memo="draft" if uses_default else None)
+            subset, end = self.draft_rows, start + length
+            if subset is None:
+                logits = self._forward(start, end, None if uses_default else cur, store=False,
+                                       memo="draft" if uses_default else None)
+            else:
+                # Only the rows in `subset` still have masks; the others' logits are never read (no
+                # commit without a mask), so they are left at 0 to keep every step's tensors [B, L, V].
+                part = self._forward(start, end, None if uses_default else cur, store=False,
+                                     ids=self.x[subset, start:end], positions=self.positions[subset, start:end],
+                                     rows=subset, memo="draft" if uses_default else None)  # [R, L, V]
+                logits = part.new_zeros(self.x.shape[0], *part.shape[1:]).index_copy_(0, subset, part)
             self.recorder.forward("draft", rows, length)
             return logits
         prev = start - length
@@ -265,8 +282,13 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
         positions = blocks.positions[:, start:end]
         for s in range(cfg.denoising_steps):
             live = masked.any(-1)  # [B]
-            if s > 0 and not bool(live.any()):  # a new block of a live batch always has masks
-                break
+            blocks.draft_rows = None  # the block's first draft also stores the previous block: every row
+            if s > 0:  # a new block of a live batch always has masks
+                n_live = int(live.sum())
+                if not n_live:
+                    break
+                if n_live < live.shape[0] and n_live <= SUBSET_FRACTION * live.shape[0]:
+                    blocks.draft_rows = torch.argsort((~live).to(torch.uint8), stable=True)[:n_live]  # [R]
             commit, tokens, kinds = step(blocks, b, s, blk, masked, live)
             blk.copy_(torch.where(commit, tokens, blk))
             masked &= ~commit
