@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from common.cache import cache_rows, row_mask
+from common.cache import cache_rows, live_rows, row_mask, scatter_rows
 from common.config import require_field_bounds, require_positive
 from common.masks import Predicate, block_causal, draft_block, materialize
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
@@ -245,7 +245,7 @@ class FastDLLMBlocks(HoldsSequence):
                                  rows=subset)
             self.recorder.forward("draft", rows, self.block_size)
             part = shifted_rows(part, offset, self.small)  # [R, S, V]
-            return part.new_zeros(self.x.shape[0], *part.shape[1:]).index_copy_(0, subset, part)
+            return scatter_rows(part, subset, self.x.shape[0])
         rule = None if first_masked is None else draft_block(start, causal_rows=first_masked)
         logits = self._forward(start, end, block_size=self.block_size, rule=rule,
                                block_call="fill" if self.cfg.use_block_cache else None)
@@ -331,9 +331,7 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
                 n_live, refresh = torch.stack([live.sum(), (masked[:, 0] & live).any()]).tolist()
                 if not n_live:
                     break
-                subset = None
-                if n_live < live.shape[0] and n_live <= SUBSET_FRACTION * live.shape[0] and not cfg.use_block_cache:
-                    subset = torch.argsort((~live).to(torch.uint8), stable=True)[:n_live]  # [R] live rows, in order
+                subset = None if cfg.use_block_cache else live_rows(live, n_live, SUBSET_FRACTION)  # [R] or None
                 logits = blocks.draft(b, s, live, bool(refresh), subset)
                 commit, tokens, kinds = step(blocks, b, s, logits, sub, masked, live)
                 sub.copy_(torch.where(commit, tokens, sub))

@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from common.cache import cache_rows, row_mask
+from common.cache import cache_rows, live_rows, row_mask, scatter_rows
 from common.config import require_field_bounds, require_positive
 from common.editing import token_edits
 from common.masks import Predicate, block_causal, full_attention, materialize, token_causal, verifier_2l
@@ -208,7 +208,7 @@ class LLaDA2Blocks(HoldsSequence):
                 # (no mask, no edit), so they are left at 0 to keep every step's tensors [B, L, V].
                 part = self._forward(first, end, predicate, store=False, keep=length, ids=self.x[subset, first:end],
                                      positions=self.positions[subset, first:end], rows=subset)  # [R, L, V]
-                logits = part.new_zeros(self.x.shape[0], *part.shape[1:]).index_copy_(0, subset, part)
+                logits = scatter_rows(part, subset, self.x.shape[0])
             self.recorder.forward("draft", rows, length if self.cached else end - self.seq.offset)
             return logits
         prev = start - length
@@ -313,9 +313,8 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
             n_live = int(live.sum())
             if not n_live:
                 break
-            blocks.draft_rows = None  # the block's first draft may store the previous block: every row
-            if i > 0 and n_live < live.shape[0] and n_live <= SUBSET_FRACTION * live.shape[0]:
-                blocks.draft_rows = torch.argsort(done.to(torch.uint8), stable=True)[:n_live]  # [R] live rows
+            # The block's first draft may store the previous block: every row rides it.
+            blocks.draft_rows = live_rows(live, n_live, SUBSET_FRACTION) if i > 0 else None
             recorder.post_step(live & ~has_mask)
             commit, tokens, kinds = step(blocks, b, blk, masked & live[:, None], generated & ~masked, live)
             blk.copy_(torch.where(commit, tokens, blk))

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from common.cache import cache_rows, row_mask
+from common.cache import cache_rows, live_rows, row_mask, scatter_rows
 from common.config import require_field_bounds, require_positive
 from common.masks import Predicate, block_causal, draft_block, materialize, token_causal, verifier_2l
 from common.remasking import REMASKING_STRATEGIES
@@ -187,7 +187,7 @@ class SDARBlocks(HoldsSequence):
                 part = self._forward(start, end, None if uses_default else cur, store=False,
                                      ids=self.x[subset, start:end], positions=self.positions[subset, start:end],
                                      rows=subset, memo="draft" if uses_default else None)  # [R, L, V]
-                logits = part.new_zeros(self.x.shape[0], *part.shape[1:]).index_copy_(0, subset, part)
+                logits = scatter_rows(part, subset, self.x.shape[0])
             self.recorder.forward("draft", rows, length)
             return logits
         prev = start - length
@@ -287,8 +287,7 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
                 n_live = int(live.sum())
                 if not n_live:
                     break
-                if n_live < live.shape[0] and n_live <= SUBSET_FRACTION * live.shape[0]:
-                    blocks.draft_rows = torch.argsort((~live).to(torch.uint8), stable=True)[:n_live]  # [R]
+                blocks.draft_rows = live_rows(live, n_live, SUBSET_FRACTION)
             commit, tokens, kinds = step(blocks, b, s, blk, masked, live)
             blk.copy_(torch.where(commit, tokens, blk))
             masked &= ~commit
