@@ -66,7 +66,9 @@ from common.token_ids import with_token_ids
 SUBSET_FRACTION = 1.0
 """A draft forward that stores nothing runs over the rows still decoding the block when some row is
 done with it and they are at most this fraction of the batch (the others' drafts are never used, so
-only the work changes, never the tokens)."""
+only the work changes, never the tokens). 1.0 (subset whenever a row is done) measured
+best on the shipped SDAR and Fast-dLLM v2 tiny models at batch 16 and 64: 0.75 and 0.5 spent equal or
+more CPU time, the gathered cache rows (common.cache.cache_rows) costing less than the skipped rows."""
 
 
 @dataclass(frozen=True)
