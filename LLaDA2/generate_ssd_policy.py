@@ -56,6 +56,9 @@ class S2D2Step(IterationStep):
         self.core = s2d2.S2D2Step(cfg, self.sampling, batch, device, generator)
         self.rule = TopUp(TOP_UP_STRATEGY, cfg.threshold)
 
+    def select(self, keep: Tensor) -> None:
+        self.core.select(keep)
+
     def __call__(self, blocks: LLaDA2Blocks, b: int, blk: Tensor, masked: Tensor, editable: Tensor,
                  live: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         probs, drafts, confidence = self.draft(blocks, b, live)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from common.cache import cache_rows, row_mask
+from common.cache import cache_rows, live_rows, row_mask, scatter_rows
 from common.config import require_field_bounds, require_positive
 from common.masks import Predicate, block_causal, draft_block, materialize, token_causal, verifier_2l
 from common.remasking import REMASKING_STRATEGIES
@@ -34,6 +34,13 @@ from common.schedule import num_transfer_tokens
 from common.sequence import HoldsSequence, SequenceBuffer
 from common.stats import DecodeRecorder
 from common.token_ids import with_token_ids
+
+SUBSET_FRACTION = 1.0
+"""A draft forward after a block's first runs over the rows that still have masks in the block when
+some row has none left and they are at most this fraction of the batch (the others' drafts are never
+used, so only the work changes, never the tokens). 1.0 (subset whenever a row is done) measured
+best on the shipped SDAR and Fast-dLLM v2 tiny models at batch 16 and 64: 0.75 and 0.5 spent equal or
+more CPU time, the gathered cache rows (common.cache.cache_rows) costing less than the skipped rows."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,9 @@ class SDARBlocks(HoldsSequence):
         self.cache = DynamicCache()
         self.pending_commit: int | None = None
         self._masks: dict[tuple[str, int], Tensor] = {}  # [B|1, Q, K] masks reused by every step of a block
+        # [R] long: the rows a read-only draft forward runs over (None: every row). Set by the loop per
+        # step: rows with no mask left in the block skip the forwards until the block ends.
+        self.draft_rows: Tensor | None = None
 
     def rows_dropped(self) -> None:
         self._masks.clear()
@@ -169,8 +179,17 @@ class SDARBlocks(HoldsSequence):
         cur = draft_block(start, causal_rows)
         if self.pending_commit is None:
             uses_default = causal_rows is None
-            logits = self._forward(start, start + length, None if uses_default else cur, store=False,
-                                   memo="draft" if uses_default else None)
+            subset, end = self.draft_rows, start + length
+            if subset is None:
+                logits = self._forward(start, end, None if uses_default else cur, store=False,
+                                       memo="draft" if uses_default else None)
+            else:
+                # Only the rows in `subset` still have masks; the others' logits are never read (no
+                # commit without a mask), so they are left at 0 to keep every step's tensors [B, L, V].
+                part = self._forward(start, end, None if uses_default else cur, store=False,
+                                     ids=self.x[subset, start:end], positions=self.positions[subset, start:end],
+                                     rows=subset, memo="draft" if uses_default else None)  # [R, L, V]
+                logits = scatter_rows(part, subset, self.x.shape[0])
             self.recorder.forward("draft", rows, length)
             return logits
         prev = start - length
@@ -265,8 +284,12 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
         positions = blocks.positions[:, start:end]
         for s in range(cfg.denoising_steps):
             live = masked.any(-1)  # [B]
-            if s > 0 and not bool(live.any()):  # a new block of a live batch always has masks
-                break
+            blocks.draft_rows = None  # the block's first draft also stores the previous block: every row
+            if s > 0:  # a new block of a live batch always has masks
+                n_live = int(live.sum())
+                if not n_live:
+                    break
+                blocks.draft_rows = live_rows(live, n_live, SUBSET_FRACTION)
             commit, tokens, kinds = step(blocks, b, s, blk, masked, live)
             blk.copy_(torch.where(commit, tokens, blk))
             masked &= ~commit

@@ -172,7 +172,7 @@ class HoldsSequence:
     attributes that follow row selection, and `select` for buffer and cache together."""
 
     seq: SequenceBuffer
-    cache: Any
+    cache: Any  # None for a decoder without a cache
 
     @property
     def x(self) -> Tensor:  # [B, T] tokens of the rows still decoding
@@ -190,7 +190,8 @@ class HoldsSequence:
         """Drop every row but `keep` ([K] long) from the buffer and the cache (stopped rows leave;
         called between blocks)."""
         self.seq.select(keep)
-        self.cache.batch_select_indices(keep)
+        if self.cache is not None:  # a decoder without a cache re-forwards the prefix instead
+            self.cache.batch_select_indices(keep)
         self.rows_dropped()
 
     def rows_dropped(self) -> None:

@@ -254,3 +254,56 @@ def test_verifier_over_routed_rows_equals_the_full_batch_forward(sdar_model, fas
     drafted = torch.where(sub == MASK_ID, torch.full_like(sub, 7), sub)
     full = fblocks.verify(fb, 1, drafted, every)
     torch.testing.assert_close(fblocks.verify(fb, 1, drafted[some], some), full[some], rtol=0, atol=1e-12)
+
+
+READ_ONLY_DECODERS = [
+    ("sdar", "SDAR.blocks", sdar_baseline,
+     dict(block_length=4, denoising_steps=4, remasking_strategy="low_confidence_static", gen_length=10)),
+    ("sdar", "SDAR.blocks", sdar_s2d2,
+     dict(block_length=4, denoising_steps=4, acceptance="greedy_exact", confidence_threshold=0.05, gen_length=10)),
+    ("fast", "fast_dllm_v2.blocks", fast_baseline, dict(block_size=4, small_block_size=4, threshold=0.05,
+                                                        max_new_tokens=10)),
+    ("fast", "fast_dllm_v2.blocks", fast_s2d2, dict(block_size=4, small_block_size=4, acceptance="greedy_exact",
+                                                    cache_ver=True, max_new_tokens=10)),
+    ("llada2", "LLaDA2.blocks", llada2_cached, dict(block_length=4, threshold=0.05, editing_threshold=0.0,
+                                                    max_post_steps=2, gen_length=10)),
+    ("llada2", "LLaDA2.blocks", llada2_s2d2, dict(block_length=4, acceptance="greedy_exact", threshold=0.05,
+                                                  editing_threshold=0.0, max_post_steps=1, gen_length=10)),
+]
+
+
+@pytest.mark.parametrize("family,blocks_module,fn,kw", READ_ONLY_DECODERS)
+def test_forwards_inside_a_block_carry_only_the_rows_still_decoding_it(request, monkeypatch, family, blocks_module,
+                                                                       fn, kw):
+    """Rows of a batch finish a block at different steps (ragged prompt tails, stops, edits). Each row
+    still gets its batch-1 tokens and stats, and the forwards that store nothing (drafts after a block's
+    first, verifications) carry exactly the rows that take part: their batch rows add up to the rows
+    of the same forwards at batch 1. Without the row subset (fraction 0) rows ride along and the sum
+    grows, so the scenario exercises it."""
+    import importlib
+
+    model = request.getfixturevalue(f"{family}_model")
+    store_flag = "update_past_key_values" if family == "fast" else "store_kv"
+    counted = []
+
+    def count(module, args, kwargs):
+        if not kwargs.get(store_flag, False):
+            counted.append(kwargs["input_ids"].shape[0])
+
+    handle = model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        _, ids, attn = _ragged(12, seed=4)
+        alone, alone_stats = _decode_rows(fn, model, ids, attn, 1, **kw)
+        rows_alone = sum(counted)
+        counted.clear()
+        rows, stats = _decode_rows(fn, model, ids, attn, 12, **kw)
+        assert rows == alone and _per_row(stats) == _per_row(alone_stats)
+        assert sum(counted) == rows_alone
+        assert min(counted) < 12  # a forward ran over a strict subset of the batch
+        counted.clear()
+        monkeypatch.setattr(importlib.import_module(blocks_module), "SUBSET_FRACTION", 0.0)
+        rows, _ = _decode_rows(fn, model, ids, attn, 12, **kw)
+        assert rows == alone
+        assert sum(counted) > rows_alone
+    finally:
+        handle.remove()
