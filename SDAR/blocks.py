@@ -194,8 +194,13 @@ class SDARBlocks(HoldsSequence):
             return logits
         prev = start - length
         prev_rule = token_causal(prev) if self.cfg.cache_ver else block_causal(length, prev)
+        # With cache_ver the previous block's rows are token-causal and so are the current block's rows
+        # before its first mask (all of them bidirectional without draft_ver): one comparison each.
+        bidirectional_from = length + (0 if causal_rows is None else causal_rows.view(-1, 1, 1))
 
         def joint(q: Tensor, kv: Tensor) -> Tensor:
+            if self.cfg.cache_ver:
+                return (kv <= q + prev) | (q >= bidirectional_from)
             return torch.where(q < length, prev_rule(q, kv), cur(q - length, kv))
 
         logits = self._forward(prev, start + length, joint, store=True, keep=length)
@@ -263,49 +268,52 @@ class BlockStep:
 def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
                   cfg: BlockDiffusionConfig, step: BlockStep) -> tuple[Tensor, list[dict]]:
     """The outer loop shared by every SDAR decoder: prefill, then per block up to `denoising_steps`
-    steps until no mask is left, a commit, and a stop check. Host syncs: one per step after the
-    first (is any row still masked?) plus one per block (has every row stopped? is the block complete?
-    Every remasking strategy commits at least its scheduled count, so the latter is an invariant check)."""
+    steps until no mask is left, a commit, and a stop check. Host syncs: one per step (how many rows
+    still have masks, which also picks the rows of the next draft; how many rows stop after this block;
+    a block left incomplete after `denoising_steps` is an error, since every remasking strategy commits
+    at least its scheduled count)."""
     start_time = time.perf_counter()
     batch = input_ids.shape[0]
     device = input_ids.device
     recorder = DecodeRecorder(batch, device, cfg.record_decoding_order)
     blocks = SDARBlocks(model, input_ids, attention_mask, cfg, recorder)
     stop_ids = torch.tensor(cfg.stopping_criteria_idx, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    blocks.prefill(~finished)
+    blocks.prefill(torch.ones(batch, dtype=torch.bool, device=device))
     seq, length = blocks.seq, cfg.block_length
     for b in range(blocks.first_block, blocks.n_blocks):
         recorder.new_block()
         blk = blocks.block(b)
         start, end = b * length, (b + 1) * length
-        masked = (blk == cfg.mask_id) & ~finished[:, None] & seq.decodable(start, end)  # [B, L]
+        decodable = seq.decodable(start, end)  # [B, L]; rows that stopped have left the batch
+        masked = (blk == cfg.mask_id) & decodable  # [B, L]
+        exhausted = seq.exhausted(end)  # [B]
         step.begin_block(b, masked)
         positions = blocks.positions[:, start:end]
+        live = masked.any(-1)  # [B]: a new block of a live batch always has masks
+        blocks.draft_rows = None  # the block's first draft also stores the previous block: every row
         for s in range(cfg.denoising_steps):
-            live = masked.any(-1)  # [B]
-            blocks.draft_rows = None  # the block's first draft also stores the previous block: every row
-            if s > 0:  # a new block of a live batch always has masks
-                n_live = int(live.sum())
-                if not n_live:
-                    break
-                blocks.draft_rows = live_rows(live, n_live, SUBSET_FRACTION)
             commit, tokens, kinds = step(blocks, b, s, blk, masked, live)
             blk.copy_(torch.where(commit, tokens, blk))
             masked &= ~commit
             recorder.commits(kinds, positions)
-        blocks.commit(b, ~finished)
-        finished |= seq.stopped(end, stop_ids) | seq.exhausted(end)
-        all_stopped, any_stopped, incomplete = torch.stack([finished.all(), finished.any(), masked.any()]).tolist()
-        if incomplete:
+            live = masked.any(-1)  # [B]
+            # One read per step: how many rows still have masks, and (meaningful once none has) how many
+            # stop here. A row with a stop token in an earlier block has left the batch, and a complete
+            # block has no mask before any of its tokens, so a stop token in this block stops the row.
+            stopped = (torch.isin(blk, stop_ids) & decodable).any(-1) | exhausted  # [B]
+            n_live, n_stopped = torch.stack([live.sum(), stopped.sum()]).tolist()
+            if not n_live:
+                break
+            blocks.draft_rows = live_rows(live, n_live, SUBSET_FRACTION)
+        if n_live:
             raise RuntimeError(f"block {b} still has masks after {cfg.denoising_steps} steps")
-        if all_stopped:
+        blocks.commit(b, torch.ones_like(stopped))
+        if n_stopped == stopped.shape[0]:
             break
-        if any_stopped:  # stopped rows leave the batch: later forwards run on the others only
-            keep = (~finished).nonzero().squeeze(-1)
+        if n_stopped:  # stopped rows leave the batch: later forwards run on the others only
+            keep = torch.argsort(stopped.to(torch.uint8), stable=True)[: stopped.shape[0] - n_stopped]  # [K]
             for holder in (blocks, step, recorder):
                 holder.select(keep)
-            finished = finished[keep]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall_time = time.perf_counter() - start_time
