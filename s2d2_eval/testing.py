@@ -6,14 +6,34 @@ exercised in seconds without a trained model. Its answers are garbage; its stats
     python -m s2d2_eval.testing /tmp/rand_fast --family fast_dllm_v2
     python -m s2d2_eval.testing /tmp/rand_d2f --family d2f_llada      # writes base/ and lora/
     python -m s2d2_eval.testing /tmp/rand_llada2 --family llada2
+
+`load_script` imports one of the repository's scripts (scripts/, the families' example CLIs: not
+packages) as a module, for the tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 from synthetic.checkpoint import FAMILIES
+
+
+def load_script(path: str | Path, name: str | None = None) -> ModuleType:
+    """The script at `path` as a module named `name` (default `_script_<file stem>`), executed once and
+    then reused from sys.modules. It is registered before it runs: dataclasses look their module up
+    there while the class is built."""
+    path = Path(path)
+    name = name or f"_script_{path.stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def build_random_tiny_model(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 1, seed: int = 0,

@@ -5,7 +5,6 @@ handling. Timings are never asserted; counts and invariants are."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -18,6 +17,8 @@ from types import ModuleType
 
 import pytest
 import torch
+
+from s2d2_eval.testing import load_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "bench_decoding.py"
@@ -38,13 +39,7 @@ PROFILE_FIELDS = {
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    name = "_script_bench_decoding"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module", params=["sdar", "fast_dllm_v2"])

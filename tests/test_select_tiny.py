@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -15,18 +13,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
+from s2d2_eval.testing import load_script  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO_ROOT / "models" / "sdar-tiny"
 
 
 @pytest.fixture(scope="module")
 def select_tiny() -> ModuleType:
-    path = REPO_ROOT / "scripts" / "select_tiny.py"
-    spec = importlib.util.spec_from_file_location("_script_select_tiny", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO_ROOT / "scripts" / "select_tiny.py")
 
 
 def _run(per_task: dict[str, tuple[int, int]], seed: int = 0) -> dict:

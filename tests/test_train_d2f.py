@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from common.masks import materialize, prefix_block_causal  # noqa: E402
+from s2d2_eval.testing import load_script  # noqa: E402
 from synthetic import train_d2f  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,15 +42,7 @@ MASK_ID, PAD_ID = 3, 0
 
 
 def _train_tiny():
-    import importlib.util
-
-    name = "_script_train_tiny"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, TRAIN_SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script(TRAIN_SCRIPT)
 
 
 @pytest.mark.parametrize("family", ["d2f_llada", "d2f_dream"])
@@ -344,15 +337,10 @@ def test_wall_clock_cap_stops_both_stages_and_still_saves(tmp_path):
 def test_eval_tiny_decodes_a_d2f_pair_with_its_adapter(tmp_path):
     """eval_tiny puts the LoRA adapter on the base for a D2F family (AR mode with and without the adapter
     differ on a random pair, so the adapter really is applied)."""
-    import importlib.util
-
     from s2d2_eval.testing import build_random_d2f_model
 
     base, lora = build_random_d2f_model(tmp_path / "pair", family="d2f_llada")
-    spec = importlib.util.spec_from_file_location("_eval_tiny_d2f", REPO_ROOT / "scripts" / "eval_tiny.py")
-    eval_tiny = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = eval_tiny
-    spec.loader.exec_module(eval_tiny)
+    eval_tiny = load_script(REPO_ROOT / "scripts" / "eval_tiny.py")
     outputs = {}
     for name, adapter in (("with", lora), ("without", tmp_path / "empty")):
         if name == "without":  # an adapter with B = 0: exactly the base model

@@ -29,6 +29,7 @@ from safetensors.torch import load_file  # noqa: E402
 import LLaDA2  # noqa: E402,F401  (registers model_type "llada2_moe" with the Auto classes)
 from LLaDA2.configuration_llada2_moe import LLaDA2MoeConfig  # noqa: E402
 from LLaDA2.modeling_llada2_moe import LLaDA2MoeModelLM, LLaDA2MoeSparseMoeBlock  # noqa: E402
+from s2d2_eval.testing import load_script  # noqa: E402
 from synthetic import train_llada2  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,24 +89,11 @@ def _recipe(**overrides) -> train_llada2.Recipe:
     return train_llada2.Recipe(args, build_tokenizer(), random.Random(3))
 
 
-def _load_train_tiny():
-    """scripts/train_tiny.py as a module (scripts/ is not a package), under test_train_tiny.py's name."""
-    import importlib.util
-
-    name = "_script_train_tiny"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, TRAIN_SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.mark.parametrize("block_size", [1, 4, 8])
 def test_t2t_rows_substitute_only_visible_answer_tokens_and_restore_them(block_size):
     from synthetic.tokenizer import build_tokenizer, encode_example
 
-    train_tiny = _load_train_tiny()
+    train_tiny = load_script(TRAIN_SCRIPT)
     tokenizer = build_tokenizer()
     mask_id = tokenizer.mask_token_id
     item = {"prompt": "add 41+79", "target": "1+9+0=10,4+7+1=12 #### 120"}
@@ -155,7 +143,7 @@ def test_expert_bias_moves_by_the_sign_of_the_load_gap():
 def test_training_writes_a_loadable_deterministic_moe(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    train_tiny = _load_train_tiny()
+    train_tiny = load_script(TRAIN_SCRIPT)
     first, second = tmp_path / "a", tmp_path / "b"
     assert train_tiny.main([*TINY_FLAGS, "--output_dir", str(first), "--seed", "5"]) == 0
     assert train_tiny.main([*TINY_FLAGS, "--output_dir", str(second), "--seed", "5"]) == 0
@@ -272,14 +260,11 @@ def test_shipped_model_restores_a_corrupted_answer_token_and_edits_nothing_else(
 def test_cli_decodes_the_shipped_model_at_its_training_block_length(capsys):
     """The shipped model's config.json records its block length (8); the CLI's default follows it (the
     released models' 32 otherwise) and S2D2 solves the sample problem."""
-    import importlib.util
     import json as json_
 
     config = json_.loads((REPO_ROOT / "models" / "llada2-tiny" / "config.json").read_text())
     assert config["block_length"] == 8
-    spec = importlib.util.spec_from_file_location("_example_llada", REPO_ROOT / "LLaDA2" / "example_llada.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script(REPO_ROOT / "LLaDA2" / "example_llada.py")
     stats = example.main(["--generate_fn", "ssd_policy", "--device", "cpu"])
     assert "correct: True" in capsys.readouterr().out
     assert stats[0]["verifications"] > 0

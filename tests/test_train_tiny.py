@@ -8,7 +8,6 @@ present) solves a test item in AR mode.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -27,6 +26,7 @@ from safetensors.torch import load_file  # noqa: E402
 import SDAR  # noqa: E402,F401  (registers model_type "sdar" with the Auto classes)
 from SDAR.configuration_sdar import SDARConfig  # noqa: E402
 from SDAR.modeling_sdar import SDARForCausalLM  # noqa: E402
+from s2d2_eval.testing import load_script  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train_tiny.py"
@@ -37,20 +37,9 @@ TINY_FLAGS = ["--hidden_size", "32", "--num_layers", "1", "--num_heads", "2", "-
               "--batch_size", "4", "--threads", "1", "--log_every", "1"]
 
 
-def _load_script(path: Path) -> ModuleType:
-    """Import a script from scripts/ (not a package) under its file name."""
-    name = f"_script_{path.stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def train_tiny() -> ModuleType:
-    return _load_script(TRAIN_SCRIPT)
+    return load_script(TRAIN_SCRIPT)
 
 
 def test_training_writes_a_loadable_deterministic_model(train_tiny, tmp_path):
@@ -400,7 +389,7 @@ def test_fast_dllm_training_writes_a_loadable_model(train_tiny, tmp_path):
     assert output.shape == (1, ids.shape[1] + 8)
     assert torch.equal(output[0, : ids.shape[1]], ids[0])
 
-    eval_tiny = _load_script(EVAL_SCRIPT)
+    eval_tiny = load_script(EVAL_SCRIPT)
     for mode, flags in (("ar", []), ("s2d2", ["--block_size", "4", "--small_block_size", "2"])):
         record_path = tmp_path / f"{mode}.jsonl"
         assert eval_tiny.main(["--family", "fast_dllm_v2", "--model_dir", str(out), "--mode", mode, "--limit", "2",
@@ -433,7 +422,7 @@ def test_answers_per_prompt_is_sdar_only(tmp_path):
     ],
 )
 def test_eval_rejects_bad_flags(capsys, tmp_path, flags, message):
-    eval_tiny = _load_script(EVAL_SCRIPT)
+    eval_tiny = load_script(EVAL_SCRIPT)
     with pytest.raises(SystemExit) as exc:
         eval_tiny.main([*flags, "--model_dir", str(tmp_path)])
     assert exc.value.code != 0 and message in capsys.readouterr().err
