@@ -57,13 +57,6 @@ from common.sequence import HoldsSequence, SequenceBuffer
 from common.stats import DecodeRecorder
 from common.token_ids import with_token_ids
 
-SUBSET_FRACTION = 1.0
-"""Without the block cache, a draft forward runs over the rows that still have masks in the sub-block
-when some row has none and they are at most this fraction of the batch (the others' drafts are never
-used, so only the work changes, never the tokens). 1.0 (subset whenever a row is done) measured
-best on the shipped SDAR and Fast-dLLM v2 tiny models at batch 16 and 64: 0.75 and 0.5 spent equal or
-more CPU time, the gathered cache rows (common.cache.cache_rows) costing less than the skipped rows."""
-
 
 @dataclass(frozen=True)
 class FastDecodeConfig:
@@ -333,7 +326,7 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
                 n_live, refresh = torch.stack([live.sum(), (masked[:, 0] & live).any()]).tolist()
                 if not n_live:
                     break
-                subset = None if cfg.use_block_cache else live_rows(live, n_live, SUBSET_FRACTION)  # [R] or None
+                subset = None if cfg.use_block_cache else live_rows(live, n_live)  # [R] or None
                 logits = blocks.draft(b, s, live, bool(refresh), subset)
                 commit, tokens, kinds = step(blocks, b, s, logits, sub, masked, live)
                 sub.copy_(torch.where(commit, tokens, sub))

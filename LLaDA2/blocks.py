@@ -63,13 +63,6 @@ from common.sequence import HoldsSequence, SequenceBuffer
 from common.stats import COMMIT_EDIT, DecodeRecorder
 from common.token_ids import with_token_ids
 
-SUBSET_FRACTION = 1.0
-"""A draft forward that stores nothing runs over the rows still decoding the block when some row is
-done with it and they are at most this fraction of the batch (the others' drafts are never used, so
-only the work changes, never the tokens). 1.0 (subset whenever a row is done) measured
-best on the shipped SDAR and Fast-dLLM v2 tiny models at batch 16 and 64: 0.75 and 0.5 spent equal or
-more CPU time, the gathered cache rows (common.cache.cache_rows) costing less than the skipped rows."""
-
 
 @dataclass(frozen=True)
 class LLaDA2DecodeConfig:
@@ -316,7 +309,7 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
             if not n_live:
                 break
             # The block's first draft may store the previous block: every row rides it.
-            blocks.draft_rows = live_rows(live, n_live, SUBSET_FRACTION) if i > 0 else None
+            blocks.draft_rows = live_rows(live, n_live) if i > 0 else None
             recorder.post_step(live & ~has_mask)
             commit, tokens, kinds = step(blocks, b, blk, masked & live[:, None], generated & ~masked, live)
             blk.copy_(torch.where(commit, tokens, blk))

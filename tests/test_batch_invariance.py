@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import common.cache
 from common.sequence import SequenceBuffer
 from fast_dllm_v2.generate import generate as fast_baseline
 from fast_dllm_v2.generate_ssd_policy import generate_ssd_policy as fast_s2d2
@@ -257,31 +258,27 @@ def test_verifier_over_routed_rows_equals_the_full_batch_forward(sdar_model, fas
 
 
 READ_ONLY_DECODERS = [
-    ("sdar", "SDAR.blocks", sdar_baseline,
+    ("sdar", sdar_baseline,
      dict(block_length=4, denoising_steps=4, remasking_strategy="low_confidence_static", gen_length=10)),
-    ("sdar", "SDAR.blocks", sdar_s2d2,
+    ("sdar", sdar_s2d2,
      dict(block_length=4, denoising_steps=4, acceptance="greedy_exact", confidence_threshold=0.05, gen_length=10)),
-    ("fast", "fast_dllm_v2.blocks", fast_baseline, dict(block_size=4, small_block_size=4, threshold=0.05,
-                                                        max_new_tokens=10)),
-    ("fast", "fast_dllm_v2.blocks", fast_s2d2, dict(block_size=4, small_block_size=4, acceptance="greedy_exact",
-                                                    cache_ver=True, max_new_tokens=10)),
-    ("llada2", "LLaDA2.blocks", llada2_cached, dict(block_length=4, threshold=0.05, editing_threshold=0.0,
-                                                    max_post_steps=2, gen_length=10)),
-    ("llada2", "LLaDA2.blocks", llada2_s2d2, dict(block_length=4, acceptance="greedy_exact", threshold=0.05,
-                                                  editing_threshold=0.0, max_post_steps=1, gen_length=10)),
+    ("fast", fast_baseline, dict(block_size=4, small_block_size=4, threshold=0.05, max_new_tokens=10)),
+    ("fast", fast_s2d2, dict(block_size=4, small_block_size=4, acceptance="greedy_exact", cache_ver=True,
+                             max_new_tokens=10)),
+    ("llada2", llada2_cached, dict(block_length=4, threshold=0.05, editing_threshold=0.0, max_post_steps=2,
+                                   gen_length=10)),
+    ("llada2", llada2_s2d2, dict(block_length=4, acceptance="greedy_exact", threshold=0.05, editing_threshold=0.0,
+                                 max_post_steps=1, gen_length=10)),
 ]
 
 
-@pytest.mark.parametrize("family,blocks_module,fn,kw", READ_ONLY_DECODERS)
-def test_forwards_inside_a_block_carry_only_the_rows_still_decoding_it(request, monkeypatch, family, blocks_module,
-                                                                       fn, kw):
+@pytest.mark.parametrize("family,fn,kw", READ_ONLY_DECODERS)
+def test_forwards_inside_a_block_carry_only_the_rows_still_decoding_it(request, monkeypatch, family, fn, kw):
     """Rows of a batch finish a block at different steps (ragged prompt tails, stops, edits). Each row
     still gets its batch-1 tokens and stats, and the forwards that store nothing (drafts after a block's
     first, verifications) carry exactly the rows that take part: their batch rows add up to the rows
     of the same forwards at batch 1. Without the row subset (fraction 0) rows ride along and the sum
     grows, so the scenario exercises it."""
-    import importlib
-
     model = request.getfixturevalue(f"{family}_model")
     store_flag = "update_past_key_values" if family == "fast" else "store_kv"
     counted = []
@@ -301,7 +298,7 @@ def test_forwards_inside_a_block_carry_only_the_rows_still_decoding_it(request, 
         assert sum(counted) == rows_alone
         assert min(counted) < 12  # a forward ran over a strict subset of the batch
         counted.clear()
-        monkeypatch.setattr(importlib.import_module(blocks_module), "SUBSET_FRACTION", 0.0)
+        monkeypatch.setattr(common.cache, "SUBSET_FRACTION", 0.0)
         rows, _ = _decode_rows(fn, model, ids, attn, 12, **kw)
         assert rows == alone
         assert sum(counted) > rows_alone
