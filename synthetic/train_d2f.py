@@ -112,7 +112,10 @@ def family_defaults(family: str) -> dict[str, Any]:
     30-minute cap. Most of the budget goes to the base: the adapter's left-to-right cross entropy settles
     a few hundred steps in at about the base's own left-to-right cross entropy (measured on a first
     1,800 + 1,300-step run: 0.52 against 0.55 nats per answer token; a rank-64 adapter, or one on the MLP
-    as well, settled at the same value), so the base's quality bounds the adapter's. On a loaded machine
+    as well, settled at the same value), so the base's quality bounds the adapter's. And that quality is
+    the open problem: `scripts/probe_d2f_base.py` finds a base trained for 6,000 steps (`--steps 6000
+    --threads 2`, 22.7 min) still predicting content tokens from their position alone, no better with 5%
+    of the answer masked than with 95%; more base steps do not fit the budget. On a loaded machine
     the cap may bind: then the last steps follow the wall clock (`time_bound_steps` > 0 in the record, not
     deterministic); `--max_minutes 45` keeps a slower machine on the step schedule."""
     if family not in FAMILIES:
