@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -121,3 +123,14 @@ def test_the_record_is_one_json_line_with_a_gain_per_task(probe_script, capsys, 
         content = task["by_ratio"]
         assert task["content_gain"] == pytest.approx(content["0.95"]["content"]["ce"] - content["0.05"]["content"]["ce"],
                                                      abs=2e-4)
+
+
+def test_flag_errors_end_before_torch_is_imported(tmp_path):
+    code = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit as exc:\n    print(exc.code)\nprint('torch' in sys.modules, 'transformers' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT / "scripts" / "probe_d2f_base.py"),
+                           str(REPO_ROOT / "models" / "sdar-tiny")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    refusal, imported = done.stdout.strip().splitlines()
+    assert "is a SDAR model" in refusal and imported == "False False", (done.stdout, done.stderr)
