@@ -69,9 +69,9 @@ MODEL_TYPES = {"d2f_llada": "llada", "d2f_dream": "Dream"}
 MASK_RATIO_EPS = 1e-3
 """Smallest base-stage mask ratio (LLaDA's eps): t ~ U[eps, 1] keeps the 1/t weight finite."""
 
-LORA_STEP_COST = 1.6
-"""A LoRA step's cost over a base step's (teacher forward, LLaDA's doubled AR rows): measured 0.63 / 0.37
-CPU s per step for D2F-LLaDA and 0.49 / 0.39 for D2F-Dream (`family_defaults`). It splits `--max_minutes`
+LORA_STEP_COST = 1.8
+"""A LoRA step's cost over a base step's (teacher forward, LLaDA's doubled AR rows): measured 0.277 / 0.154
+s per step for D2F-LLaDA at the default sizes on two threads (`family_defaults`). It splits `--max_minutes`
 between the stages: the base stage may use steps / (steps + LORA_STEP_COST * lora_steps) of it, the
 adapter stage whatever the base stage left."""
 
@@ -105,23 +105,22 @@ def family_defaults(family: str) -> dict[str, Any]:
     """Defaults of the shared train_tiny.py flags for a D2F family (argparse `set_defaults`; explicit flags
     win). `--steps`, `--warmup_steps` and `--lr` are the BASE stage's.
 
-    Step counts. CPU seconds per step at the default sizes and batch, 1 torch thread: 0.37 (base) and
-    0.63 (LoRA) for D2F-LLaDA, 0.39 and 0.49 for D2F-Dream (rank 16; rank 32 costs about the same at this
-    width). So 2,600 base + 800 LoRA steps take 2,600 x 0.37 + 800 x 0.63 = 1,466 s = 24.4 min (D2F-LLaDA)
-    and 1,014 + 392 = 1,406 s = 23.4 min (D2F-Dream) on a machine with nothing else running, under the
-    30-minute cap. Most of the budget goes to the base: the adapter's left-to-right cross entropy settles
-    a few hundred steps in at about the base's own left-to-right cross entropy (measured on a first
-    1,800 + 1,300-step run: 0.52 against 0.55 nats per answer token; a rank-64 adapter, or one on the MLP
-    as well, settled at the same value), so the base's quality bounds the adapter's. And that quality is
-    the open problem: `scripts/probe_d2f_base.py` finds a base trained for 6,000 steps (`--steps 6000
-    --threads 2`, 22.7 min) still predicting content tokens from their position alone, no better with 5%
-    of the answer masked than with 95%; more base steps do not fit the budget. On a loaded machine
-    the cap may bind: then the last steps follow the wall clock (`time_bound_steps` > 0 in the record, not
-    deterministic); `--max_minutes 45` keeps a slower machine on the step schedule."""
+    Sizes and steps: the best measured so far, not yet a recipe that meets the AR bar. A 128-wide base
+    (4 layers, 4 query / 2 KV heads of 32, feed-forward 384: 804K parameters) learns to read its answer
+    where the 192-wide one of earlier runs did not within the budget (`scripts/probe_d2f_base.py`,
+    content-token CE with 5% / 95% of the answer masked: 0.55-1.33 / 0.67-1.63 nats over the four
+    tasks after 5,500 steps, against 1.08-2.14 / 1.11-2.48 for a 192-wide base after 6,000), and costs
+    0.154 s per step on two threads against 0.21. 5,500 base + 1,200 adapter steps took 848 + 333 s =
+    19.7 min (D2F-LLaDA, two threads, nothing else running); the adapter's AR rows ended at 0.27 nats per
+    answer token (0.49-0.52 on the 192-wide bases) and AR mode solved 0 / 22 / 26 / 72% of add / chain /
+    digitsum / letters (greedy, the first 50 test items of each). D2F-Dream takes the same defaults
+    (measured at width 192 only: 0.39 / 0.49 CPU s per base / adapter step on one thread). On a loaded
+    machine the cap may bind: then the last steps follow the wall clock (`time_bound_steps` > 0 in the
+    record, not deterministic); `--max_minutes 45` keeps a slower machine on the step schedule."""
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; D2F families: {', '.join(FAMILIES)}")
-    return {"steps": 2600, "warmup_steps": 80, "lr": 3e-3,
-            "output_dir": REGISTRY[family].tiny_model_dir.parent}
+    return {"steps": 5500, "warmup_steps": 80, "lr": 3e-3, "hidden_size": 128, "head_dim": 32,
+            "intermediate_size": 384, "threads": 2, "output_dir": REGISTRY[family].tiny_model_dir.parent}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,14 +130,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "D2F (--family d2f_llada / d2f_dream): stage 2, the LoRA adapter; --steps, --lr, --warmup_steps are stage "
         f"1's (the base), with the D2F defaults {base['steps']} / {base['lr']:g} / {base['warmup_steps']}, and "
         "--output_dir defaults to the folder holding the registry's base/ and lora/")
-    group.add_argument("--lora_steps", type=int, default=800, help="optimiser steps of the adapter stage")
+    group.add_argument("--lora_steps", type=int, default=1200, help="optimiser steps of the adapter stage")
     group.add_argument("--lora_warmup_steps", type=int, default=50)
     group.add_argument("--lora_lr", type=float, default=2e-3, help="peak AdamW learning rate of the adapter")
     group.add_argument("--lora_rank", type=int, default=32, help="LoRA r (32, as the released adapters)")
     group.add_argument("--lora_alpha", type=int, default=None,
                        help="LoRA alpha; default: the rank (scale 1, as the released adapters' 32/32)")
     group.add_argument("--lora_dropout", type=float, default=0.0, help="LoRA dropout (the released: 0.1)")
-    group.add_argument("--lora_block_sizes", type=_int_list, default=[1, 1, 4, 8],
+    group.add_argument("--lora_block_sizes", type=_int_list, default=[1, 1, 1, 4, 8],
                        help="block sizes drawn per row in the adapter stage; 1 = the AR row (the S2D2 "
                             "verifier's AR mode), >1 = a D2F row (block-causal, distilled)")
     group.add_argument("--data_weight", type=float, default=0.1,

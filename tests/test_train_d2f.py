@@ -115,7 +115,7 @@ def _assert_fails_fast(flags: list[str], message: str) -> None:
         (["--family", "d2f_llada", "--min_mask_ratio", "0"], "--min_mask_ratio"),
         (["--family", "d2f_dream", "--lora_warmup_steps", "5", "--lora_steps", "5"], "--lora_warmup_steps"),
         (["--family", "d2f_llada", "--lora_dropout", "1"], "--lora_dropout"),
-        (["--family", "d2f_llada", "--head_dim", "32"], "--head_dim must be 48"),
+        (["--family", "d2f_llada", "--head_dim", "48"], "--head_dim must be 32"),
         (["--family", "d2f_dream", "--ar_fraction", "0.3"], "--ar_fraction does not apply to --family d2f_dream"),
         (["--family", "d2f_llada", "--block_sizes", "1,4"], "--block_sizes does not apply"),
         (["--lora_rank", "8"], "--lora_rank only applies to --family d2f_llada / d2f_dream"),
