@@ -46,13 +46,21 @@ def _ratios(text: str) -> list[float]:
     return values
 
 
+def _tasks(text: str) -> list[str]:
+    tasks = [task for task in text.split(",") if task]
+    unknown = [task for task in tasks if task not in TASKS]
+    if not tasks or unknown:
+        raise argparse.ArgumentTypeError(f"unknown {unknown or 'none given'}; valid: {', '.join(TASKS)}")
+    return tasks
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("base_model_dir", type=Path, help="a D2F base folder (model_type llada or Dream)")
     parser.add_argument("--ratios", type=_ratios, default=[0.05, 0.95], help="mask ratios, comma-separated")
     parser.add_argument("--limit", type=int, default=48, help="validation items per task")
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
+    parser.add_argument("--tasks", type=_tasks, default=list(TASKS), help="comma-separated tasks")
     parser.add_argument("--draws", type=int, default=8,
                         help="mask draws per ratio (at a low ratio one draw masks few tokens)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the masks")
@@ -67,11 +75,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("limit", "draws"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    tasks = [task for task in args.tasks.split(",") if task]
-    unknown = [task for task in tasks if task not in TASKS]
-    if not tasks or unknown:
-        parser.error(f"--tasks: unknown {unknown or 'none given'}; valid: {', '.join(TASKS)}")
-    args.tasks = tasks
     args.family = families.require_model(args.base_model_dir, D2F_FAMILIES, "base_model_dir").name
     return args
 
