@@ -8,14 +8,19 @@ exercised in seconds without a trained model. Its answers are garbage; its stats
     python -m s2d2_eval.testing /tmp/rand_llada2 --family llada2
 
 `load_script` imports one of the repository's scripts (scripts/, the families' example CLIs: not
-packages) as a module, for the tests.
+packages) as a module, for the tests; `run_fresh` runs one as `__main__` in a new interpreter and reports
+how it exited and whether torch or transformers got imported (bad input must end before they are).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import os
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -34,6 +39,47 @@ def load_script(path: str | Path, name: str | None = None) -> ModuleType:
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HEAVY_MODULES = ("torch", "transformers")
+_FRESH_REPORT = "@run_fresh "
+_FRESH_MAIN = f"""
+import json, runpy, sys
+sys.argv = sys.argv[1:]
+code = None
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted(name for name in {HEAVY_MODULES!r} if name in sys.modules)
+print("\\n{_FRESH_REPORT}" + json.dumps({{"exit": code if code is None or isinstance(code, int) else str(code),
+                                          "heavy": heavy}}))
+"""
+
+
+@dataclass(frozen=True)
+class FreshRun:
+    """What `run_fresh` saw: the script's own stdout and stderr, its SystemExit code (None when it
+    returned; a message for `SystemExit("...")`) and which of HEAVY_MODULES were imported by the end."""
+
+    stdout: str
+    stderr: str
+    exit: int | str | None
+    heavy: list[str]
+
+
+def run_fresh(script: str | Path, argv: list[str], cwd: str | Path = REPO_ROOT, timeout: float = 120) -> FreshRun:
+    """Run `script` (a path) as `__main__` with `argv` in a new interpreter, the repository first on its
+    path, and report how it ended."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _FRESH_MAIN, str(script), *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0 or _FRESH_REPORT not in done.stdout:
+        raise AssertionError(f"{script} did not end through SystemExit or a return:\n{done.stderr}")
+    stdout, _, report = done.stdout.rpartition("\n" + _FRESH_REPORT)
+    fields = json.loads(report)
+    return FreshRun(stdout=stdout, stderr=done.stderr, exit=fields["exit"], heavy=fields["heavy"])
 
 
 def build_random_tiny_model(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 1, seed: int = 0,

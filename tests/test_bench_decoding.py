@@ -9,8 +9,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +16,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from s2d2_eval.testing import load_script
+from s2d2_eval.testing import load_script, run_fresh
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "bench_decoding.py"
@@ -234,16 +232,6 @@ def test_count_trace_on_a_real_profile(bench):
 # ------------------------------------------------------------------------------------ bad input
 
 
-CHECK = """
-import runpy, sys
-sys.argv = ["bench_decoding.py", *sys.argv[1:]]
-try:
-    runpy.run_path({script!r}, run_name="__main__")
-except SystemExit as exit:
-    print("torch imported:", "torch" in sys.modules, "exit:", exit.code)
-"""
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--batch_sizes", "2,4"], "--batch_sizes must be distinct positive integers including 1"),
     (["--batch_sizes", "1,x"], "--batch_sizes must be comma-separated integers"),
@@ -260,8 +248,7 @@ except SystemExit as exit:
     (["--out", "/nonexistent/x.json"], "--out: directory /nonexistent does not exist"),
 ])
 def test_bad_input_is_one_line_before_torch(argv, message):
-    done = subprocess.run([sys.executable, "-c", CHECK.format(script=str(SCRIPT)), *argv], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert done.stdout.strip() == "torch imported: False exit: 2"
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bench_decoding.py: error: ") and message in lines[0], done.stderr
+    run = run_fresh(SCRIPT, argv, timeout=60)
+    assert run.stdout.strip() == "" and run.exit == 2 and "torch" not in run.heavy, run
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench_decoding.py: error: ") and message in lines[0], run.stderr

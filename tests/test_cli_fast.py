@@ -2,9 +2,6 @@
 bad input before any weight is loaded, left truncation of the prompt, and the stored flag specs."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +9,7 @@ import torch
 
 import families.sdar_cli as sdar_cli
 from families import cli, cli_schema, load
+from s2d2_eval.testing import run_fresh
 
 REPO = Path(__file__).resolve().parent.parent
 SDAR_S2D2 = "SDAR.generate_ssd_policy:block_diffusion_generate"
@@ -32,37 +30,18 @@ SCRIPTS = [
      "skip_threshold must be in [0, 1], got 2.0"),
 ]
 
-PROBE = """
-import runpy, sys
-sys.argv = [sys.argv[1], *sys.argv[2:]]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-except SystemExit as exc:
-    print(f"exit: {exc.code}")
-heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
-print(f"heavy: {heavy}")
-"""
-
-
-def _probe(script: str, argv: list[str]) -> str:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", PROBE, str(REPO / script), *argv], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 @pytest.mark.parametrize("script,decoder,argv,message", SCRIPTS)
 def test_help_and_flag_errors_import_neither_torch_nor_transformers(script, decoder, argv, message):
     """In a fresh interpreter: --help (which lists every choice of every choice flag and the prompt formats
     the shipped models know) and a bad flag end before torch or transformers is imported."""
-    out = _probe(script, ["--help"])
-    assert out.rstrip().endswith("exit: 0\nheavy: []"), out
+    run = run_fresh(REPO / script, ["--help"])
+    assert run.exit == 0 and run.heavy == [], run
+    out = run.stdout
     assert "synthetic suite's prompt formats" in out and "'add 41+79'" in out and "'inc 4 n..t'" in out
     choices = [spec for spec in cli_schema.fields(decoder) if "choices" in spec]
     assert choices and all(f"--{spec['name']} {{{','.join(spec['choices'])}}}" in out for spec in choices), out
-    out = _probe(script, argv)
-    assert f"exit: error: {message}" in out and out.rstrip().endswith("heavy: []"), out
+    run = run_fresh(REPO / script, argv)
+    assert str(run.exit).startswith(f"error: {message}") and run.heavy == [], run
 
 
 def test_stored_flag_specs_match_the_configs():

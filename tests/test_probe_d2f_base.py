@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -16,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from s2d2_eval.testing import build_random_d2f_model, load_script  # noqa: E402
+from s2d2_eval.testing import build_random_d2f_model, load_script, run_fresh  # noqa: E402
 from synthetic.tasks import load_jsonl  # noqa: E402
 from synthetic.tokenizer import build_tokenizer, encode_example  # noqa: E402
 from synthetic.train_d2f import pad_examples  # noqa: E402
@@ -126,11 +124,5 @@ def test_the_record_is_one_json_line_with_a_gain_per_task(probe_script, capsys, 
 
 
 def test_flag_errors_end_before_torch_is_imported(tmp_path):
-    code = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-            "except SystemExit as exc:\n    print(exc.code)\nprint('torch' in sys.modules, 'transformers' in sys.modules)")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT / "scripts" / "probe_d2f_base.py"),
-                           str(REPO_ROOT / "models" / "sdar-tiny")], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=120)
-    refusal, imported = done.stdout.strip().splitlines()
-    assert "is a SDAR model" in refusal and imported == "False False", (done.stdout, done.stderr)
+    run = run_fresh(REPO_ROOT / "scripts" / "probe_d2f_base.py", [str(REPO_ROOT / "models" / "sdar-tiny")], cwd=tmp_path)
+    assert "is a SDAR model" in str(run.exit) and run.heavy == [], run
