@@ -125,7 +125,8 @@ def build_parser() -> OneLineParser:
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--steps", type=int, default=2000, help="total optimiser steps (both phases)")
     optim.add_argument("--ar_fraction", type=float, default=0.5,
-                       help="share of the steps in the causal-LM phase (block size 1 only)")
+                       help="share of the steps in the causal-LM phase (block size 1 only); for the D2F "
+                            "families, the base stage's AR warm start before its masked-diffusion phase")
     optim.add_argument("--block_sizes", type=_int_list, default=[1, 2, 4, 8],
                        help="adaptation-phase block sizes, drawn uniformly per row (repeat one to weight it)")
     optim.add_argument("--batch_size", type=int, default=32, help="answers per step")

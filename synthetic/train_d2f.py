@@ -10,6 +10,12 @@ Two stages, as the released D2F artefacts are made (MODEL-FAMILIES.md §4.1, §8
    trailing padding is part of the answer (masked and trained like any answer token), and the loss is
    the masked tokens' cross entropy weighted by 1/t, per row divided by its answer length. Saved as a
    base model folder (`base/`).
+   It starts from an AR warm start: the first `--ar_fraction` of its schedule trains the full network on
+   the AR rows described under stage 2 (block size 1), as the released diffusion models build on AR
+   backbones (Dream on Qwen2.5-7B, LLaDA2 on Ling-2.0: MODEL-FAMILIES.md §0). Without it the tiny base does not learn to compute its answer within the budget: a
+   bidirectional masked-diffusion row gives about t * L well-conditioned targets per forward where an AR
+   row gives L, and on every from-scratch base the answer's content tokens were as well predicted with
+   95% of the answer masked as with 5% (`scripts/probe_d2f_base.py`): layout learned, reading not.
 2. ADAPTER: a D2F LoRA trained with `peft` on top of the frozen base (targets q/k/v/`attn_out` for LLaDA,
    q/k/v/`o_proj` for Dream, `D2F.lora.RELEASED_TARGET_MODULES`). Each row draws a block size from
    `--lora_block_sizes`:
@@ -69,15 +75,17 @@ MODEL_TYPES = {"d2f_llada": "llada", "d2f_dream": "Dream"}
 MASK_RATIO_EPS = 1e-3
 """Smallest base-stage mask ratio (LLaDA's eps): t ~ U[eps, 1] keeps the 1/t weight finite."""
 
-LORA_STEP_COST = 1.8
-"""A LoRA step's cost over a base step's (teacher forward, LLaDA's doubled AR rows): measured 0.277 / 0.154
-s per step for D2F-LLaDA at the default sizes on two threads (`family_defaults`). It splits `--max_minutes`
-between the stages: the base stage may use steps / (steps + LORA_STEP_COST * lora_steps) of it, the
-adapter stage whatever the base stage left."""
+LORA_STEP_COST = 1.0
+"""How `--max_minutes` is split between the stages: the base stage may use steps / (steps + LORA_STEP_COST *
+lora_steps) of it, the adapter stage whatever the base stage left. Measured, an adapter step costs 1.22 base
+steps on average (D2F-LLaDA at the default sizes, two threads: 0.272 / 0.222 s), but the base's AR warm-start
+steps come first and cost more than its masked-diffusion steps (LLaDA's doubled rows: 0.26 against 0.17 s),
+so the base's clock runs ahead of its step count until the masked-diffusion phase; 1.0 leaves it the
+headroom that keeps a default run on its step schedule (deterministic), and the adapter still fits."""
 
 # Flags of scripts/train_tiny.py that configure the SDAR / Fast-dLLM v2 recipes only; a D2F run refuses a
 # non-default value rather than ignoring it.
-OTHER_RECIPES_FLAGS = ("ar_fraction", "block_sizes", "answers_per_prompt", "causal_clean_fraction", "pack")
+OTHER_RECIPES_FLAGS = ("block_sizes", "answers_per_prompt", "causal_clean_fraction", "pack")
 LORA_FLAGS = ("lora_steps", "lora_warmup_steps", "lora_lr", "lora_rank", "lora_alpha", "lora_dropout",
               "lora_block_sizes", "data_weight", "min_mask_ratio")
 
@@ -105,22 +113,24 @@ def family_defaults(family: str) -> dict[str, Any]:
     """Defaults of the shared train_tiny.py flags for a D2F family (argparse `set_defaults`; explicit flags
     win). `--steps`, `--warmup_steps` and `--lr` are the BASE stage's.
 
-    Sizes and steps: the best measured so far, not yet a recipe that meets the AR bar. A 128-wide base
-    (4 layers, 4 query / 2 KV heads of 32, feed-forward 384: 804K parameters) learns to read its answer
-    where the 192-wide one of earlier runs did not within the budget (`scripts/probe_d2f_base.py`,
-    content-token CE with 5% / 95% of the answer masked: 0.55-1.33 / 0.67-1.63 nats over the four
-    tasks after 5,500 steps, against 1.08-2.14 / 1.11-2.48 for a 192-wide base after 6,000), and costs
-    0.154 s per step on two threads against 0.21. 5,500 base + 1,200 adapter steps took 848 + 333 s =
-    19.7 min (D2F-LLaDA, two threads, nothing else running); the adapter's AR rows ended at 0.27 nats per
-    answer token (0.49-0.52 on the 192-wide bases) and AR mode solved 0 / 22 / 26 / 72% of add / chain /
-    digitsum / letters (greedy, the first 50 test items of each). D2F-Dream takes the same defaults
-    (measured at width 192 only: 0.39 / 0.49 CPU s per base / adapter step on one thread). On a loaded
-    machine the cap may bind: then the last steps follow the wall clock (`time_bound_steps` > 0 in the
-    record, not deterministic); `--max_minutes 45` keeps a slower machine on the step schedule."""
+    The shipped pairs' recipe (`models/d2f-*-tiny/README.md`). A 128-wide base (4 layers, 4 query / 2 KV
+    heads of 32, feed-forward 384: 0.8M parameters): on masked-diffusion rows alone it learned to read its
+    answer where a 192-wide one did not within the budget (`scripts/probe_d2f_base.py`), and with the AR
+    warm start (`--ar_fraction 0.6`) the D2F-LLaDA pair's AR mode went from 0 / 22 / 26 / 72% of add /
+    chain / digitsum / letters (greedy, 50 test items each, no warm start) to 100% on all four. Letters
+    weighs 3, not 1: at 1 of 8 its AR mode at T = 1 fell to 63%. D2F-LLaDA, two threads, nothing else
+    running: 5,000 base steps (3,032 AR) in 1,092 s + 1,500 adapter steps in 453 s = 25.8 min.
+    D2F-Dream: 7,000 (4,232 AR) in 1,047 s + 2,000 in 367 s = 23.6 min; at D2F-LLaDA's 5,000 + 1,500 its
+    AR mode at T = 1 solved 91 / 94 / 86 / 79% (eval seed 0), at these 100 / 100 / 92 / 88%. On a
+    loaded machine the cap may bind: then the last steps follow the wall clock (`time_bound_steps` > 0 in
+    the record, not deterministic); `--max_minutes 45` keeps a slower machine on the step schedule."""
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; D2F families: {', '.join(FAMILIES)}")
-    return {"steps": 5500, "warmup_steps": 80, "lr": 3e-3, "hidden_size": 128, "head_dim": 32,
-            "intermediate_size": 384, "threads": 2, "output_dir": REGISTRY[family].tiny_model_dir.parent}
+    # D2F-Dream's AR rows need no doubled copy, so its steps are cheaper and it takes more of them.
+    steps, lora_steps = (5000, 1500) if family == "d2f_llada" else (7000, 2000)
+    return {"steps": steps, "lora_steps": lora_steps, "ar_fraction": 0.6, "task_weights": [2, 2, 3, 3],
+            "warmup_steps": 80, "lr": 3e-3, "hidden_size": 128, "head_dim": 32, "intermediate_size": 384,
+            "threads": 2, "output_dir": REGISTRY[family].tiny_model_dir.parent}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,9 +138,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     base = family_defaults(FAMILIES[0])
     group = parser.add_argument_group(
         "D2F (--family d2f_llada / d2f_dream): stage 2, the LoRA adapter; --steps, --lr, --warmup_steps are stage "
-        f"1's (the base), with the D2F defaults {base['steps']} / {base['lr']:g} / {base['warmup_steps']}, and "
-        "--output_dir defaults to the folder holding the registry's base/ and lora/")
-    group.add_argument("--lora_steps", type=int, default=1200, help="optimiser steps of the adapter stage")
+        f"1's (the base), with the D2F-LLaDA defaults {base['steps']} / {base['lr']:g} / {base['warmup_steps']} "
+        f"(D2F-Dream: {family_defaults(FAMILIES[1])['steps']} steps), and --output_dir defaults to the folder "
+        "holding the registry's base/ and lora/")
+    group.add_argument("--lora_steps", type=int, default=base["lora_steps"],
+                       help="optimiser steps of the adapter stage (default: D2F-LLaDA's; D2F-Dream: "
+                            f"{family_defaults(FAMILIES[1])['lora_steps']})")
     group.add_argument("--lora_warmup_steps", type=int, default=50)
     group.add_argument("--lora_lr", type=float, default=2e-3, help="peak AdamW learning rate of the adapter")
     group.add_argument("--lora_rank", type=int, default=32, help="LoRA r (32, as the released adapters)")
@@ -391,9 +404,10 @@ class _Stage:
         self.steps, self.warmup, self.lr, self.floor = steps, warmup, lr, min_lr_ratio
         self.budget_s, self.log_every = budget_s, log_every
 
-    def run(self, params: list[Any], step_loss: Callable[[], dict[str, "torch.Tensor"]], optimizer: Any,
+    def run(self, params: list[Any], step_loss: Callable[[int, float], dict[str, "torch.Tensor"]], optimizer: Any,
             grad_clip: float) -> dict[str, Any]:
-        """Run the stage; `step_loss()` builds a batch and returns its mean losses ("loss" backpropagated)."""
+        """Run the stage; `step_loss(step, progress)` builds a batch and returns its mean losses ("loss"
+        backpropagated); progress is train_tiny.py's `training_progress` in [0, 1]."""
         import torch
         from tqdm import tqdm
 
@@ -419,7 +433,7 @@ class _Stage:
             lr = self.lr * self.helpers.lr_factor(step, progress, self.warmup, self.floor)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            parts = step_loss()
+            parts = step_loss(step, progress)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -492,15 +506,26 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
           f"{args.lora_rank} LoRA, {args.lora_steps} steps over block sizes {args.lora_block_sizes}; "
           f"{args.max_minutes:g} minutes in all", file=sys.stderr)
 
-    def base_step() -> dict[str, "torch.Tensor"]:
-        rows = on_device(base_rows(*next_batch(), mask_id, generator))
+    ar_steps = 0
+
+    def base_step(step: int, progress: float) -> dict[str, "torch.Tensor"]:
+        nonlocal ar_steps
+        ids, prompt_len = next_batch()
+        # The AR warm start: the first --ar_fraction of the schedule trains the AR rows (block size 1) of the
+        # full network, then the masked-diffusion phase makes it the bidirectional base.
+        ar_phase = step < args.warmup_steps or progress < args.ar_fraction
+        ar_steps += ar_phase
+        if ar_phase:
+            rows = on_device(ar_rows(ids, prompt_len, mask_id, pad_id, shifted))
+        else:
+            rows = on_device(base_rows(ids, prompt_len, mask_id, generator))
         with autocast():
             parts = row_losses(model, rows, shifted, data_weight=0.0)
         return {"loss": parts["loss"].mean()}
 
     stage = _Stage("base", helpers, args.steps, args.warmup_steps, args.lr, args.min_lr_ratio,
                    budget_s * base_share, args.log_every)
-    base_record = stage.run(list(model.parameters()), base_step, optimizer, args.grad_clip)
+    base_record = {**stage.run(list(model.parameters()), base_step, optimizer, args.grad_clip), "ar_steps": ar_steps}
     base_dir = save_checkpoint(model.cpu(), out / "base")
     model.to(device)
 
@@ -514,7 +539,7 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
     n_lora = sum(p.numel() for p in trainable)
     optimizer = torch.optim.AdamW(trainable, lr=args.lora_lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0)
 
-    def lora_step() -> dict[str, "torch.Tensor"]:
+    def lora_step(step: int, progress: float) -> dict[str, "torch.Tensor"]:
         ids, prompt_len = next_batch()
         sizes = torch.tensor([rng.choice(args.lora_block_sizes) for _ in range(args.batch_size)])  # [B]
         groups = []
@@ -588,10 +613,14 @@ ARCHITECTURES = {
 }
 
 
+MEASURED_HEADER = "## Measured on the shipped test split"
+
+
 def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
     """Write `out_dir/README.md` for a trained D2F tiny pair from its training record: what it is, the
     exact command, the measured training numbers, and the evaluation sections still to be filled in from
-    sweep records (marked "not measured yet")."""
+    sweep records (marked "not measured yet"). A card whose evaluation sections were filled in keeps them:
+    everything from `MEASURED_HEADER` on is carried over when it no longer says "Not measured yet"."""
     family, args = record["family"], record["args"]
     title = CARD_TITLES[family]
     config = json.loads((Path(out_dir) / "base" / "config.json").read_text())
@@ -624,8 +653,9 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
         f"{args['lora_rank']}, alpha {args['lora_alpha'] or args['lora_rank']}, dropout {args['lora_dropout']}, targets "
         f"{', '.join(f'`{m}`' for m in record['lora_target_modules'])}) adds {record['lora_parameters']:,}. Both "
         f"folders: {size_mb:.1f} MB.",
-        f"- **Stage 1, the base** ({args['steps']:,} steps, batch {args['batch_size']}, peak LR {args['lr']:g}): the "
-        f"masked-diffusion objective with bidirectional attention, t ~ U[{MASK_RATIO_EPS:g}, 1] per row (stratified over "
+        f"- **Stage 1, the base** ({args['steps']:,} steps, batch {args['batch_size']}, peak LR {args['lr']:g}): an AR "
+        f"warm start ({base.get('ar_steps', 0):,} steps of the AR mode's rows, block size 1, `--ar_fraction "
+        f"{args['ar_fraction']:g}`), then the masked-diffusion objective with bidirectional attention, t ~ U[{MASK_RATIO_EPS:g}, 1] per row (stratified over "
         "the batch: one draw in each of its equal slices of the range), the prompt "
         "never masked, trailing padding trained as answer tokens, the loss weighted by 1/t "
         "(`synthetic/train_d2f.py`).",
@@ -645,7 +675,7 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
         f"{', '.join(f'{x:.2f}' for x in record['load_average_at_end'])}). `training_args.json` holds the full "
         "record, the loss logs and the hashes of `synthetic/tasks.py` and of the test split it was trained against.",
         "",
-        "## Measured on the shipped test split (400 items, 100 per task)",
+        f"{MEASURED_HEADER} (400 items, 100 per task)",
         "",
         "Not measured yet. To be filled in from the sweep records under " + f"`{results}`: AR mode "
         "(`configs/decoding/d2f_ar.yaml`, block size 1) greedy and at T = 1, the `d2f` decoder over its "
@@ -654,6 +684,9 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
         "",
     ])
     path = Path(out_dir) / "README.md"
+    old = path.read_text() if path.is_file() else ""
+    if MEASURED_HEADER in old and "Not measured yet" not in old:
+        text = text[: text.index(MEASURED_HEADER)] + old[old.index(MEASURED_HEADER):]
     path.write_text(text)
     return path
 

@@ -61,10 +61,18 @@ def test_smoke_run_writes_a_deterministic_pair_that_loads_and_decodes(tmp_path, 
     assert record["family"] == family and record["seed"] == 3
     assert record["base"]["steps_done"] == 3 and record["lora"]["steps_done"] == 3
     assert record["base"]["time_bound_steps"] == 0 and record["lora"]["time_bound_steps"] == 0
+    # The AR warm start: the warmup step and the steps before --ar_fraction of the schedule train AR rows
+    # (steps 0 and 1 of 3), the rest masked-diffusion rows.
+    assert record["base"]["ar_steps"] == 2
     assert f"--family {family}" in record["command"] and record["log"]["lora"][-1]["step"] == 3
     card = (first / "README.md").read_text()
     assert record["command"] in card and "3 steps" in card and "Not measured yet" in card
     assert not (first / "lora" / "README.md").exists()
+    # Rewriting the card from its record keeps evaluation sections once they are filled in.
+    filled = card[: card.index(train_d2f.MEASURED_HEADER)] + train_d2f.MEASURED_HEADER + "\n\n| add | 100% |\n"
+    (first / "README.md").write_text(filled.replace(record["command"], "stale command"))
+    rewritten = train_d2f.write_model_card(first, record).read_text()
+    assert rewritten == filled
 
     # The released adapter format: exactly one lora_A and one lora_B per target module and layer.
     adapter_config = json.loads((first / "lora" / "adapter_config.json").read_text())
@@ -116,7 +124,7 @@ def _assert_fails_fast(flags: list[str], message: str) -> None:
         (["--family", "d2f_dream", "--lora_warmup_steps", "5", "--lora_steps", "5"], "--lora_warmup_steps"),
         (["--family", "d2f_llada", "--lora_dropout", "1"], "--lora_dropout"),
         (["--family", "d2f_llada", "--head_dim", "48"], "--head_dim must be 32"),
-        (["--family", "d2f_dream", "--ar_fraction", "0.3"], "--ar_fraction does not apply to --family d2f_dream"),
+        (["--family", "d2f_dream", "--answers_per_prompt", "2"], "--answers_per_prompt does not apply to --family d2f_dream"),
         (["--family", "d2f_llada", "--block_sizes", "1,4"], "--block_sizes does not apply"),
         (["--lora_rank", "8"], "--lora_rank only applies to --family d2f_llada / d2f_dream"),
     ],
