@@ -26,6 +26,7 @@ from families import cli, cli_schema
 FAMILY_NAMES = {"llada": "d2f_llada", "dream": "d2f_dream"}
 DECODERS = {"d2f": "D2F.generate:generate", "ssd_policy": "D2F.generate_ssd_policy:generate_ssd_policy"}
 FLAGS = DECODERS["ssd_policy"]  # its config holds every flag of both decoders
+RELEASED_BLOCK_SIZE = 32  # the D2F paper's block size (D2FDecodeConfig's default)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_field_arguments(parser, cli_schema.fields(FLAGS), "decoding", {"return_forward_stats": ["--forward_stats"]})
     parser.add_argument("--no_resample", dest="allow_resample", action="store_false",
                         help="same as --no-allow_resample")
+    parser.set_defaults(block_size=None)
+    for action in parser._actions:
+        if action.dest == "block_size":
+            action.help = ("tokens per generated block, 1 = AR mode (default: the largest block size the pair's "
+                           "adapter was trained at, from the training_args.json beside base/ that "
+                           f"scripts/train_tiny.py writes: 8 for the shipped pairs; else the D2F paper's "
+                           f"{RELEASED_BLOCK_SIZE})")
     return parser
+
+
+def trained_block_size(base: str) -> int:
+    """The largest of `lora_block_sizes` in the training record beside a base folder (a pair written by
+    scripts/train_tiny.py), else the D2F paper's block size."""
+    import json
+
+    record = Path(base).parent / "training_args.json"
+    if record.is_file():
+        sizes = json.loads(record.read_text()).get("args", {}).get("lora_block_sizes")
+        if sizes:
+            return max(sizes)
+    return RELEASED_BLOCK_SIZE
 
 
 def model_folders(args: argparse.Namespace) -> tuple[str, str, families.Family]:
@@ -82,6 +103,9 @@ def load_model_and_tokenizer(base: str, lora: str, merge: bool, device: str, dty
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     decoder = DECODERS[args.generate_fn]
+    if args.block_size is None:  # the pair's own block size, read before any load
+        family = families.FAMILIES[FAMILY_NAMES[args.family]]
+        args.block_size = trained_block_size(args.base_model_dir or str(family.tiny_model_dir))
     cli.check_flags(args, cli_schema.fields(FLAGS))
     problem = cli.read_prompt(args)
     base, lora, family = model_folders(args)

@@ -360,6 +360,20 @@ def test_cli_decodes_the_pair(d2f_pairs, capsys, family, flag):
 
 
 def test_cli_defaults_are_the_config_defaults():
+    """Every flag defaults to its config field's default, except --block_size: the pair's own."""
     args = example_d2f.build_parser().parse_args([])
     for f in dataclasses.fields(S2D2Config):
-        assert getattr(args, f.name) == f.default, f.name
+        assert getattr(args, f.name) == (None if f.name == "block_size" else f.default), f.name
+    assert S2D2Config().block_size == example_d2f.RELEASED_BLOCK_SIZE
+
+
+def test_cli_block_size_defaults_to_the_pairs_training_block_size(d2f_pairs, tmp_path):
+    """A pair written by train_tiny.py records its adapter's block sizes; the largest is the default, and
+    a folder without that record (a released checkpoint) gets the D2F paper's 32."""
+    base, _ = d2f_pairs["d2f_llada"]
+    (tmp_path / "base").mkdir()
+    (tmp_path / "training_args.json").write_text('{"args": {"lora_block_sizes": [1, 1, 4, 8]}}')
+    assert example_d2f.trained_block_size(str(tmp_path / "base")) == 8
+    assert not (base.parent / "training_args.json").exists()
+    assert example_d2f.trained_block_size(str(base)) == 32
+    assert example_d2f.trained_block_size("GSAI-ML/LLaDA-8B-Instruct") == 32

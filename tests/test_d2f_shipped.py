@@ -14,7 +14,7 @@ from D2F import example_d2f
 from D2F.generate import generate
 from D2F.generate_ssd_policy import generate_ssd_policy
 from D2F.lora import load_d2f
-from families import FAMILIES
+from families import FAMILIES, REPO_ROOT
 from synthetic.scorer import score
 from synthetic.tasks import TASKS, load_test_split
 from synthetic.tokenizer import format_prompt
@@ -111,7 +111,16 @@ def test_ar_mode_solves_test_items_and_exact_s2d2_gives_its_tokens_in_fewer_forw
 
 
 @pytest.mark.parametrize("family", SHIPPED)
-def test_example_runs_on_the_shipped_pair_by_default(family, capsys):
-    stats = example_d2f.main(["--family", family.removeprefix("d2f_"), "--generate_fn", "ssd_policy", "--device", "cpu"])
-    printed = capsys.readouterr().out
-    assert "completion:" in printed and stats[0]["nfe"] >= 1
+def test_example_runs_on_the_shipped_pair_by_default_at_its_block_size(family, capsys):
+    """The command line defaults to the shipped pair at the block size its sweep uses (the largest its
+    adapter was trained at), and solves the sample problem with both decoders."""
+    import yaml
+
+    spec = FAMILIES[family]
+    sweep_block = yaml.safe_load((REPO_ROOT / "configs" / "model" / f"{family}_tiny.yaml")
+                                 .read_text())["block_length"]
+    assert example_d2f.trained_block_size(str(spec.tiny_model_dir)) == sweep_block == 8
+    for decoder in ("d2f", "ssd_policy"):
+        stats = example_d2f.main(["--family", family.removeprefix("d2f_"), "--generate_fn", decoder, "--device", "cpu"])
+        printed = capsys.readouterr().out
+        assert "correct: True" in printed and stats[0]["generated_tokens"] > stats[0]["nfe"], decoder
