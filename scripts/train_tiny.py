@@ -555,6 +555,13 @@ def training_progress(step: int, steps: int, warmup: int, elapsed_s: float, budg
     return min(1.0, max(0.0, by_steps, by_time))
 
 
+def in_ar_phase(step: int, progress: float, warmup: int, ar_fraction: float) -> bool:
+    """Whether a step belongs to the causal-LM (AR) phase that opens a schedule: the warmup steps and those
+    before `ar_fraction` of `training_progress` (the SDAR / Fast-dLLM v2 / LLaDA2 recipes' AR phase, the D2F
+    base's AR warm start)."""
+    return step < warmup or progress < ar_fraction
+
+
 def source_fingerprint() -> dict[str, str]:
     """sha256 of the generator and the test split this run trained against: the synthetic suite is
     still evolving, and a model is only comparable with the split it was trained for."""
@@ -650,7 +657,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         after_warmup = (elapsed - warm_end, budget_s - warm_end)
         progress = training_progress(step, args.steps, args.warmup_steps, *after_warmup)
         time_bound_steps += progress > training_progress(step, args.steps, args.warmup_steps, 0.0, after_warmup[1])
-        ar_phase = step < args.warmup_steps or progress < args.ar_fraction
+        ar_phase = in_ar_phase(step, progress, args.warmup_steps, args.ar_fraction)
         ar_steps_done += ar_phase
         lr = args.lr * lr_factor(step, progress, args.warmup_steps, args.min_lr_ratio)
         for group in optimizer.param_groups:

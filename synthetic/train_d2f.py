@@ -100,6 +100,8 @@ class TrainTinyHelpers(Protocol):
 
     def training_progress(self, step: int, steps: int, warmup: int, elapsed_s: float, budget_s: float) -> float: ...
 
+    def in_ar_phase(self, step: int, progress: float, warmup: int, ar_fraction: float) -> bool: ...
+
     def weighted_tasks(self, tasks: Sequence[str], weights: Sequence[int] | None) -> tuple[str, ...]: ...
 
     def source_fingerprint(self) -> dict[str, str]: ...
@@ -513,7 +515,7 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
         ids, prompt_len = next_batch()
         # The AR warm start: the first --ar_fraction of the schedule trains the AR rows (block size 1) of the
         # full network, then the masked-diffusion phase makes it the bidirectional base.
-        ar_phase = step < args.warmup_steps or progress < args.ar_fraction
+        ar_phase = helpers.in_ar_phase(step, progress, args.warmup_steps, args.ar_fraction)
         ar_steps += ar_phase
         if ar_phase:
             rows = on_device(ar_rows(ids, prompt_len, mask_id, pad_id, shifted))
