@@ -17,10 +17,11 @@ suite) and the decoding stats.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import families
-from common.cli import OneLineErrorParser, add_field_arguments
+from common.cli import OneLineErrorParser, add_field_arguments, defer_default
 from families import cli, cli_schema
 
 FAMILY_NAMES = {"llada": "d2f_llada", "dream": "d2f_dream"}
@@ -44,21 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_field_arguments(parser, cli_schema.fields(FLAGS), "decoding", {"return_forward_stats": ["--forward_stats"]})
     parser.add_argument("--no_resample", dest="allow_resample", action="store_false",
                         help="same as --no-allow_resample")
-    parser.set_defaults(block_size=None)
-    for action in parser._actions:
-        if action.dest == "block_size":
-            action.help = ("tokens per generated block, 1 = AR mode (default: the largest block size the pair's "
-                           "adapter was trained at, from the training_args.json beside base/ that "
-                           f"scripts/train_tiny.py writes: 8 for the shipped pairs; else the D2F paper's "
-                           f"{RELEASED_BLOCK_SIZE})")
+    defer_default(parser, "block_size", "tokens per generated block, 1 = AR mode (default: the largest block size "
+                  "the pair's adapter was trained at, from the training_args.json beside base/ that "
+                  f"scripts/train_tiny.py writes: 8 for the shipped pairs; else the D2F paper's {RELEASED_BLOCK_SIZE})")
     return parser
 
 
 def trained_block_size(base: str) -> int:
     """The largest of `lora_block_sizes` in the training record beside a base folder (a pair written by
     scripts/train_tiny.py), else the D2F paper's block size."""
-    import json
-
     record = Path(base).parent / "training_args.json"
     if record.is_file():
         sizes = json.loads(record.read_text()).get("args", {}).get("lora_block_sizes")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import families
-from common.cli import OneLineErrorParser, add_field_arguments
+from common.cli import OneLineErrorParser, add_field_arguments, defer_default
 from families import cli, cli_schema
 
 DEFAULT_MODEL = families.FAMILIES["fast_dllm_v2"].tiny_model_dir
@@ -39,10 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--use_attention_mask", action=argparse.BooleanOptionalAction, default=True,
                      help="accepted for compatibility: masks are always exact (explicit where padding needs them)")
     add_field_arguments(parser, cli_schema.fields(FLAGS), "decoding")
-    parser.set_defaults(block_size=None)
-    for action in parser._actions:
-        if action.dest == "block_size":
-            action.help = "tokens per block (default: the model config's bd_size, its training block size)"
+    defer_default(parser, "block_size",
+                  "tokens per block (default: the model config's bd_size, its training block size)")
     parser.add_argument("--no_resample", dest="allow_resample", action="store_false",
                         help="same as --no-allow_resample")
     return parser

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 import families
-from common.cli import OneLineErrorParser, add_field_arguments
+from common.cli import OneLineErrorParser, add_field_arguments, defer_default
 from families import cli, cli_schema
 
 DEFAULT_MODEL = families.FAMILIES["llada2"].tiny_model_dir
@@ -42,11 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_field_arguments(parser, cli_schema.fields(FLAGS), "decoding", aliases={"stopping_criteria_idx": ["--eos_id"]})
     parser.add_argument("--no_resample", dest="allow_resample", action="store_false",
                         help="same as --no-allow_resample")
-    parser.set_defaults(block_length=None)
-    for action in parser._actions:
-        if action.dest == "block_length":
-            action.help = (f"tokens per block (default: the model config's `block_length`, the block size it was "
-                           f"trained at, else the released models' {RELEASED_BLOCK_LENGTH})")
+    defer_default(parser, "block_length", "tokens per block (default: the model config's `block_length`, the block "
+                  f"size it was trained at, else the released models' {RELEASED_BLOCK_LENGTH})")
     return parser
 
 

@@ -85,6 +85,15 @@ def add_field_arguments(parser: argparse.ArgumentParser, specs: list[dict[str, A
             group.add_argument(*names, type=kind, default=default, choices=spec.get("choices"), help=help_text)
 
 
+def defer_default(parser: argparse.ArgumentParser, dest: str, help_text: str) -> None:
+    """Make flag `dest` default to None, to be resolved later (e.g. from the model folder), with `help_text`
+    saying how."""
+    parser.set_defaults(**{dest: None})
+    for action in parser._actions:
+        if action.dest == dest:
+            action.help = help_text
+
+
 def check_flag_values(specs: list[dict[str, Any]], namespace: argparse.Namespace) -> None:
     """The field specs' bounds and at_most checks (`common.config.check_field_bounds`) on parsed flags:
     the same declarations the config's `__post_init__` checks, run before the config class is imported."""
