@@ -12,10 +12,11 @@ Two stages, as the released D2F artefacts are made (MODEL-FAMILIES.md §4.1, §8
    base model folder (`base/`).
    It starts from an AR warm start: the first `--ar_fraction` of its schedule trains the full network on
    the AR rows described under stage 2 (block size 1), as the released diffusion models build on AR
-   backbones (Dream on Qwen2.5-7B, LLaDA2 on Ling-2.0: MODEL-FAMILIES.md §0). Without it the tiny base does not learn to compute its answer within the budget: a
-   bidirectional masked-diffusion row gives about t * L well-conditioned targets per forward where an AR
-   row gives L, and on every from-scratch base the answer's content tokens were as well predicted with
-   95% of the answer masked as with 5% (`scripts/probe_d2f_base.py`): layout learned, reading not.
+   backbones (Dream on Qwen2.5-7B, LLaDA2 on Ling-2.0: MODEL-FAMILIES.md §0). Without it the tiny base
+   does not learn to compute its answer within the budget: a bidirectional masked-diffusion row gives
+   about t * L well-conditioned targets per forward where an AR row gives L, and on every from-scratch
+   base the answer's content tokens were as well predicted with 95% of the answer masked as with 5%
+   (`scripts/probe_d2f_base.py`): layout learned, reading not.
 2. ADAPTER: a D2F LoRA trained with `peft` on top of the frozen base (targets q/k/v/`attn_out` for LLaDA,
    q/k/v/`o_proj` for Dream, `D2F.lora.RELEASED_TARGET_MODULES`). Each row draws a block size from
    `--lora_block_sizes`:
@@ -657,8 +658,9 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
         f"folders: {size_mb:.1f} MB.",
         f"- **Stage 1, the base** ({args['steps']:,} steps, batch {args['batch_size']}, peak LR {args['lr']:g}): an AR "
         f"warm start ({base.get('ar_steps', 0):,} steps of the AR mode's rows, block size 1, `--ar_fraction "
-        f"{args['ar_fraction']:g}`), then the masked-diffusion objective with bidirectional attention, t ~ U[{MASK_RATIO_EPS:g}, 1] per row (stratified over "
-        "the batch: one draw in each of its equal slices of the range), the prompt "
+        f"{args['ar_fraction']:g}`), then the masked-diffusion objective with bidirectional attention, "
+        f"t ~ U[{MASK_RATIO_EPS:g}, 1] per row (stratified over the batch: one draw in each of its equal slices of "
+        "the range), the prompt "
         "never masked, trailing padding trained as answer tokens, the loss weighted by 1/t "
         "(`synthetic/train_d2f.py`).",
         f"- **Stage 2, the D2F adapter** ({args['lora_steps']:,} steps, peak LR {args['lora_lr']:g}, the base frozen): "

@@ -25,7 +25,8 @@ PAIRS = ("d2f_llada", "d2f_dream")
 def _shipped(family: str):
     spec = FAMILIES[family]
     present = (spec.tiny_model_dir / "config.json").is_file() and (spec.tiny_adapter_dir / "adapter_config.json").is_file()
-    return pytest.param(family, marks=pytest.mark.skipif(not present, reason=f"{spec.tiny_model_dir.parent} not trained yet"))
+    missing = pytest.mark.skipif(not present, reason=f"{spec.tiny_model_dir.parent} not trained yet")
+    return pytest.param(family, marks=missing)
 
 
 SHIPPED = [_shipped(family) for family in PAIRS]
