@@ -67,14 +67,13 @@ def test_pair_is_small_and_in_the_released_format(family):
 
 
 @pytest.mark.parametrize("family", SHIPPED)
-def test_adapter_changes_the_base(family):
+def test_adapter_changes_the_base(pairs, family):
     """The D2F adapter is trained: base + adapter and the base alone give different logits."""
     from transformers import AutoModelForCausalLM
 
-    spec = FAMILIES[family]
-    base = AutoModelForCausalLM.from_pretrained(spec.tiny_model_dir, local_files_only=True,
+    base = AutoModelForCausalLM.from_pretrained(FAMILIES[family].tiny_model_dir, local_files_only=True,
                                                 torch_dtype=torch.float32).eval()
-    pair = load_d2f(spec.tiny_model_dir, spec.tiny_adapter_dir, merge=True, dtype=torch.float32, device="cpu")
+    pair, _ = pairs[family]
     ids = torch.arange(4, 24)[None]
     with torch.no_grad():
         gap = (base(input_ids=ids).logits - pair(input_ids=ids).logits).abs().max()
