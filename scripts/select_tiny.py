@@ -9,6 +9,11 @@ each candidate's pooled and per-seed accuracies and the choice. The test split i
 on the chosen model, with `scripts/eval_tiny.py` and the sweeps.
 
     python scripts/select_tiny.py /tmp/cand/seed0 /tmp/cand/seed1 /tmp/cand/seed2 --out /tmp/choice.json
+
+A candidate is what `train_tiny.py --output_dir` wrote: a model folder, or for the D2F families (a base
+plus a LoRA adapter) the folder holding `base/` and `lora/`:
+
+    python scripts/select_tiny.py --family d2f_llada /tmp/cand/a /tmp/cand/b
 """
 
 from __future__ import annotations
@@ -62,8 +67,11 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if len(set(resolved)) != len(resolved):
         parser.error("a candidate is listed twice")
     for path in args.candidates:
-        if not (path / "config.json").is_file():
-            parser.error(f"no model at {path} (config.json missing)")
+        model_dir, lora_dir = candidate_dirs(args.family, path)
+        if not (model_dir / "config.json").is_file():
+            parser.error(f"no model at {model_dir} (config.json missing)")
+        if lora_dir is not None and not (lora_dir / "adapter_config.json").is_file():
+            parser.error(f"no adapter at {lora_dir} (adapter_config.json missing)")
     if not args.split.is_file():
         parser.error(f"no split at {args.split}")
     if args.split.resolve() == eval_tiny.TEST_SPLIT_PATH.resolve():
@@ -78,6 +86,14 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             parser.error(f"--out directory {args.out.parent} cannot be created: {err}")
+
+
+def candidate_dirs(family: str, candidate: Path) -> tuple[Path, Path | None]:
+    """(model folder, adapter folder or None) of a candidate: a family with a LoRA adapter (D2F) is
+    trained into CANDIDATE/base and CANDIDATE/lora; every other family's candidate is the model folder."""
+    if eval_tiny.FAMILIES[family].adapter_loader is None:
+        return candidate, None
+    return candidate / "base", candidate / "lora"
 
 
 def pooled(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -129,14 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     eval_parser = eval_tiny.build_parser(args.family)
+    # SDAR and Fast-dLLM v2 sample only with --do_sample; the other families' decoders sample iff T > 0.
+    # (a family's parser has a do_sample default only when it has the flag).
+    sampling = ["--do_sample"] if eval_parser.get_default("do_sample") is not None else []
     summaries = []
     bar = tqdm(total=len(args.candidates) * len(args.eval_seeds), desc="select", dynamic_ncols=True)
     for model_dir in args.candidates:
         runs = []
         for seed in args.eval_seeds:
-            eval_argv = ["--family", args.family, "--model_dir", str(model_dir), "--mode", "ar", "--split",
-                         str(args.split), "--do_sample", "--temperature", str(args.temperature), "--seed", str(seed),
+            base_dir, lora_dir = candidate_dirs(args.family, model_dir)
+            eval_argv = ["--family", args.family, "--model_dir", str(base_dir), "--mode", "ar", "--split",
+                         str(args.split), *sampling, "--temperature", str(args.temperature), "--seed", str(seed),
                          "--batch_size", str(args.batch_size), "--threads", str(args.threads)]
+            if lora_dir is not None:
+                eval_argv += ["--lora_dir", str(lora_dir)]
             if args.limit is not None:
                 eval_argv += ["--limit", str(args.limit)]
             eval_args = eval_parser.parse_args(eval_argv)

@@ -99,3 +99,28 @@ def test_identical_candidates_score_identically_and_the_first_is_chosen(select_t
     assert {task: entry["n"] for task, entry in first["per_task"].items()} == {
         "add": 4, "chain": 4, "digitsum": 4, "letters": 4}
     assert record["split"].endswith("val.jsonl") and record["eval_seeds"] == [0, 5]
+
+
+def test_d2f_candidates_are_pair_folders_checked_before_decoding(select_tiny, capsys, tmp_path):
+    """A D2F candidate is train_tiny.py's output folder (base/ + lora/); both halves must be there."""
+    assert select_tiny.candidate_dirs("d2f_llada", tmp_path) == (tmp_path / "base", tmp_path / "lora")
+    assert select_tiny.candidate_dirs("sdar", tmp_path) == (tmp_path, None)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        select_tiny.main(["--family", "d2f_dream", str(tmp_path)])
+    assert f"no adapter at {tmp_path / 'lora'}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_shipped_d2f_pair_is_scored_with_its_adapter(select_tiny, capsys):
+    """The D2F families sample with --temperature alone (their parsers have no --do_sample): two items
+    per task, AR mode at T = 1, on the shipped pair."""
+    pair = REPO_ROOT / "models" / "d2f-llada-tiny"
+    assert select_tiny.main(["--family", "d2f_llada", str(pair), "--limit", "2", "--eval_seeds", "0",
+                             "--threads", "1"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (candidate,) = record["candidates"]
+    assert record["chosen"] == str(pair) and candidate["model_dir"] == str(pair)
+    assert {task: entry["n"] for task, entry in candidate["per_task"].items()} == {
+        "add": 2, "chain": 2, "digitsum": 2, "letters": 2}
