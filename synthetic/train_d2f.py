@@ -16,7 +16,10 @@ Two stages, as the released D2F artefacts are made (MODEL-FAMILIES.md §4.1, §8
    does not learn to compute its answer within the budget: a bidirectional masked-diffusion row gives
    about t * L well-conditioned targets per forward where an AR row gives L, and on every from-scratch
    base the answer's content tokens were as well predicted with 95% of the answer masked as with 5%
-   (`scripts/probe_d2f_base.py`): layout learned, reading not.
+   (`scripts/probe_d2f_base.py`): layout learned, reading not. After the warm start, `--ar_mix` of every
+   batch's rows stay AR rows, so the masked-diffusion phase does not unlearn the AR mode: without them the
+   shipped D2F-LLaDA base's AR mode fell to 60-69% per task at T = 1, and its rank-32 attention adapter
+   brought it back only to 79-96%.
 2. ADAPTER: a D2F LoRA trained with `peft` on top of the frozen base (targets q/k/v/`attn_out` for LLaDA,
    q/k/v/`o_proj` for Dream, `D2F.lora.RELEASED_TARGET_MODULES`). Each row draws a block size from
    `--lora_block_sizes`:
@@ -87,7 +90,7 @@ headroom that keeps a default run on its step schedule (deterministic), and the 
 # Flags of scripts/train_tiny.py that configure the SDAR / Fast-dLLM v2 recipes only; a D2F run refuses a
 # non-default value rather than ignoring it.
 OTHER_RECIPES_FLAGS = ("block_sizes", "answers_per_prompt", "causal_clean_fraction", "pack")
-LORA_FLAGS = ("lora_steps", "lora_warmup_steps", "lora_lr", "lora_rank", "lora_alpha", "lora_dropout",
+LORA_FLAGS = ("ar_mix", "lora_steps", "lora_warmup_steps", "lora_lr", "lora_rank", "lora_alpha", "lora_dropout",
               "lora_block_sizes", "data_weight", "min_mask_ratio")
 
 
@@ -144,6 +147,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"1's (the base), with the D2F-LLaDA defaults {base['steps']} / {base['lr']:g} / {base['warmup_steps']} "
         f"(D2F-Dream: {family_defaults(FAMILIES[1])['steps']} steps), and --output_dir defaults to the folder "
         "holding the registry's base/ and lora/")
+    group.add_argument("--ar_mix", type=float, default=0.5,
+                       help="stage 1: share of each masked-diffusion batch's rows that stay AR rows (block size "
+                            "1) after the AR warm start, so the base keeps the AR mode it learned there")
     group.add_argument("--lora_steps", type=int, default=base["lora_steps"],
                        help="optimiser steps of the adapter stage (default: D2F-LLaDA's; D2F-Dream: "
                             f"{family_defaults(FAMILIES[1])['lora_steps']})")
@@ -174,6 +180,8 @@ def validate(args: argparse.Namespace, defaults: argparse.ArgumentParser, fail: 
         if getattr(args, name) != defaults.get_default(name):
             fail(f"--{name} does not apply to --family {args.family} (its adapter stage draws "
                  f"--lora_block_sizes; its base is bidirectional)")
+    if not 0.0 <= args.ar_mix < 1.0:
+        fail(f"--ar_mix must be in [0, 1), got {args.ar_mix}")
     for name in ("lora_steps", "lora_rank"):
         if getattr(args, name) <= 0:
             fail(f"--{name} must be a positive integer, got {getattr(args, name)}")
@@ -242,6 +250,12 @@ def base_rows(ids: "torch.Tensor", prompt_len: "torch.Tensor", mask_id: int,
     scored = answer & (torch.rand(batch, width, generator=generator) < ratio[:, None])  # [B, T]
     return {"input_ids": torch.where(scored, mask_id, ids), "targets": ids, "scored": scored,
             "weight": (1.0 / ratio)[:, None].expand(batch, width), "answer_len": answer.sum(1)}
+
+
+def mixed_ar_rows(batch_size: int, ar_mix: float) -> int:
+    """How many of a masked-diffusion-phase batch's rows are AR rows (the first ones): --ar_mix of them,
+    rounded, and never all of them. 32 rows at 0.5: 16."""
+    return min(batch_size - 1, round(ar_mix * batch_size))
 
 
 def prompt_blocks(prompt_len: "torch.Tensor", width: int, block_size: "torch.Tensor") -> "torch.Tensor":
@@ -515,16 +529,20 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
         nonlocal ar_steps
         ids, prompt_len = next_batch()
         # The AR warm start: the first --ar_fraction of the schedule trains the AR rows (block size 1) of the
-        # full network, then the masked-diffusion phase makes it the bidirectional base.
+        # full network, then the masked-diffusion phase makes it the bidirectional base, with --ar_mix of its
+        # rows still AR rows.
         ar_phase = helpers.in_ar_phase(step, progress, args.warmup_steps, args.ar_fraction)
         ar_steps += ar_phase
-        if ar_phase:
-            rows = on_device(ar_rows(ids, prompt_len, mask_id, pad_id, shifted))
-        else:
-            rows = on_device(base_rows(ids, prompt_len, mask_id, generator))
+        n_ar = args.batch_size if ar_phase else mixed_ar_rows(args.batch_size, args.ar_mix)
+        losses = {}
         with autocast():
-            parts = row_losses(model, rows, shifted, data_weight=0.0)
-        return {"loss": parts["loss"].mean()}
+            if n_ar:
+                rows = on_device(ar_rows(ids[:n_ar], prompt_len[:n_ar], mask_id, pad_id, shifted))
+                losses["ar_ce"] = row_losses(model, rows, shifted, data_weight=0.0)["loss"]
+            if n_ar < args.batch_size:
+                rows = on_device(base_rows(ids[n_ar:], prompt_len[n_ar:], mask_id, generator))
+                losses["mdm"] = row_losses(model, rows, shifted, data_weight=0.0)["loss"]
+        return {"loss": torch.cat(list(losses.values())).mean(), **{k: v.mean() for k, v in losses.items()}}
 
     stage = _Stage("base", helpers, args.steps, args.warmup_steps, args.lr, args.min_lr_ratio,
                    budget_s * base_share, args.log_every)
@@ -658,7 +676,8 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
         f"folders: {size_mb:.1f} MB.",
         f"- **Stage 1, the base** ({args['steps']:,} steps, batch {args['batch_size']}, peak LR {args['lr']:g}): an AR "
         f"warm start ({base.get('ar_steps', 0):,} steps of the AR mode's rows, block size 1, `--ar_fraction "
-        f"{args['ar_fraction']:g}`), then the masked-diffusion objective with bidirectional attention, "
+        f"{args['ar_fraction']:g}`), then the masked-diffusion objective with bidirectional attention on "
+        f"{1 - args.get('ar_mix', 0.0):.0%} of each batch's rows (the rest AR rows, `--ar_mix {args.get('ar_mix', 0.0):g}`), "
         f"t ~ U[{MASK_RATIO_EPS:g}, 1] per row (stratified over the batch: one draw in each of its equal slices of "
         "the range), the prompt "
         "never masked, trailing padding trained as answer tokens, the loss weighted by 1/t "

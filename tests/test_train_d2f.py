@@ -64,6 +64,8 @@ def test_smoke_run_writes_a_deterministic_pair_that_loads_and_decodes(tmp_path, 
     # The AR warm start: the warmup step and the steps before --ar_fraction of the schedule train AR rows
     # (steps 0 and 1 of 3), the rest masked-diffusion rows.
     assert record["base"]["ar_steps"] == 2
+    # After it, --ar_mix (0.5) of each batch's rows are still AR rows: both losses are logged.
+    assert "mdm_ema" not in record["log"]["base"][0] and {"ar_ce_ema", "mdm_ema"} <= set(record["log"]["base"][-1])
     assert f"--family {family}" in record["command"] and record["log"]["lora"][-1]["step"] == 3
     card = (first / "README.md").read_text()
     assert record["command"] in card and "3 steps" in card and "Not measured yet" in card
@@ -123,6 +125,8 @@ def _assert_fails_fast(flags: list[str], message: str) -> None:
         (["--family", "d2f_llada", "--min_mask_ratio", "0"], "--min_mask_ratio"),
         (["--family", "d2f_dream", "--lora_warmup_steps", "5", "--lora_steps", "5"], "--lora_warmup_steps"),
         (["--family", "d2f_llada", "--lora_dropout", "1"], "--lora_dropout"),
+        (["--family", "d2f_dream", "--ar_mix", "1"], "--ar_mix must be in [0, 1)"),
+        (["--family", "sdar", "--ar_mix", "0.2"], "--ar_mix only applies to --family d2f_llada / d2f_dream"),
         (["--family", "d2f_llada", "--head_dim", "48"], "--head_dim must be 32"),
         (["--family", "d2f_dream", "--answers_per_prompt", "2"], "--answers_per_prompt does not apply to --family d2f_dream"),
         (["--family", "d2f_llada", "--block_sizes", "1,4"], "--block_sizes does not apply"),
@@ -186,6 +190,11 @@ def test_base_rows_never_mask_the_prompt_and_train_the_padding():
         assert bool((weight >= 1).all()) and bool((weight <= 1 / train_d2f.MASK_RATIO_EPS + 1e-6).all())
         padding_scored += int((rows["scored"] & (ids == PAD_ID)).sum())
     assert padding_scored > 0, "trailing padding is an answer token"
+
+
+def test_mixed_batches_keep_some_ar_rows_but_never_all():
+    assert [train_d2f.mixed_ar_rows(32, mix) for mix in (0.0, 0.25, 0.5, 0.99)] == [0, 8, 16, 31]
+    assert train_d2f.mixed_ar_rows(1, 0.5) == 0 and train_d2f.mixed_ar_rows(6, 0.5) == 3
 
 
 def test_base_rows_stratify_the_mask_ratio_over_the_batch():
