@@ -123,18 +123,22 @@ def family_defaults(family: str) -> dict[str, Any]:
     heads of 32, feed-forward 384: 0.8M parameters): on masked-diffusion rows alone it learned to read its
     answer where a 192-wide one did not within the budget (`scripts/probe_d2f_base.py`), and with the AR
     warm start (`--ar_fraction 0.6`) the D2F-LLaDA pair's AR mode went from 0 / 22 / 26 / 72% of add /
-    chain / digitsum / letters (greedy, 50 test items each, no warm start) to 100% on all four. Letters
-    weighs 3, not 1: at 1 of 8 its AR mode at T = 1 fell to 63%. D2F-LLaDA, two threads, nothing else
-    running: 5,000 base steps (3,032 AR) in 1,092 s + 1,500 adapter steps in 453 s = 25.8 min.
-    D2F-Dream: 7,000 (4,232 AR) in 1,047 s + 2,000 in 367 s = 23.6 min; at D2F-LLaDA's 5,000 + 1,500 its
-    AR mode at T = 1 solved 91 / 94 / 86 / 79% (eval seed 0), at these 100 / 100 / 92 / 88%. On a
-    loaded machine the cap may bind: then the last steps follow the wall clock (`time_bound_steps` > 0 in
-    the record, not deterministic); `--max_minutes 45` keeps a slower machine on the step schedule."""
+    chain / digitsum / letters (greedy, 50 test items each, no warm start) to 100% on all four. Half of
+    every later batch stays AR rows (`--ar_mix 0.5`); without them the base's AR mode fell back to
+    60-69% at T = 1 and the adapter repaired it only in part. The adapter converges within a few hundred
+    steps (its KL flattens by step 300), but a short adapter schedule hurts the AR mode (D2F-LLaDA at
+    300 adapter steps: add 83% at T = 1 on the validation split with the adapter disabled, 73% with it).
+    Two threads, nothing else running: D2F-LLaDA 5,000 base steps + 1,500 adapter steps (25-28 min);
+    D2F-Dream, whose AR rows need no doubled copy, 6,600 + 1,000 with letters weighted 5 of 12 (the
+    task it sampled worst). At D2F-LLaDA's speed, letters at 5 of 12 cost the other tasks more than they
+    gave letters: 4,600 + 300 steps at those weights sampled add at 74% (validation, T = 1). On a loaded
+    machine the cap may bind: then the last steps follow the wall clock (`time_bound_steps` > 0 in the
+    record, not deterministic); `--max_minutes 45` keeps a slower machine on the step schedule."""
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; D2F families: {', '.join(FAMILIES)}")
     # D2F-Dream's AR rows need no doubled copy, so its steps are cheaper and it takes more of them.
-    steps, lora_steps = (5000, 1500) if family == "d2f_llada" else (7000, 2000)
-    return {"steps": steps, "lora_steps": lora_steps, "ar_fraction": 0.6, "task_weights": [2, 2, 3, 3],
+    steps, lora_steps, weights = (5000, 1500, [2, 2, 3, 3]) if family == "d2f_llada" else (6600, 1000, [2, 2, 3, 5])
+    return {"steps": steps, "lora_steps": lora_steps, "ar_fraction": 0.6, "task_weights": weights,
             "warmup_steps": 80, "lr": 3e-3, "hidden_size": 128, "head_dim": 32, "intermediate_size": 384,
             "threads": 2, "output_dir": REGISTRY[family].tiny_model_dir.parent}
 
