@@ -128,9 +128,9 @@ def family_defaults(family: str) -> dict[str, Any]:
     60-69% at T = 1 and the adapter repaired it only in part. The adapter converges within a few hundred
     steps (its KL flattens by step 300), but a short adapter schedule hurts the AR mode (D2F-LLaDA at
     300 adapter steps: add 83% at T = 1 on the validation split with the adapter disabled, 73% with it).
-    Two threads, nothing else running: D2F-LLaDA 5,000 base steps + 1,500 adapter steps (25-28 min);
-    D2F-Dream, whose AR rows need no doubled copy, 6,600 + 1,000 with letters weighted 5 of 12 (the
-    task it sampled worst). At D2F-LLaDA's speed, letters at 5 of 12 cost the other tasks more than they
+    Two threads, nothing else running: D2F-LLaDA 5,000 base steps (3,032 AR) + 1,500 adapter steps in
+    1,243 + 453 s = 28.3 min; D2F-Dream, whose AR rows need no doubled copy, 6,600 (3,992 AR) + 1,000 in
+    1,102 + 199 s = 21.7 min, with letters weighted 5 of 12 (the task it sampled worst). At D2F-LLaDA's speed, letters at 5 of 12 cost the other tasks more than they
     gave letters: 4,600 + 300 steps at those weights sampled add at 74% (validation, T = 1). On a loaded
     machine the cap may bind: then the last steps follow the wall clock (`time_bound_steps` > 0 in the
     record, not deterministic); `--max_minutes 45` keeps a slower machine on the step schedule."""
