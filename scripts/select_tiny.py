@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     eval_parser = eval_tiny.build_parser(args.family)
-    # SDAR and Fast-dLLM v2 sample only with --do_sample; the other families' decoders sample iff T > 0.
-    # (a family's parser has a do_sample default only when it has the flag).
+    # SDAR samples only with --do_sample (its parser alone has the flag, so the default is not None); the
+    # other families' AR modes sample whenever T > 0 (Fast-dLLM v2's is always greedy).
     sampling = ["--do_sample"] if eval_parser.get_default("do_sample") is not None else []
     summaries = []
     bar = tqdm(total=len(args.candidates) * len(args.eval_seeds), desc="select", dynamic_ncols=True)

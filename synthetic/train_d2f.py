@@ -18,8 +18,8 @@ Two stages, as the released D2F artefacts are made (MODEL-FAMILIES.md §4.1, §8
    base the answer's content tokens were as well predicted with 95% of the answer masked as with 5%
    (`scripts/probe_d2f_base.py`): layout learned, reading not. After the warm start, `--ar_mix` of every
    batch's rows stay AR rows, so the masked-diffusion phase does not unlearn the AR mode: without them the
-   shipped D2F-LLaDA base's AR mode fell to 60-69% per task at T = 1, and its rank-32 attention adapter
-   brought it back only to 79-96%.
+   AR mode of the D2F-LLaDA base shipped before fell to 60-69% per task at T = 1, and its rank-32
+   attention adapter brought it back only to 79-96%.
 2. ADAPTER: a D2F LoRA trained with `peft` on top of the frozen base (targets q/k/v/`attn_out` for LLaDA,
    q/k/v/`o_proj` for Dream, `D2F.lora.RELEASED_TARGET_MODULES`). Each row draws a block size from
    `--lora_block_sizes`:
@@ -90,8 +90,9 @@ headroom that keeps a default run on its step schedule (deterministic), and the 
 # Flags of scripts/train_tiny.py that configure the SDAR / Fast-dLLM v2 recipes only; a D2F run refuses a
 # non-default value rather than ignoring it.
 OTHER_RECIPES_FLAGS = ("block_sizes", "answers_per_prompt", "causal_clean_fraction", "pack")
-LORA_FLAGS = ("ar_mix", "lora_steps", "lora_warmup_steps", "lora_lr", "lora_rank", "lora_alpha", "lora_dropout",
-              "lora_block_sizes", "data_weight", "min_mask_ratio")
+# Flags of the D2F recipe only (its argument group); any other family refuses a non-default value.
+D2F_FLAGS = ("ar_mix", "lora_steps", "lora_warmup_steps", "lora_lr", "lora_rank", "lora_alpha", "lora_dropout",
+             "lora_block_sizes", "data_weight", "min_mask_ratio")
 
 
 class TrainTinyHelpers(Protocol):
@@ -130,14 +131,18 @@ def family_defaults(family: str) -> dict[str, Any]:
     300 adapter steps: add 83% at T = 1 on the validation split with the adapter disabled, 73% with it).
     Two threads, nothing else running: D2F-LLaDA 5,000 base steps (3,032 AR) + 1,500 adapter steps in
     1,243 + 453 s = 28.3 min; D2F-Dream, whose AR rows need no doubled copy, 6,600 (3,992 AR) + 1,000 in
-    1,102 + 199 s = 21.7 min, with letters weighted 5 of 12 (the task it sampled worst). At D2F-LLaDA's speed, letters at 5 of 12 cost the other tasks more than they
-    gave letters: 4,600 + 300 steps at those weights sampled add at 74% (validation, T = 1). On a loaded
-    machine the cap may bind: then the last steps follow the wall clock (`time_bound_steps` > 0 in the
-    record, not deterministic); `--max_minutes 45` keeps a slower machine on the step schedule."""
+    1,102 + 199 s = 21.7 min, with letters weighted 5 of 12 (the task it sampled worst). At D2F-LLaDA's
+    speed, letters at 5 of 12 cost the other tasks more than they gave letters: 4,600 + 300 steps at
+    those weights sampled add at 74% (validation, T = 1). On a loaded machine the cap may bind: then
+    the last steps follow the wall clock (`time_bound_steps` > 0 in the record, not deterministic);
+    `--max_minutes 45` keeps a slower machine on the step schedule."""
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; D2F families: {', '.join(FAMILIES)}")
     # D2F-Dream's AR rows need no doubled copy, so its steps are cheaper and it takes more of them.
-    steps, lora_steps, weights = (5000, 1500, [2, 2, 3, 3]) if family == "d2f_llada" else (6600, 1000, [2, 2, 3, 5])
+    if family == "d2f_llada":
+        steps, lora_steps, weights = 5000, 1500, [2, 2, 3, 3]
+    else:
+        steps, lora_steps, weights = 6600, 1000, [2, 2, 3, 5]
     return {"steps": steps, "lora_steps": lora_steps, "ar_fraction": 0.6, "task_weights": weights,
             "warmup_steps": 80, "lr": 3e-3, "hidden_size": 128, "head_dim": 32, "intermediate_size": 384,
             "threads": 2, "output_dir": REGISTRY[family].tiny_model_dir.parent}
@@ -176,7 +181,7 @@ def validate(args: argparse.Namespace, defaults: argparse.ArgumentParser, fail: 
     """Reject bad D2F values, and flags of the other recipes, before anything heavy is imported; for any
     other family, reject the adapter flags. `defaults` is a freshly built train_tiny.py parser."""
     if args.family not in FAMILIES:
-        changed = [name for name in LORA_FLAGS if getattr(args, name) != defaults.get_default(name)]
+        changed = [name for name in D2F_FLAGS if getattr(args, name) != defaults.get_default(name)]
         if changed:
             fail(f"--{changed[0]} only applies to --family {' / '.join(FAMILIES)}")
         return
@@ -661,6 +666,7 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
                 f"wall-clock schedule{early}; final loss {stage['final_loss']} nats")
 
     threads = record["threads"]
+    ar_mix = args.get("ar_mix", 0.0)  # records written before --ar_mix existed had none
     results = f"results/{family}/"
     text = "\n".join([
         f"# {title} — the repository's tiny {REGISTRY[family].title} pair (base + D2F LoRA adapter)",
@@ -681,7 +687,7 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
         f"- **Stage 1, the base** ({args['steps']:,} steps, batch {args['batch_size']}, peak LR {args['lr']:g}): an AR "
         f"warm start ({base.get('ar_steps', 0):,} steps of the AR mode's rows, block size 1, `--ar_fraction "
         f"{args['ar_fraction']:g}`), then the masked-diffusion objective with bidirectional attention on "
-        f"{1 - args.get('ar_mix', 0.0):.0%} of each batch's rows (the rest AR rows, `--ar_mix {args.get('ar_mix', 0.0):g}`), "
+        f"{1 - ar_mix:.0%} of each batch's rows (the rest AR rows, `--ar_mix {ar_mix:g}`), "
         f"t ~ U[{MASK_RATIO_EPS:g}, 1] per row (stratified over the batch: one draw in each of its equal slices of "
         "the range), the prompt "
         "never masked, trailing padding trained as answer tokens, the loss weighted by 1/t "
