@@ -91,8 +91,8 @@ headroom that keeps a default run on its step schedule (deterministic), and the 
 # non-default value rather than ignoring it.
 OTHER_RECIPES_FLAGS = ("block_sizes", "answers_per_prompt", "causal_clean_fraction", "pack")
 # Flags of the D2F recipe only (its argument group); any other family refuses a non-default value.
-D2F_FLAGS = ("ar_mix", "lora_steps", "lora_warmup_steps", "lora_lr", "lora_rank", "lora_alpha", "lora_dropout",
-             "lora_block_sizes", "data_weight", "min_mask_ratio")
+D2F_FLAGS = ("ar_mix", "ar_distill", "lora_steps", "lora_warmup_steps", "lora_lr", "lora_rank",
+             "lora_alpha", "lora_dropout", "lora_block_sizes", "data_weight", "min_mask_ratio")
 
 
 class TrainTinyHelpers(Protocol):
@@ -172,7 +172,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="block sizes drawn per row in the adapter stage; 1 = the AR row (the S2D2 "
                             "verifier's AR mode), >1 = a D2F row (block-causal, distilled)")
     group.add_argument("--data_weight", type=float, default=0.1,
-                       help="weight of the true-token cross entropy beside the KL to the teacher in D2F rows")
+                       help="weight of the true-token cross entropy beside the KL to the teacher in D2F rows "
+                            "(and in AR rows with --ar_distill)")
+    group.add_argument("--ar_distill", action=argparse.BooleanOptionalAction, default=False,
+                       help="stage 2: the AR rows' target is the base's own AR mode (KL to the adapter-disabled "
+                            "model on the same rows and mask, plus --data_weight times the cross entropy) "
+                            "instead of the true tokens alone, so the adapter keeps the AR mode the base "
+                            "learned")
     group.add_argument("--min_mask_ratio", type=float, default=0.1,
                        help="smallest mask ratio of a noised block in D2F rows (bounds the 1/ratio weight)")
 
@@ -316,7 +322,7 @@ def d2f_rows(ids: "torch.Tensor", prompt_len: "torch.Tensor", block_size: "torch
     K - S draw ratios that are sorted uniforms on [min_ratio, 1] (so ratios never fall from one block to
     the next) and mask each of their tokens with that probability. Returns input_ids [B, T], targets,
     scored (masked tokens), weight (1/ratio of the token's block), answer_len [B], attention_mask
-    [B, T, T] (block-causal) and teacher=True (the KL target is the full-attention base).
+    [B, T, T] (block-causal) and teacher="full" (the KL target is the full-attention base).
     """
     import torch
 
@@ -336,7 +342,7 @@ def d2f_rows(ids: "torch.Tensor", prompt_len: "torch.Tensor", block_size: "torch
     scored = torch.rand(batch, width, generator=generator) < ratio  # [B, T]; ratio 0: never
     weight = torch.where(scored, 1.0 / ratio.clamp_min(min_ratio), torch.zeros(()))  # [B, T]
     return {"input_ids": torch.where(scored, mask_id, ids), "targets": ids, "scored": scored, "weight": weight,
-            "answer_len": width - prompt_len, "attention_mask": block_mask(block), "teacher": True}
+            "answer_len": width - prompt_len, "attention_mask": block_mask(block), "teacher": "full"}
 
 
 def ar_rows(ids: "torch.Tensor", prompt_len: "torch.Tensor", mask_id: int, pad_id: int,
@@ -396,7 +402,9 @@ def row_losses(model: Any, rows: dict[str, "torch.Tensor"], shifted: bool, data_
     """Per-row losses [B] of one group of rows: sum over scored tokens of weight * (KL(teacher || student)
     + data_weight * CE) when `teacher` (a context manager that turns the model into the teacher, e.g.
     `model.disable_adapter`) is given and the rows ask for it, else weight * CE; each row divided by its
-    answer length. Returns {"loss", "kl", "data"}, each [B] (kl is 0 without a teacher)."""
+    answer length. rows["teacher"]: "full" (the teacher sees the row with full attention: D2F rows),
+    "same" (the teacher gets the student's inputs, mask and positions included: AR rows kept at the
+    base's AR mode) or False. Returns {"loss", "kl", "data"}, each [B] (kl is 0 without a teacher)."""
     import torch
 
     inputs = {"input_ids": rows["input_ids"], "attention_mask": rows.get("attention_mask")}
@@ -409,8 +417,9 @@ def row_losses(model: Any, rows: dict[str, "torch.Tensor"], shifted: bool, data_
     kl = torch.zeros_like(data)
     if rows.get("teacher") and teacher is not None:
         with torch.no_grad(), teacher():
-            # The teacher sees the same noised row with FULL attention (D2F rows have no batch padding).
-            reference = aligned_log_probs(model(input_ids=rows["input_ids"]).logits, shifted)  # [B, T, V]
+            # "full": the same noised row with FULL attention (D2F rows have no batch padding).
+            seen = inputs if rows["teacher"] == "same" else {"input_ids": rows["input_ids"]}
+            reference = aligned_log_probs(model(**seen).logits, shifted)  # [B, T, V]
         per_token = (reference.exp() * (reference - student)).sum(-1)  # [B, T]
         kl = (per_token * weight * scored).sum(1) / length
         return {"loss": kl + data_weight * data, "kl": kl, "data": data}
@@ -575,7 +584,8 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
         groups = []
         ar = sizes == 1
         if bool(ar.any()):
-            groups.append(ar_rows(ids[ar], prompt_len[ar], mask_id, pad_id, shifted))
+            groups.append({**ar_rows(ids[ar], prompt_len[ar], mask_id, pad_id, shifted),
+                           "teacher": "same" if args.ar_distill else False})
         if bool((~ar).any()):
             groups.append(d2f_rows(ids[~ar], prompt_len[~ar], sizes[~ar], mask_id, args.min_mask_ratio, generator))
         groups = [on_device(rows) for rows in groups]
@@ -584,11 +594,13 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
             for rows in groups:
                 parts.append(row_losses(peft_model, rows, shifted, args.data_weight, peft_model.disable_adapter))
         total = {key: torch.cat([p[key] for p in parts]) for key in ("loss", "kl", "data")}
-        d2f = torch.cat([torch.full_like(p["loss"], float(rows.get("teacher", False)))
+        d2f = torch.cat([torch.full_like(p["loss"], float(rows["teacher"] == "full"))
                          for p, rows in zip(parts, groups)]).bool()  # [B]: which rows are D2F rows
         return {"loss": total["loss"].mean(),
                 "kl": total["kl"][d2f].mean() if bool(d2f.any()) else torch.zeros(()),
-                "ar_ce": total["data"][~d2f].mean() if bool((~d2f).any()) else torch.zeros(())}
+                "ar_ce": total["data"][~d2f].mean() if bool((~d2f).any()) else torch.zeros(()),
+                **({"ar_kl": total["kl"][~d2f].mean() if bool((~d2f).any()) else torch.zeros(())}
+                   if args.ar_distill else {})}
 
     lora_budget = max(0.0, budget_s - base_record["wall_time_s"])
     stage = _Stage("lora", helpers, args.lora_steps, args.lora_warmup_steps, args.lora_lr, args.min_lr_ratio,
@@ -614,7 +626,8 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
         "wall_time_s": round(base_record["wall_time_s"] + lora_record["wall_time_s"], 3),
         "final_loss_note": "base: mean 1/t-weighted masked-token cross entropy per answer token of the last "
                            "50 steps; lora: mean of KL-to-teacher + data_weight * CE (D2F rows) and CE (AR "
-                           "rows) per answer token of the last 50 steps (nats)",
+                           "rows; with --ar_distill, KL to the base's AR mode + data_weight * CE) per answer "
+                           "token of the last 50 steps (nats)",
         "time_bound_note": "steps whose LR followed the wall-clock fraction of the stage's share of "
                            "--max_minutes (0 in both stages: the run is deterministic from its seed)",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -696,7 +709,9 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
         f"block sizes drawn per row from {args['lora_block_sizes']}. Above 1: prompt-relative blocks, a block-causal "
         f"student, per-block monotonic noise (ratios ≥ {args['min_mask_ratio']:g}), KL to the adapter-disabled "
         f"full-attention base plus {args['data_weight']:g} × the true-token cross entropy, weighted by 1/ratio. Block "
-        "size 1: the AR mode's exact forward, true-token cross entropy.",
+        + ("size 1: the AR mode's exact forward, KL to the adapter-disabled base on that same forward (its own AR "
+           f"mode, `--ar_distill`) plus {args['data_weight']:g} × the true-token cross entropy."
+           if args.get("ar_distill") else "size 1: the AR mode's exact forward, true-token cross entropy."),
         f"- **Training command** (seed {record['seed']}, {threads} torch thread{'s' if threads > 1 else ''}, bf16 "
         f"autocast {'on' if args['bf16'] else 'off'}, `--max_minutes {args['max_minutes']:g}` for both stages):",
         "  ```bash",

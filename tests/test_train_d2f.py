@@ -54,8 +54,11 @@ def test_smoke_run_writes_a_deterministic_pair_that_loads_and_decodes(tmp_path, 
     from D2F.lora import load_d2f
 
     first, second = tmp_path / "a", tmp_path / "b"
+    # One family's adapter keeps the base's AR mode as its AR rows' target (--ar_distill), the other's the data.
+    distill = ["--ar_distill"] if family == "d2f_dream" else []
     for out in (first, second):
-        assert _train_tiny().main([*TINY_FLAGS, "--family", family, "--output_dir", str(out), "--seed", "3"]) == 0
+        flags = [*TINY_FLAGS, *distill, "--family", family, "--output_dir", str(out), "--seed", "3"]
+        assert _train_tiny().main(flags) == 0
 
     record = json.loads((first / "training_args.json").read_text())
     assert record["family"] == family and record["seed"] == 3
@@ -67,7 +70,9 @@ def test_smoke_run_writes_a_deterministic_pair_that_loads_and_decodes(tmp_path, 
     # After it, --ar_mix (0.5) of each batch's rows are still AR rows: both losses are logged.
     assert "mdm_ema" not in record["log"]["base"][0] and {"ar_ce_ema", "mdm_ema"} <= set(record["log"]["base"][-1])
     assert f"--family {family}" in record["command"] and record["log"]["lora"][-1]["step"] == 3
+    assert ("ar_kl_ema" in record["log"]["lora"][-1]) == bool(distill)
     card = (first / "README.md").read_text()
+    assert ("its own AR mode, `--ar_distill`" in card) == bool(distill)
     assert record["command"] in card and "3 steps" in card and "Not measured yet" in card
     assert not (first / "lora" / "README.md").exists()
     # Rewriting the card from its record keeps evaluation sections once they are filled in.
@@ -127,6 +132,7 @@ def _assert_fails_fast(flags: list[str], message: str) -> None:
         (["--family", "d2f_llada", "--lora_dropout", "1"], "--lora_dropout"),
         (["--family", "d2f_dream", "--ar_mix", "1"], "--ar_mix must be in [0, 1)"),
         (["--family", "sdar", "--ar_mix", "0.2"], "--ar_mix only applies to --family d2f_llada / d2f_dream"),
+        (["--family", "fast_dllm_v2", "--ar_distill"], "--ar_distill only applies to --family"),
         (["--family", "d2f_llada", "--head_dim", "48"], "--head_dim must be 32"),
         (["--family", "d2f_dream", "--answers_per_prompt", "2"], "--answers_per_prompt does not apply to --family d2f_dream"),
         (["--family", "d2f_llada", "--block_sizes", "1,4"], "--block_sizes does not apply"),
@@ -334,6 +340,40 @@ def test_distillation_target_is_the_adapter_disabled_full_attention_base(family)
         ids.shape[1] - prompt_len)
     assert not torch.allclose(log_a, log_s)
     torch.testing.assert_close(parts["kl"], expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["d2f_llada", "d2f_dream"])
+def test_ar_distill_target_is_the_base_ar_mode(family):
+    """--ar_distill: AR rows' teacher is the adapter-disabled model on the student's own rows, mask and
+    positions (the base's AR mode), so the KL is exactly 0 at the adapter's init and, once the adapter has
+    moved, equals KL(base AR mode || adapted AR mode) per scored token over the answer length."""
+    from peft import LoraConfig, get_peft_model
+
+    from D2F.lora import RELEASED_TARGET_MODULES
+
+    shifted = family == "d2f_dream"
+    base = _tiny_base(family)
+    ids, prompt_len = train_d2f.pad_examples(_examples(5, count=3), PAD_ID)
+    rows = {**train_d2f.ar_rows(ids, prompt_len, MASK_ID, PAD_ID, shifted), "teacher": "same"}
+    inputs = {key: rows[key] for key in ("input_ids", "attention_mask", "position_ids") if key in rows}
+    with torch.no_grad():
+        reference = train_d2f.aligned_log_probs(base(**inputs).logits, shifted)  # [B, T, V]
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules=list(
+        RELEASED_TARGET_MODULES[train_d2f.MODEL_TYPES[family]])))
+    with torch.no_grad():
+        parts = train_d2f.row_losses(model, rows, shifted, data_weight=0.5, teacher=model.disable_adapter)
+    torch.testing.assert_close(parts["kl"], torch.zeros_like(parts["kl"]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(parts["loss"], 0.5 * parts["data"])
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+        adapted = train_d2f.aligned_log_probs(model(**inputs).logits, shifted)
+        parts = train_d2f.row_losses(model, rows, shifted, data_weight=0.0, teacher=model.disable_adapter)
+    kl_token = (reference.exp() * (reference - adapted)).sum(-1)  # [B, T]
+    expected = (kl_token * rows["weight"] * rows["scored"]).sum(1) / rows["answer_len"]
+    torch.testing.assert_close(parts["kl"], expected, rtol=1e-9, atol=1e-12)
+    assert bool((parts["kl"] > 0).all())
 
 
 def test_wall_clock_cap_stops_both_stages_and_still_saves(tmp_path):
