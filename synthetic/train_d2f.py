@@ -91,7 +91,7 @@ headroom that keeps a default run on its step schedule (deterministic), and the 
 # non-default value rather than ignoring it.
 OTHER_RECIPES_FLAGS = ("block_sizes", "answers_per_prompt", "causal_clean_fraction", "pack")
 # Flags of the D2F recipe only (its argument group); any other family refuses a non-default value.
-D2F_FLAGS = ("ar_mix", "ar_distill", "lora_steps", "lora_warmup_steps", "lora_lr", "lora_rank",
+D2F_FLAGS = ("ar_mix", "ar_distill", "ar_weight", "lora_steps", "lora_warmup_steps", "lora_lr", "lora_rank",
              "lora_alpha", "lora_dropout", "lora_block_sizes", "data_weight", "min_mask_ratio")
 
 
@@ -179,6 +179,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "model on the same rows and mask, plus --data_weight times the cross entropy) "
                             "instead of the true tokens alone, so the adapter keeps the AR mode the base "
                             "learned")
+    group.add_argument("--ar_weight", type=float, default=1.0,
+                       help="stage 2: weight of an AR row's loss against a D2F row's (the D2F rows' distillation "
+                            "moves the attention the AR mode also reads; a larger weight holds the AR mode)")
     group.add_argument("--min_mask_ratio", type=float, default=0.1,
                        help="smallest mask ratio of a noised block in D2F rows (bounds the 1/ratio weight)")
 
@@ -213,6 +216,8 @@ def validate(args: argparse.Namespace, defaults: argparse.ArgumentParser, fail: 
         fail(f"--lora_block_sizes must be positive integers, got {args.lora_block_sizes}")
     if not (math.isfinite(args.data_weight) and args.data_weight >= 0):
         fail(f"--data_weight must be >= 0, got {args.data_weight}")
+    if not (math.isfinite(args.ar_weight) and args.ar_weight > 0):
+        fail(f"--ar_weight must be a positive number, got {args.ar_weight}")
     if not 0.0 < args.min_mask_ratio <= 1.0:
         fail(f"--min_mask_ratio must be in (0, 1], got {args.min_mask_ratio}")
     if args.head_dim * args.num_heads != args.hidden_size:
@@ -596,7 +601,7 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
         total = {key: torch.cat([p[key] for p in parts]) for key in ("loss", "kl", "data")}
         d2f = torch.cat([torch.full_like(p["loss"], float(rows["teacher"] == "full"))
                          for p, rows in zip(parts, groups)]).bool()  # [B]: which rows are D2F rows
-        return {"loss": total["loss"].mean(),
+        return {"loss": torch.where(d2f, total["loss"], args.ar_weight * total["loss"]).mean(),
                 "kl": total["kl"][d2f].mean() if bool(d2f.any()) else torch.zeros(()),
                 "ar_ce": total["data"][~d2f].mean() if bool((~d2f).any()) else torch.zeros(()),
                 **({"ar_kl": total["kl"][~d2f].mean() if bool((~d2f).any()) else torch.zeros(())}

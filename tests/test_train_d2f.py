@@ -133,6 +133,7 @@ def _assert_fails_fast(flags: list[str], message: str) -> None:
         (["--family", "d2f_dream", "--ar_mix", "1"], "--ar_mix must be in [0, 1)"),
         (["--family", "sdar", "--ar_mix", "0.2"], "--ar_mix only applies to --family d2f_llada / d2f_dream"),
         (["--family", "fast_dllm_v2", "--ar_distill"], "--ar_distill only applies to --family"),
+        (["--family", "d2f_llada", "--ar_weight", "0"], "--ar_weight must be a positive number"),
         (["--family", "d2f_llada", "--head_dim", "48"], "--head_dim must be 32"),
         (["--family", "d2f_dream", "--answers_per_prompt", "2"], "--answers_per_prompt does not apply to --family d2f_dream"),
         (["--family", "d2f_llada", "--block_sizes", "1,4"], "--block_sizes does not apply"),
