@@ -124,28 +124,31 @@ def family_defaults(family: str) -> dict[str, Any]:
     heads of 32, feed-forward 384: 0.8M parameters): on masked-diffusion rows alone it learned to read its
     answer where a 192-wide one did not within the budget (`scripts/probe_d2f_base.py`), and with the AR
     warm start (`--ar_fraction 0.6`) the D2F-LLaDA pair's AR mode went from 0 / 22 / 26 / 72% of add /
-    chain / digitsum / letters (greedy, 50 test items each, no warm start) to 100% on all four. Half of
-    every later batch stays AR rows (`--ar_mix 0.5`); without them the base's AR mode fell back to
-    60-69% at T = 1 and the adapter repaired it only in part. The adapter converges within a few hundred
-    steps (its KL flattens by step 300), but a short adapter schedule hurts the AR mode (D2F-LLaDA at
-    300 adapter steps: add 83% at T = 1 on the validation split with the adapter disabled, 73% with it).
-    Two threads, nothing else running: D2F-LLaDA 5,000 base steps (3,032 AR) + 1,500 adapter steps in
-    1,243 + 453 s = 28.3 min; D2F-Dream, whose AR rows need no doubled copy, 6,600 (3,992 AR) + 1,000 in
-    1,102 + 199 s = 21.7 min, with letters weighted 5 of 12 (the task it sampled worst). At D2F-LLaDA's
-    speed, letters at 5 of 12 cost the other tasks more than they gave letters: 4,600 + 300 steps at
-    those weights sampled add at 74% (validation, T = 1). On a loaded machine the cap may bind: then
-    the last steps follow the wall clock (`time_bound_steps` > 0 in the record, not deterministic);
+    chain / digitsum / letters (greedy, 50 test items each, no warm start) to 100% on all four. With the
+    warm start a 192-wide D2F-Dream base no longer fails, but it is slower and sampled worse in the same
+    time (5,600 + 1,000 steps: add 90% at T = 1 on the validation split). Half of every later batch stays
+    AR rows (`--ar_mix 0.5`); without them the base's AR mode fell back to 60-69% at T = 1. The adapter
+    moves the attention the AR mode reads: trained on the true tokens at the D2F rows' weight for 1,000
+    steps it cost the D2F-Dream base 3.5 / 3 points of add / digitsum at T = 1, and a 600-step one with
+    `--ar_distill` 6 points of digitsum on a D2F-LLaDA base. Weighting its AR rows 5 to 1
+    (`--ar_weight 5`, true tokens) makes the adapter stage add AR training instead: the shipped
+    D2F-Dream adapter raised its base from 96.5 / 97 / 94.5 / 96% to 96.75 / 98.75 / 96 / 96.5%.
+    Letters, the task sampled worst, is weighted most. Two threads, nothing else running: D2F-Dream
+    8,600 base steps (5,192 AR) + 800 adapter steps in 1,471 + 196 s = 27.8 min; D2F-LLaDA, whose AR rows
+    need a doubled copy, 5,800 (3,512 AR) + 1,000 in 1,454 + 300 s = 29.2 min (the same base steps took
+    1,274 s in another run on the same machine). On a slower or loaded machine the cap binds: then the
+    last steps follow the wall clock (`time_bound_steps` > 0 in the record, not deterministic);
     `--max_minutes 45` keeps a slower machine on the step schedule."""
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; D2F families: {', '.join(FAMILIES)}")
     # D2F-Dream's AR rows need no doubled copy, so its steps are cheaper and it takes more of them.
     if family == "d2f_llada":
-        steps, lora_steps, weights = 5000, 1500, [2, 2, 3, 3]
+        steps, lora_steps, weights = 5800, 1000, [2, 2, 3, 5]
     else:
-        steps, lora_steps, weights = 6600, 1000, [2, 2, 3, 5]
+        steps, lora_steps, weights = 8600, 800, [2, 2, 3, 6]
     return {"steps": steps, "lora_steps": lora_steps, "ar_fraction": 0.6, "task_weights": weights,
-            "warmup_steps": 80, "lr": 3e-3, "hidden_size": 128, "head_dim": 32, "intermediate_size": 384,
-            "threads": 2, "output_dir": REGISTRY[family].tiny_model_dir.parent}
+            "ar_weight": 5.0, "warmup_steps": 80, "lr": 3e-3, "hidden_size": 128, "head_dim": 32,
+            "intermediate_size": 384, "threads": 2, "output_dir": REGISTRY[family].tiny_model_dir.parent}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -716,7 +719,10 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
         f"full-attention base plus {args['data_weight']:g} × the true-token cross entropy, weighted by 1/ratio. Block "
         + ("size 1: the AR mode's exact forward, KL to the adapter-disabled base on that same forward (its own AR "
            f"mode, `--ar_distill`) plus {args['data_weight']:g} × the true-token cross entropy."
-           if args.get("ar_distill") else "size 1: the AR mode's exact forward, true-token cross entropy."),
+           if args.get("ar_distill") else "size 1: the AR mode's exact forward, true-token cross entropy.")
+        + (f" An AR row's loss weighs {args['ar_weight']:g}× a D2F row's (`--ar_weight {args['ar_weight']:g}`): "
+           "the D2F rows' distillation moves the attention that the AR mode also reads."
+           if args.get("ar_weight", 1.0) != 1.0 else ""),
         f"- **Training command** (seed {record['seed']}, {threads} torch thread{'s' if threads > 1 else ''}, bf16 "
         f"autocast {'on' if args['bf16'] else 'off'}, `--max_minutes {args['max_minutes']:g}` for both stages):",
         "  ```bash",

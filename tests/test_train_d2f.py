@@ -54,8 +54,9 @@ def test_smoke_run_writes_a_deterministic_pair_that_loads_and_decodes(tmp_path, 
     from D2F.lora import load_d2f
 
     first, second = tmp_path / "a", tmp_path / "b"
-    # One family's adapter keeps the base's AR mode as its AR rows' target (--ar_distill), the other's the data.
-    distill = ["--ar_distill"] if family == "d2f_dream" else []
+    # One family's adapter keeps the base's AR mode as its AR rows' target (--ar_distill, AR rows weighted 3),
+    # the other's the data.
+    distill = ["--ar_distill", "--ar_weight", "3"] if family == "d2f_dream" else []
     for out in (first, second):
         flags = [*TINY_FLAGS, *distill, "--family", family, "--output_dir", str(out), "--seed", "3"]
         assert _train_tiny().main(flags) == 0
@@ -72,7 +73,7 @@ def test_smoke_run_writes_a_deterministic_pair_that_loads_and_decodes(tmp_path, 
     assert f"--family {family}" in record["command"] and record["log"]["lora"][-1]["step"] == 3
     assert ("ar_kl_ema" in record["log"]["lora"][-1]) == bool(distill)
     card = (first / "README.md").read_text()
-    assert ("its own AR mode, `--ar_distill`" in card) == bool(distill)
+    assert ("its own AR mode, `--ar_distill`" in card) == ("loss weighs 3× a D2F row's" in card) == bool(distill)
     assert record["command"] in card and "3 steps" in card and "Not measured yet" in card
     assert not (first / "lora" / "README.md").exists()
     # Rewriting the card from its record keeps evaluation sections once they are filled in.
