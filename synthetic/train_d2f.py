@@ -184,7 +184,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "learned")
     group.add_argument("--ar_weight", type=float, default=1.0,
                        help="stage 2: weight of an AR row's loss against a D2F row's (the D2F rows' distillation "
-                            "moves the attention the AR mode also reads; a larger weight holds the AR mode)")
+                            "moves the attention the AR mode also reads; a larger weight holds the AR mode). "
+                            "Both D2F families default to 5 (family_defaults)")
     group.add_argument("--min_mask_ratio", type=float, default=0.1,
                        help="smallest mask ratio of a noised block in D2F rows (bounds the 1/ratio weight)")
 

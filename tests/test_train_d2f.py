@@ -154,6 +154,7 @@ def test_d2f_defaults_and_output_folder():
     parser.set_defaults(**train_d2f.family_defaults("d2f_llada"))
     args = parser.parse_args(["--family", "d2f_llada", "--steps", "7"])
     assert args.steps == 7 and args.warmup_steps == train_d2f.family_defaults("d2f_llada")["warmup_steps"]
+    assert args.ar_weight == 5.0 and parser.get_default("ar_weight") == 5.0, "the shipped adapters weigh AR rows 5x"
     family = FAMILIES["d2f_llada"]
     assert args.output_dir / "base" == family.tiny_model_dir and args.output_dir / "lora" == family.tiny_adapter_dir
 
