@@ -590,26 +590,24 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
     def lora_step(step: int, progress: float) -> dict[str, "torch.Tensor"]:
         ids, prompt_len = next_batch()
         sizes = torch.tensor([rng.choice(args.lora_block_sizes) for _ in range(args.batch_size)])  # [B]
-        groups = []
-        ar = sizes == 1
+        ar = sizes == 1  # [B], on the host: which rows are AR rows
+        groups = {}
         if bool(ar.any()):
-            groups.append({**ar_rows(ids[ar], prompt_len[ar], mask_id, pad_id, shifted),
-                           "teacher": "same" if args.ar_distill else False})
+            groups["ar"] = {**ar_rows(ids[ar], prompt_len[ar], mask_id, pad_id, shifted),
+                            "teacher": "same" if args.ar_distill else False}
         if bool((~ar).any()):
-            groups.append(d2f_rows(ids[~ar], prompt_len[~ar], sizes[~ar], mask_id, args.min_mask_ratio, generator))
-        groups = [on_device(rows) for rows in groups]
-        parts = []
+            groups["d2f"] = d2f_rows(ids[~ar], prompt_len[~ar], sizes[~ar], mask_id, args.min_mask_ratio, generator)
         with autocast():
-            for rows in groups:
-                parts.append(row_losses(peft_model, rows, shifted, args.data_weight, peft_model.disable_adapter))
-        total = {key: torch.cat([p[key] for p in parts]) for key in ("loss", "kl", "data")}
-        d2f = torch.cat([torch.full_like(p["loss"], float(rows["teacher"] == "full"))
-                         for p, rows in zip(parts, groups)]).bool()  # [B]: which rows are D2F rows
-        return {"loss": torch.where(d2f, total["loss"], args.ar_weight * total["loss"]).mean(),
-                "kl": total["kl"][d2f].mean() if bool(d2f.any()) else torch.zeros(()),
-                "ar_ce": total["data"][~d2f].mean() if bool((~d2f).any()) else torch.zeros(()),
-                **({"ar_kl": total["kl"][~d2f].mean() if bool((~d2f).any()) else torch.zeros(())}
-                   if args.ar_distill else {})}
+            parts = {kind: row_losses(peft_model, on_device(rows), shifted, args.data_weight,
+                                      peft_model.disable_adapter) for kind, rows in groups.items()}
+        # The mean over the batch's rows (AR rows first), an AR row's loss weighing --ar_weight.
+        weighted = torch.cat([part["loss"] * (args.ar_weight if kind == "ar" else 1.0) for kind, part in parts.items()])
+        logged = {"loss": weighted.mean(),
+                  "kl": parts["d2f"]["kl"].mean() if "d2f" in parts else torch.zeros(()),
+                  "ar_ce": parts["ar"]["data"].mean() if "ar" in parts else torch.zeros(())}
+        if args.ar_distill:
+            logged["ar_kl"] = parts["ar"]["kl"].mean() if "ar" in parts else torch.zeros(())
+        return logged
 
     lora_budget = max(0.0, budget_s - base_record["wall_time_s"])
     stage = _Stage("lora", helpers, args.lora_steps, args.lora_warmup_steps, args.lora_lr, args.min_lr_ratio,
