@@ -286,16 +286,29 @@ def test_ar_rows_give_the_ar_mode_logits(family):
     assert checked == int((ids.shape[1] - prompt_len).sum())
 
 
+def _with_adapter(base, family: str):
+    """`base` wrapped in a rank-4 PEFT LoRA on the released target modules (lora_B zero: the base exactly)."""
+    from peft import LoraConfig, get_peft_model
+
+    from D2F.lora import RELEASED_TARGET_MODULES
+
+    targets = list(RELEASED_TARGET_MODULES[train_d2f.MODEL_TYPES[family]])
+    return get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules=targets))
+
+
+def _move_adapter(model) -> None:
+    """Give every lora_B a seeded random value, so the adapted model differs from its base."""
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+
+
 @pytest.mark.parametrize("family", ["d2f_llada", "d2f_dream"])
 def test_distillation_target_is_the_adapter_disabled_full_attention_base(family):
     """With the adapter's B still zero (PEFT's init, step 0), the KL term equals the KL between the base
     under the block-causal mask (the student) and the base under full attention (the teacher), 1/ratio
     weighted per masked token and divided by the answer length; it is not zero, so the student really
     sees less than the teacher."""
-    from peft import LoraConfig, get_peft_model
-
-    from D2F.lora import RELEASED_TARGET_MODULES
-
     shifted = family == "d2f_dream"
     base = _tiny_base(family)
     ids, prompt_len = train_d2f.pad_examples(_examples(3, count=4), PAD_ID)
@@ -317,8 +330,7 @@ def test_distillation_target_is_the_adapter_disabled_full_attention_base(family)
     kl_token = (log_t.exp() * (log_t - log_s)).sum(-1)  # [B, T]
     expected = (kl_token * rows["weight"] * rows["scored"]).sum(1) / (ids.shape[1] - prompt_len)
 
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules=list(
-        RELEASED_TARGET_MODULES[train_d2f.MODEL_TYPES[family]])))
+    model = _with_adapter(base, family)
     assert all(float(p.detach().abs().max()) == 0 for n, p in model.named_parameters() if "lora_B" in n)
     with torch.no_grad():
         parts = train_d2f.row_losses(model, rows, shifted, data_weight=0.5, teacher=model.disable_adapter)
@@ -329,9 +341,7 @@ def test_distillation_target_is_the_adapter_disabled_full_attention_base(family)
     # Once the adapter has moved, the teacher is still the base (the logits computed before wrapping),
     # while the student is the adapted model under the block-causal mask.
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+        _move_adapter(model)
         adapted = torch.stack([
             model(input_ids=rows["input_ids"][row : row + 1],
                   attention_mask=materialize(prefix_block_causal(int(prompt_len[row]), int(sizes[row])),
@@ -350,10 +360,6 @@ def test_ar_distill_target_is_the_base_ar_mode(family):
     """--ar_distill: AR rows' teacher is the adapter-disabled model on the student's own rows, mask and
     positions (the base's AR mode), so the KL is exactly 0 at the adapter's init and, once the adapter has
     moved, equals KL(base AR mode || adapted AR mode) per scored token over the answer length."""
-    from peft import LoraConfig, get_peft_model
-
-    from D2F.lora import RELEASED_TARGET_MODULES
-
     shifted = family == "d2f_dream"
     base = _tiny_base(family)
     ids, prompt_len = train_d2f.pad_examples(_examples(5, count=3), PAD_ID)
@@ -361,16 +367,13 @@ def test_ar_distill_target_is_the_base_ar_mode(family):
     inputs = {key: rows[key] for key in ("input_ids", "attention_mask", "position_ids") if key in rows}
     with torch.no_grad():
         reference = train_d2f.aligned_log_probs(base(**inputs).logits, shifted)  # [B, T, V]
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules=list(
-        RELEASED_TARGET_MODULES[train_d2f.MODEL_TYPES[family]])))
+    model = _with_adapter(base, family)
     with torch.no_grad():
         parts = train_d2f.row_losses(model, rows, shifted, data_weight=0.5, teacher=model.disable_adapter)
     torch.testing.assert_close(parts["kl"], torch.zeros_like(parts["kl"]), rtol=0, atol=1e-12)
     torch.testing.assert_close(parts["loss"], 0.5 * parts["data"])
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+        _move_adapter(model)
         adapted = train_d2f.aligned_log_probs(model(**inputs).logits, shifted)
         parts = train_d2f.row_losses(model, rows, shifted, data_weight=0.0, teacher=model.disable_adapter)
     kl_token = (reference.exp() * (reference - adapted)).sum(-1)  # [B, T]
