@@ -93,7 +93,7 @@ headroom that keeps a default run on its step schedule (deterministic), and the 
 OTHER_RECIPES_FLAGS = ("block_sizes", "answers_per_prompt", "causal_clean_fraction", "pack")
 # Flags of the D2F recipe only (its argument group); any other family refuses a non-default value.
 D2F_FLAGS = ("ar_mix", "ar_distill", "ar_weight", "lora_steps", "lora_warmup_steps", "lora_lr", "lora_rank",
-             "lora_alpha", "lora_dropout", "lora_block_sizes", "data_weight", "min_mask_ratio")
+             "lora_alpha", "lora_dropout", "lora_block_sizes", "data_weight", "min_mask_ratio", "choice_weight")
 
 
 class TrainTinyHelpers(Protocol):
@@ -187,6 +187,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="stage 2: weight of an AR row's loss against a D2F row's (the D2F rows' distillation "
                             "moves the attention the AR mode also reads; a larger weight holds the AR mode). "
                             "Both D2F families default to 5 (family_defaults)")
+    group.add_argument("--choice_weight", type=float, default=0.0,
+                       help="both stages: AR rows add this times -log(the mass of the written range) at every free "
+                            "choice (`lo..hi:c` in digitsum and letters), the mass a sampled decode can put outside "
+                            "the range")
     group.add_argument("--min_mask_ratio", type=float, default=0.1,
                        help="smallest mask ratio of a noised block in D2F rows (bounds the 1/ratio weight)")
 
@@ -223,6 +227,8 @@ def validate(args: argparse.Namespace, defaults: argparse.ArgumentParser, fail: 
         fail(f"--data_weight must be >= 0, got {args.data_weight}")
     if not (math.isfinite(args.ar_weight) and args.ar_weight > 0):
         fail(f"--ar_weight must be a positive number, got {args.ar_weight}")
+    if not (math.isfinite(args.choice_weight) and args.choice_weight >= 0):
+        fail(f"--choice_weight must be >= 0, got {args.choice_weight}")
     if not 0.0 < args.min_mask_ratio <= 1.0:
         fail(f"--min_mask_ratio must be in (0, 1], got {args.min_mask_ratio}")
     if args.head_dim * args.num_heads != args.hidden_size:
@@ -355,15 +361,33 @@ def d2f_rows(ids: "torch.Tensor", prompt_len: "torch.Tensor", block_size: "torch
             "answer_len": width - prompt_len, "attention_mask": block_mask(block), "teacher": "full"}
 
 
+def choice_ranges(ids: "torch.Tensor", colon_id: int, dot_id: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The free choices of ids [B, T]: a token written right after its range, `lo..hi:c` (digitsum's digits,
+    letters' letters; the suite's digits and letters are consecutive token ids). Returns lo, hi [B, T], the
+    token ids bounding the choice at each position, -1 where the token is not a choice."""
+    import torch
+
+    lo = torch.full_like(ids, -1)
+    hi = torch.full_like(ids, -1)
+    if ids.shape[1] > 5:
+        # Position p (>= 5) is a choice when p - 4 .. p - 1 read "..", hi, ":" after lo at p - 5.
+        written = (ids[:, 4:-1] == colon_id) & (ids[:, 2:-3] == dot_id) & (ids[:, 1:-4] == dot_id)
+        written &= ids[:, :-5] <= ids[:, 3:-2]
+        lo[:, 5:] = torch.where(written, ids[:, :-5], -1)
+        hi[:, 5:] = torch.where(written, ids[:, 3:-2], -1)
+    return lo, hi
+
+
 def ar_rows(ids: "torch.Tensor", prompt_len: "torch.Tensor", mask_id: int, pad_id: int,
-            shifted: bool) -> dict[str, "torch.Tensor"]:
+            shifted: bool, range_tokens: tuple[int, int] | None = None) -> dict[str, "torch.Tensor"]:
     """AR rows (block size 1) from ids [B, T]: every answer token is a target of exactly the forward the
     AR mode / S2D2 verifier makes for it (clean prefix, stored token-causally; the prompt bidirectional).
 
     Shifted (Dream): the clean row itself under the block-causal mask at block size 1; the target p is
     read from row p - 1. Position-aligned (LLaDA): the doubled row [ids ‖ a mask at every answer
     position] with `position_ids`, the mask at p seeing the prompt, the clean answer before p and itself.
-    Returns input_ids, targets, scored, weight (1), answer_len, attention_mask (and position_ids).
+    Returns input_ids, targets, scored, weight (1), answer_len, attention_mask (and position_ids); with
+    `range_tokens` (the ":" and "." ids) also choice_lo / choice_hi, `choice_ranges` of each row's targets.
     """
     import torch
 
@@ -372,9 +396,12 @@ def ar_rows(ids: "torch.Tensor", prompt_len: "torch.Tensor", mask_id: int, pad_i
     block = prompt_blocks(prompt_len, width, ones)  # [B, T]
     answer = block > 0  # [B, T]
     answer_len = width - prompt_len
+    choices = {}
+    if range_tokens is not None:
+        choices = dict(zip(("choice_lo", "choice_hi"), choice_ranges(ids, *range_tokens)))
     if shifted:
         return {"input_ids": ids, "targets": ids, "scored": answer, "weight": answer.float(),
-                "answer_len": answer_len, "attention_mask": block_mask(block), "teacher": False}
+                "answer_len": answer_len, "attention_mask": block_mask(block), "teacher": False, **choices}
     extra = int(answer_len.max())
     copy = torch.arange(extra)[None, :]  # [1, A]
     copy_pos = prompt_len[:, None] + copy  # [B, A]: the position each mask copy stands for
@@ -388,7 +415,8 @@ def ar_rows(ids: "torch.Tensor", prompt_len: "torch.Tensor", mask_id: int, pad_i
     return {"input_ids": torch.cat([ids, copy_ids], 1), "position_ids": position,
             "targets": torch.cat([ids, targets], 1), "scored": scored, "weight": scored.float(),
             "answer_len": answer_len, "attention_mask": block_mask(torch.cat([block, copy_block], 1), noised),
-            "teacher": False}
+            "teacher": False, **{key: torch.cat([torch.full_like(ids, -1), bound.gather(1, copy_pos.clamp(max=width - 1))],
+                                                1) for key, bound in choices.items()}}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -408,13 +436,16 @@ def aligned_log_probs(logits: "torch.Tensor", shifted: bool) -> "torch.Tensor":
 
 
 def row_losses(model: Any, rows: dict[str, "torch.Tensor"], shifted: bool, data_weight: float,
-               teacher: Callable[[], Any] | None = None) -> dict[str, "torch.Tensor"]:
+               teacher: Callable[[], Any] | None = None, choice_weight: float = 0.0) -> dict[str, "torch.Tensor"]:
     """Per-row losses [B] of one group of rows: sum over scored tokens of weight * (KL(teacher || student)
     + data_weight * CE) when `teacher` (a context manager that turns the model into the teacher, e.g.
     `model.disable_adapter`) is given and the rows ask for it, else weight * CE; each row divided by its
     answer length. rows["teacher"]: "full" (the teacher sees the row with full attention: D2F rows),
     "same" (the teacher gets the student's inputs, mask and positions included: AR rows kept at the
-    base's AR mode) or False. Returns {"loss", "kl", "data"}, each [B] (kl is 0 without a teacher)."""
+    base's AR mode) or False. With `choice_weight` and rows carrying choice_lo / choice_hi (`ar_rows`), each
+    scored free choice adds choice_weight * weight * -log(mass of its written range): the mass a sampled
+    decode can put outside the range is what it costs. Returns {"loss", "kl", "data", "choice"}, each [B]
+    (kl is 0 without a teacher, choice 0 without choice_weight)."""
     import torch
 
     inputs = {"input_ids": rows["input_ids"], "attention_mask": rows.get("attention_mask")}
@@ -425,6 +456,15 @@ def row_losses(model: Any, rows: dict[str, "torch.Tensor"], shifted: bool, data_
     scored, weight, length = rows["scored"], rows["weight"], rows["answer_len"].float()
     data = (ce * weight * scored).sum(1) / length  # [B]
     kl = torch.zeros_like(data)
+    leak = torch.zeros_like(data)
+    if choice_weight and "choice_lo" in rows:
+        lo, hi = rows["choice_lo"], rows["choice_hi"]  # [B, T]
+        choice = (lo >= 0) & scored  # [B, T]
+        vocab = torch.arange(student.shape[-1], device=student.device)  # [V]
+        # Every token counts as inside where there is no choice, so its log-mass is 0 (and its gradient too).
+        inside = ((vocab >= lo[..., None]) & (vocab <= hi[..., None])) | ~choice[..., None]  # [B, T, V]
+        range_nll = -torch.logsumexp(student.masked_fill(~inside, float("-inf")), dim=-1)  # [B, T]
+        leak = (range_nll * weight * choice).sum(1) / length
     if rows.get("teacher") and teacher is not None:
         with torch.no_grad(), teacher():
             # "full": the same noised row with FULL attention (D2F rows have no batch padding).
@@ -432,8 +472,8 @@ def row_losses(model: Any, rows: dict[str, "torch.Tensor"], shifted: bool, data_
             reference = aligned_log_probs(model(**seen).logits, shifted)  # [B, T, V]
         per_token = (reference.exp() * (reference - student)).sum(-1)  # [B, T]
         kl = (per_token * weight * scored).sum(1) / length
-        return {"loss": kl + data_weight * data, "kl": kl, "data": data}
-    return {"loss": data, "kl": kl, "data": data}
+        return {"loss": kl + data_weight * data + choice_weight * leak, "kl": kl, "data": data, "choice": leak}
+    return {"loss": data + choice_weight * leak, "kl": kl, "data": data, "choice": leak}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -529,6 +569,7 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
     generator = torch.Generator().manual_seed(args.seed)
     tokenizer = build_tokenizer()
     mask_id, pad_id = tokenizer.mask_token_id, tokenizer.pad_token_id
+    range_tokens = tuple(tokenizer.convert_tokens_to_ids([":", "."])) if args.choice_weight else None
     shifted = REGISTRY[args.family].shift_aligned
     stream = iter_training_items(args.seed, helpers.weighted_tasks(args.tasks, args.task_weights))
     out = Path(args.output_dir)
@@ -568,15 +609,18 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
         ar_phase = helpers.in_ar_phase(step, progress, args.warmup_steps, args.ar_fraction)
         ar_steps += ar_phase
         n_ar = args.batch_size if ar_phase else mixed_ar_rows(args.batch_size, args.ar_mix)
-        losses = {}
+        losses, logged = {}, {}
         with autocast():
             if n_ar:
-                rows = on_device(ar_rows(ids[:n_ar], prompt_len[:n_ar], mask_id, pad_id, shifted))
-                losses["ar_ce"] = row_losses(model, rows, shifted, data_weight=0.0)["loss"]
+                rows = on_device(ar_rows(ids[:n_ar], prompt_len[:n_ar], mask_id, pad_id, shifted, range_tokens))
+                part = row_losses(model, rows, shifted, data_weight=0.0, choice_weight=args.choice_weight)
+                losses["ar_ce"] = part["loss"]
+                if args.choice_weight:  # ar_ce stays the cross entropy; the loss adds the range term
+                    logged.update(ar_ce=part["data"].mean(), ar_choice=part["choice"].mean())
             if n_ar < args.batch_size:
                 rows = on_device(base_rows(ids[n_ar:], prompt_len[n_ar:], mask_id, generator))
                 losses["mdm"] = row_losses(model, rows, shifted, data_weight=0.0)["loss"]
-        return {"loss": torch.cat(list(losses.values())).mean(), **{k: v.mean() for k, v in losses.items()}}
+        return {"loss": torch.cat(list(losses.values())).mean(), **{k: v.mean() for k, v in losses.items()}, **logged}
 
     stage = _Stage("base", helpers, args.steps, args.warmup_steps, args.lr, args.min_lr_ratio,
                    budget_s * base_share, args.log_every)
@@ -600,18 +644,20 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
         ar = sizes == 1  # [B], on the host: which rows are AR rows
         groups = {}
         if bool(ar.any()):
-            groups["ar"] = {**ar_rows(ids[ar], prompt_len[ar], mask_id, pad_id, shifted),
+            groups["ar"] = {**ar_rows(ids[ar], prompt_len[ar], mask_id, pad_id, shifted, range_tokens),
                             "teacher": "same" if args.ar_distill else False}
         if bool((~ar).any()):
             groups["d2f"] = d2f_rows(ids[~ar], prompt_len[~ar], sizes[~ar], mask_id, args.min_mask_ratio, generator)
         with autocast():
             parts = {kind: row_losses(peft_model, on_device(rows), shifted, args.data_weight,
-                                      peft_model.disable_adapter) for kind, rows in groups.items()}
+                                      peft_model.disable_adapter, args.choice_weight) for kind, rows in groups.items()}
         # The mean over the batch's rows (AR rows first), an AR row's loss weighing --ar_weight.
         weighted = torch.cat([part["loss"] * (args.ar_weight if kind == "ar" else 1.0) for kind, part in parts.items()])
         logged = {"loss": weighted.mean(),
                   "kl": parts["d2f"]["kl"].mean() if "d2f" in parts else torch.zeros(()),
                   "ar_ce": parts["ar"]["data"].mean() if "ar" in parts else torch.zeros(())}
+        if args.choice_weight:
+            logged["ar_choice"] = parts["ar"]["choice"].mean() if "ar" in parts else torch.zeros(())
         if args.ar_distill:
             logged["ar_kl"] = parts["ar"]["kl"].mean() if "ar" in parts else torch.zeros(())
         return logged
@@ -640,8 +686,9 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
         "wall_time_s": round(base_record["wall_time_s"] + lora_record["wall_time_s"], 3),
         "final_loss_note": "base: mean 1/t-weighted masked-token cross entropy per answer token of the last "
                            "50 steps; lora: mean of KL-to-teacher + data_weight * CE (D2F rows) and CE (AR "
-                           "rows; with --ar_distill, KL to the base's AR mode + data_weight * CE) per answer "
-                           "token of the last 50 steps (nats)",
+                           "rows; with --ar_distill, KL to the base's AR mode + data_weight * CE; with --choice_weight, plus that "
+                           "times the written ranges' -log mass at free choices) per answer token of the last 50 "
+                           "steps (nats)",
         "time_bound_note": "steps whose LR followed the wall-clock fraction of the stage's share of "
                            "--max_minutes (0 in both stages: the run is deterministic from its seed)",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -728,7 +775,11 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
            if args.get("ar_distill") else "size 1: the AR mode's exact forward, true-token cross entropy.")
         + (f" An AR row's loss weighs {args['ar_weight']:g}× a D2F row's (`--ar_weight {args['ar_weight']:g}`): "
            "the D2F rows' distillation moves the attention that the AR mode also reads."
-           if args.get("ar_weight", 1.0) != 1.0 else ""),
+           if args.get("ar_weight", 1.0) != 1.0 else "")
+        + (f" In both stages an AR row also pays {args['choice_weight']:g} × −log(the probability of the written "
+           f"range) at each free choice (`lo..hi:c` in digitsum and letters; `--choice_weight "
+           f"{args['choice_weight']:g}`): the mass outside the range is what a sampled decode can get wrong there."
+           if args.get("choice_weight") else ""),
         f"- **Training command** (seed {record['seed']}, {threads} torch thread{'s' if threads > 1 else ''}, bf16 "
         f"autocast {'on' if args['bf16'] else 'off'}, `--max_minutes {args['max_minutes']:g}` for both stages):",
         "  ```bash",

@@ -9,6 +9,7 @@ full-attention base.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -57,8 +58,9 @@ def test_smoke_run_writes_a_deterministic_pair_that_loads_and_decodes(tmp_path, 
     # One family's adapter keeps the base's AR mode as its AR rows' target (--ar_distill, AR rows weighted 3),
     # the other's the data.
     distill = ["--ar_distill", "--ar_weight", "3"] if family == "d2f_dream" else []
+    choice = ["--choice_weight", "1.5"] if family == "d2f_llada" else []
     for out in (first, second):
-        flags = [*TINY_FLAGS, *distill, "--family", family, "--output_dir", str(out), "--seed", "3"]
+        flags = [*TINY_FLAGS, *distill, *choice, "--family", family, "--output_dir", str(out), "--seed", "3"]
         assert _train_tiny().main(flags) == 0
 
     record = json.loads((first / "training_args.json").read_text())
@@ -72,8 +74,10 @@ def test_smoke_run_writes_a_deterministic_pair_that_loads_and_decodes(tmp_path, 
     assert "mdm_ema" not in record["log"]["base"][0] and {"ar_ce_ema", "mdm_ema"} <= set(record["log"]["base"][-1])
     assert f"--family {family}" in record["command"] and record["log"]["lora"][-1]["step"] == 3
     assert ("ar_kl_ema" in record["log"]["lora"][-1]) == bool(distill)
+    assert all(("ar_choice_ema" in entry) == bool(choice) for entry in record["log"]["base"] + record["log"]["lora"])
     card = (first / "README.md").read_text()
     assert ("its own AR mode, `--ar_distill`" in card) == ("loss weighs 3× a D2F row's" in card) == bool(distill)
+    assert ("pays 1.5 × −log(the probability of the written range)" in card) == bool(choice)
     assert record["command"] in card and "3 steps" in card and "Not measured yet" in card
     assert not (first / "lora" / "README.md").exists()
     # Rewriting the card from its record keeps evaluation sections once they are filled in.
@@ -135,6 +139,8 @@ def _assert_fails_fast(flags: list[str], message: str) -> None:
         (["--family", "sdar", "--ar_mix", "0.2"], "--ar_mix only applies to --family d2f_llada / d2f_dream"),
         (["--family", "fast_dllm_v2", "--ar_distill"], "--ar_distill only applies to --family"),
         (["--family", "d2f_llada", "--ar_weight", "0"], "--ar_weight must be a positive number"),
+        (["--family", "d2f_dream", "--choice_weight", "-1"], "--choice_weight must be >= 0"),
+        (["--family", "sdar", "--choice_weight", "1"], "--choice_weight only applies to --family"),
         (["--family", "d2f_llada", "--head_dim", "48"], "--head_dim must be 32"),
         (["--family", "d2f_dream", "--answers_per_prompt", "2"], "--answers_per_prompt does not apply to --family d2f_dream"),
         (["--family", "d2f_llada", "--block_sizes", "1,4"], "--block_sizes does not apply"),
@@ -284,6 +290,66 @@ def test_ar_rows_give_the_ar_mode_logits(family):
             torch.testing.assert_close(log_probs[row, index], torch.log_softmax(logits, -1), rtol=1e-9, atol=1e-9)
             checked += 1
     assert checked == int((ids.shape[1] - prompt_len).sum())
+
+
+def _suite_batch():
+    """Real suite items (two with free choices, one without) encoded and padded as training encodes them,
+    and for each the target's offset in its row and the target text."""
+    from synthetic.tasks import digitsum_solutions, make_add_item, make_digitsum_item, make_letters_item, \
+        letters_solutions
+    from synthetic.tokenizer import build_tokenizer, encode_example
+
+    tokenizer = build_tokenizer()
+    items = [make_digitsum_item(14, 2, 8, digitsum_solutions(14, 2, 8)[3]),
+             make_letters_item(4, "c", "p", letters_solutions(4, "c", "p")[7]), make_add_item(41, 79)]
+    examples = [encode_example(tokenizer, item) for item in items]
+    for item, (ids, prompt_len) in zip(items, examples):
+        assert len(ids) - prompt_len == len(item["target"]) + 1  # one token per character, then EOS
+    ids, prompt_len = train_d2f.pad_examples(examples, tokenizer.pad_token_id)
+    return tokenizer, ids, prompt_len, [item["target"] for item in items]
+
+
+def test_choice_ranges_are_the_written_ranges():
+    tokenizer, ids, prompt_len, targets = _suite_batch()
+    lo, hi = train_d2f.choice_ranges(ids, *tokenizer.convert_tokens_to_ids([":", "."]))
+    for row, target in enumerate(targets):
+        expected = {int(prompt_len[row]) + m.start(3): (m.group(1), m.group(2))
+                    for m in re.finditer(r"(.)\.\.(.):(.)", target)}
+        found = {p: tuple(tokenizer.convert_ids_to_tokens([int(lo[row, p]), int(hi[row, p])]))
+                 for p in (lo[row] >= 0).nonzero().flatten().tolist()}
+        assert found == expected
+        assert bool((hi[row] >= 0).eq(lo[row] >= 0).all())
+    # digitsum writes two free digits, letters three free letters (the first is the prompt's), add none.
+    assert [int((lo[row] >= 0).sum()) for row in range(3)] == [2, 3, 0]
+    chosen = ids[lo >= 0]
+    assert bool(((chosen >= lo[lo >= 0]) & (chosen <= hi[lo >= 0])).all())
+
+
+@pytest.mark.parametrize("family", ["d2f_llada", "d2f_dream"])
+def test_choice_term_is_minus_the_log_mass_of_the_written_range(family):
+    """--choice_weight adds, per AR row, weight x the sum over its free choices of -log P(token in lo..hi),
+    divided by the answer length (float64 against a direct sum); at weight 0 the loss is the CE alone."""
+    tokenizer, ids, prompt_len, _ = _suite_batch()
+    model = _tiny_base(family)
+    shifted = family == "d2f_dream"
+    rows = train_d2f.ar_rows(ids, prompt_len, tokenizer.mask_token_id, tokenizer.pad_token_id, shifted,
+                             tuple(tokenizer.convert_tokens_to_ids([":", "."])))
+    assert (rows["choice_lo"] >= 0).sum() == 5 and not bool(((rows["choice_lo"] >= 0) & ~rows["scored"]).any())
+    with torch.no_grad():
+        plain = train_d2f.row_losses(model, rows, shifted, data_weight=0.0)
+        ranged = train_d2f.row_losses(model, rows, shifted, data_weight=0.0, choice_weight=2.0)
+        inputs = {k: rows[k] for k in ("input_ids", "attention_mask", "position_ids") if k in rows}
+        log_probs = train_d2f.aligned_log_probs(model(**inputs).logits, shifted)  # [B, W, V]
+    assert torch.equal(plain["loss"], plain["data"]) and not bool(plain["choice"].any())
+    expected = torch.zeros(ids.shape[0], dtype=torch.float64)
+    for row, index in (rows["choice_lo"] >= 0).nonzero().tolist():
+        lo, hi = int(rows["choice_lo"][row, index]), int(rows["choice_hi"][row, index])
+        assert lo <= int(rows["targets"][row, index]) <= hi
+        expected[row] -= math.log(sum(math.exp(float(log_probs[row, index, v])) for v in range(lo, hi + 1)))
+    expected /= rows["answer_len"].double()
+    torch.testing.assert_close(ranged["choice"], expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ranged["loss"], plain["data"] + 2.0 * expected, rtol=1e-9, atol=1e-12)
+    assert expected[2] == 0 and bool((expected[:2] > 0).all())
 
 
 def _with_adapter(base, family: str):
