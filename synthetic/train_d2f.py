@@ -132,24 +132,23 @@ def family_defaults(family: str) -> dict[str, Any]:
     moves the attention the AR mode reads: trained on the true tokens at the D2F rows' weight for 1,000
     steps it cost the D2F-Dream base 3.5 / 3 points of add / digitsum at T = 1, and a 600-step one with
     `--ar_distill` 6 points of digitsum on a D2F-LLaDA base. Weighting its AR rows 5 to 1
-    (`--ar_weight 5`, true tokens) makes the adapter stage add AR training instead: the shipped
-    D2F-Dream adapter raised its base from 96.5 / 97 / 94.5 / 96% to 96.75 / 98.75 / 96 / 96.5%.
-    Letters, the task sampled worst, is weighted most. Two threads, nothing else running: D2F-Dream
-    8,600 base steps (5,192 AR) + 800 adapter steps in 1,471 + 196 s = 27.8 min; D2F-LLaDA, whose AR rows
-    need a doubled copy, 5,800 (3,512 AR) + 1,000 in 1,454 + 300 s = 29.2 min (the same base steps took
-    1,274 s in another run on the same machine). On a slower or loaded machine the cap binds: then the
-    last steps follow the wall clock (`time_bound_steps` > 0 in the record, not deterministic);
-    `--max_minutes 45` keeps a slower machine on the step schedule."""
+    (`--ar_weight 5`, true tokens) makes the adapter stage add AR training instead. Sampled misses were
+    mostly a free choice outside its written range and, in digitsum, the clipped range bounds:
+    `--choice_weight 2` and digitsum's weight 3 -> 4 took D2F-Dream's validation worst task from 97.0
+    (letters) to 98.0, and D2F-LLaDA's from 94.25 to 95.5 (digitsum 94.25 -> 98.25, letters 94.25 -> 97).
+    Two threads, nothing else running, the math SDPA kernel in training: D2F-Dream 11,500 base steps
+    (6,932 AR) + 1,000 adapter steps in 1,347 + 166 s = 25.2 min; D2F-LLaDA, whose AR rows need a doubled
+    copy, 6,000 (3,632 AR) + 1,000 in 1,169 + 250 s = 23.6 min (its AR steps ran at 0.21-0.25 s in
+    different runs on the same machine: 6,000 keeps the AR phase on its step schedule at 0.26 s). On a
+    slower or loaded machine the cap binds: then the last steps follow the wall clock (`time_bound_steps`
+    > 0 in the record, not deterministic); `--max_minutes 45` keeps a slower machine on the step schedule."""
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; D2F families: {', '.join(FAMILIES)}")
     # D2F-Dream's AR rows need no doubled copy, so its steps are cheaper and it takes more of them.
-    if family == "d2f_llada":
-        steps, lora_steps, weights = 5800, 1000, [2, 2, 3, 5]
-    else:
-        steps, lora_steps, weights = 8600, 800, [2, 2, 3, 6]
-    return {"steps": steps, "lora_steps": lora_steps, "ar_fraction": 0.6, "task_weights": weights,
-            "ar_weight": 5.0, "warmup_steps": 80, "lr": 3e-3, "hidden_size": 128, "head_dim": 32,
-            "intermediate_size": 384, "threads": 2, "output_dir": REGISTRY[family].tiny_model_dir.parent}
+    steps = 6000 if family == "d2f_llada" else 11500
+    return {"steps": steps, "lora_steps": 1000, "ar_fraction": 0.6, "task_weights": [2, 2, 4, 6],
+            "ar_weight": 5.0, "choice_weight": 2.0, "warmup_steps": 80, "lr": 3e-3, "hidden_size": 128,
+            "head_dim": 32, "intermediate_size": 384, "threads": 2, "output_dir": REGISTRY[family].tiny_model_dir.parent}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -190,7 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--choice_weight", type=float, default=0.0,
                        help="both stages: AR rows add this times -log(the mass of the written range) at every free "
                             "choice (`lo..hi:c` in digitsum and letters), the mass a sampled decode can put outside "
-                            "the range")
+                            "the range. Both D2F families default to 2 (family_defaults)")
     group.add_argument("--min_mask_ratio", type=float, default=0.1,
                        help="smallest mask ratio of a noised block in D2F rows (bounds the 1/ratio weight)")
 

@@ -58,7 +58,7 @@ def test_smoke_run_writes_a_deterministic_pair_that_loads_and_decodes(tmp_path, 
     # One family's adapter keeps the base's AR mode as its AR rows' target (--ar_distill, AR rows weighted 3),
     # the other's the data.
     distill = ["--ar_distill", "--ar_weight", "3"] if family == "d2f_dream" else []
-    choice = ["--choice_weight", "1.5"] if family == "d2f_llada" else []
+    choice = ["--choice_weight", "1.5"] if family == "d2f_llada" else ["--choice_weight", "0"]
     for out in (first, second):
         flags = [*TINY_FLAGS, *distill, *choice, "--family", family, "--output_dir", str(out), "--seed", "3"]
         assert _train_tiny().main(flags) == 0
@@ -74,10 +74,11 @@ def test_smoke_run_writes_a_deterministic_pair_that_loads_and_decodes(tmp_path, 
     assert "mdm_ema" not in record["log"]["base"][0] and {"ar_ce_ema", "mdm_ema"} <= set(record["log"]["base"][-1])
     assert f"--family {family}" in record["command"] and record["log"]["lora"][-1]["step"] == 3
     assert ("ar_kl_ema" in record["log"]["lora"][-1]) == bool(distill)
-    assert all(("ar_choice_ema" in entry) == bool(choice) for entry in record["log"]["base"] + record["log"]["lora"])
+    on = family == "d2f_llada"
+    assert all(("ar_choice_ema" in entry) == on for entry in record["log"]["base"] + record["log"]["lora"])
     card = (first / "README.md").read_text()
     assert ("its own AR mode, `--ar_distill`" in card) == ("loss weighs 3× a D2F row's" in card) == bool(distill)
-    assert ("pays 1.5 × −log(the probability of the written range)" in card) == bool(choice)
+    assert ("pays 1.5 × −log(the probability of the written range)" in card) == on
     assert record["command"] in card and "3 steps" in card and "Not measured yet" in card
     assert not (first / "lora" / "README.md").exists()
     # Rewriting the card from its record keeps evaluation sections once they are filled in.
@@ -161,6 +162,7 @@ def test_d2f_defaults_and_output_folder():
     args = parser.parse_args(["--family", "d2f_llada", "--steps", "7"])
     assert args.steps == 7 and args.warmup_steps == train_d2f.family_defaults("d2f_llada")["warmup_steps"]
     assert args.ar_weight == 5.0 and parser.get_default("ar_weight") == 5.0, "the shipped adapters weigh AR rows 5x"
+    assert args.choice_weight == 2.0 and args.task_weights == [2, 2, 4, 6], "the shipped pairs' recipe"
     family = FAMILIES["d2f_llada"]
     assert args.output_dir / "base" == family.tiny_model_dir and args.output_dir / "lora" == family.tiny_adapter_dir
 
