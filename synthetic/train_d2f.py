@@ -148,7 +148,8 @@ def family_defaults(family: str) -> dict[str, Any]:
     steps = 6000 if family == "d2f_llada" else 11500
     return {"steps": steps, "lora_steps": 1000, "ar_fraction": 0.6, "task_weights": [2, 2, 4, 6],
             "ar_weight": 5.0, "choice_weight": 2.0, "warmup_steps": 80, "lr": 3e-3, "hidden_size": 128,
-            "head_dim": 32, "intermediate_size": 384, "threads": 2, "output_dir": REGISTRY[family].tiny_model_dir.parent}
+            "head_dim": 32, "intermediate_size": 384, "threads": 2,
+            "output_dir": REGISTRY[family].tiny_model_dir.parent}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -411,11 +412,13 @@ def ar_rows(ids: "torch.Tensor", prompt_len: "torch.Tensor", mask_id: int, pad_i
     targets = ids.gather(1, copy_pos.clamp(max=width - 1))  # [B, A]
     noised = torch.cat([torch.zeros(batch, width, dtype=torch.bool), torch.ones(batch, extra, dtype=torch.bool)], 1)
     scored = torch.cat([torch.zeros(batch, width, dtype=torch.bool), copy_real], 1)  # [B, T + A]
+    # The copies' choice bounds are those of the positions they stand for; the clean copy has none.
+    copy_choices = {key: torch.cat([torch.full_like(ids, -1), bound.gather(1, copy_pos.clamp(max=width - 1))], 1)
+                    for key, bound in choices.items()}
     return {"input_ids": torch.cat([ids, copy_ids], 1), "position_ids": position,
             "targets": torch.cat([ids, targets], 1), "scored": scored, "weight": scored.float(),
             "answer_len": answer_len, "attention_mask": block_mask(torch.cat([block, copy_block], 1), noised),
-            "teacher": False, **{key: torch.cat([torch.full_like(ids, -1), bound.gather(1, copy_pos.clamp(max=width - 1))],
-                                                1) for key, bound in choices.items()}}
+            "teacher": False, **copy_choices}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -497,8 +500,9 @@ class _Stage:
         from tqdm import tqdm
 
         # On the CPU, SDPA's flash kernel with a mask has a backward ~10x its forward (40% of a D2F step
-        # under the torch profiler); the math kernel, chosen here for the forward of the step only, takes a
-        # step from 0.169 to 0.122 s (D2F-Dream base) and 0.270 to 0.210 s (D2F-LLaDA base), 2 threads.
+        # under the torch profiler); the math kernel, chosen here for the forward of the step only, took
+        # D2F-Dream's base steps from 0.171 to 0.117 s and D2F-LLaDA's masked-diffusion-phase steps from 0.23
+        # to 0.20 s (its doubled AR rows already ran on the math kernel), 2 threads, full runs.
         on_cpu = params[0].device.type == "cpu"
         start, cpu_start = time.perf_counter(), time.process_time()
         warm_end = 0.0
@@ -685,9 +689,9 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
         "wall_time_s": round(base_record["wall_time_s"] + lora_record["wall_time_s"], 3),
         "final_loss_note": "base: mean 1/t-weighted masked-token cross entropy per answer token of the last "
                            "50 steps; lora: mean of KL-to-teacher + data_weight * CE (D2F rows) and CE (AR "
-                           "rows; with --ar_distill, KL to the base's AR mode + data_weight * CE; with --choice_weight, plus that "
-                           "times the written ranges' -log mass at free choices) per answer token of the last 50 "
-                           "steps (nats)",
+                           "rows; with --ar_distill, KL to the base's AR mode + data_weight * CE; with "
+                           "--choice_weight, plus that times the written ranges' -log mass at free choices) per "
+                           "answer token of the last 50 steps (nats)",
         "time_bound_note": "steps whose LR followed the wall-clock fraction of the stage's share of "
                            "--max_minutes (0 in both stages: the run is deterministic from its seed)",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
