@@ -295,8 +295,8 @@ def test_ar_rows_give_the_ar_mode_logits(family):
 
 
 def _suite_batch():
-    """Real suite items (two with free choices, one without) encoded and padded as training encodes them,
-    and for each the target's offset in its row and the target text."""
+    """Real suite items (two with free choices, one without) encoded and padded as training encodes them:
+    the tokenizer, ids [3, T], prompt_len [3] and the items' target texts."""
     from synthetic.tasks import digitsum_solutions, make_add_item, make_digitsum_item, make_letters_item, \
         letters_solutions
     from synthetic.tokenizer import build_tokenizer, encode_example
