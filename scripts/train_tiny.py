@@ -710,7 +710,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "causal_lm_steps": ar_steps_done,
         "time_bound_steps": time_bound_steps,
         "time_bound_note": "steps whose LR and phase followed the wall-clock fraction of --max_minutes "
-                           "(0: the run is deterministic from its seed)",
+                           "(when 0, the run is deterministic from its seed)",
         "wall_time_s": round(wall, 3),  # ms precision: a few-step test run takes well under 0.05 s
         "final_loss": round(sum(tail) / len(tail), 5) if tail else None,
         "final_loss_note": "mean training loss of the last 50 steps (masked-token cross entropy, nats)",

@@ -693,7 +693,7 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
                            "--choice_weight, plus that times the written ranges' -log mass at free choices) per "
                            "answer token of the last 50 steps (nats)",
         "time_bound_note": "steps whose LR followed the wall-clock fraction of the stage's share of "
-                           "--max_minutes (0 in both stages: the run is deterministic from its seed)",
+                           "--max_minutes (when 0 in both stages, the run is deterministic from its seed)",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "peft": __import__("peft").__version__, "python": sys.version.split()[0]},
         "threads": args.threads,
