@@ -63,12 +63,14 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Protocol, Sequence
 
 from families import FAMILIES as REGISTRY
+from families import load
 
 if TYPE_CHECKING:
     import torch
@@ -93,7 +95,11 @@ headroom that keeps a default run on its step schedule (deterministic), and the 
 OTHER_RECIPES_FLAGS = ("block_sizes", "answers_per_prompt", "causal_clean_fraction", "pack")
 # Flags of the D2F recipe only (its argument group); any other family refuses a non-default value.
 D2F_FLAGS = ("ar_mix", "ar_distill", "ar_weight", "lora_steps", "lora_warmup_steps", "lora_lr", "lora_rank",
-             "lora_alpha", "lora_dropout", "lora_block_sizes", "data_weight", "min_mask_ratio", "choice_weight")
+             "lora_alpha", "lora_dropout", "lora_block_sizes", "data_weight", "min_mask_ratio", "choice_weight",
+             "base_from")
+# Flags that only shape the base stage; with --base_from the base is that folder's, so a run refuses them.
+BASE_STAGE_FLAGS = ("steps", "lr", "warmup_steps", "weight_decay", "ar_fraction", "ar_mix", "hidden_size",
+                    "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size", "rope_theta")
 
 
 class TrainTinyHelpers(Protocol):
@@ -193,6 +199,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "the range. Both D2F families default to 2 (family_defaults)")
     group.add_argument("--min_mask_ratio", type=float, default=0.1,
                        help="smallest mask ratio of a noised block in D2F rows (bounds the 1/ratio weight)")
+    group.add_argument("--base_from", type=Path, default=None,
+                       help="train only the adapter, on the base of a folder an earlier D2F run wrote (its base/ "
+                            "and training_args.json): the base is copied to --output_dir/base, its record is "
+                            "carried into the new one, and its wall time counts against --max_minutes. The "
+                            "adapter's data stream starts from --seed (a full run continues the base's)")
 
 
 def validate(args: argparse.Namespace, defaults: argparse.ArgumentParser, fail: Callable[[str], NoReturn]) -> None:
@@ -235,6 +246,43 @@ def validate(args: argparse.Namespace, defaults: argparse.ArgumentParser, fail: 
         fail(f"--family {args.family}: the head dimension is --hidden_size / --num_heads "
              f"({args.hidden_size} / {args.num_heads}), so --head_dim must be {args.hidden_size // args.num_heads} "
              f"(got {args.head_dim})")
+    if args.base_from is not None:
+        validate_base_from(args, defaults, fail)
+
+
+def base_source(folder: Path) -> dict[str, Any] | None:
+    """The training record of a pair folder written by a D2F run (None when it has no base/ or no record)."""
+    record_path = Path(folder) / "training_args.json"
+    if not (record_path.is_file() and (Path(folder) / "base" / "config.json").is_file()):
+        return None
+    return json.loads(record_path.read_text())
+
+
+def base_origin(source: dict[str, Any]) -> dict[str, Any]:
+    """The command and arguments that trained a record's base: its own, or, for a --base_from run, those it
+    carried over."""
+    origin = source.get("base_from", source)
+    return {"command": origin["command"], "args": origin["args"]}
+
+
+def validate_base_from(args: argparse.Namespace, defaults: argparse.ArgumentParser,
+                       fail: Callable[[str], NoReturn]) -> None:
+    """--base_from: a D2F pair folder of this family whose base left time for the adapter, and no base-stage
+    flag that would be ignored."""
+    family_values = family_defaults(args.family)
+    for name in BASE_STAGE_FLAGS:
+        if getattr(args, name) != family_values.get(name, defaults.get_default(name)):
+            fail(f"--{name} shapes the base stage; with --base_from the base is {args.base_from}'s")
+    source = base_source(args.base_from)
+    if source is None:
+        fail(f"--base_from {args.base_from}: not a folder written by train_tiny.py --family d2f_* (it needs "
+             "base/config.json and training_args.json)")
+    if source.get("family") != args.family:
+        fail(f"--base_from {args.base_from} holds a {source.get('family')} pair, not {args.family}")
+    base_wall = source["base"]["wall_time_s"]
+    if base_wall >= 60.0 * args.max_minutes:
+        fail(f"--base_from {args.base_from}: its base took {base_wall / 60:.1f} min, all of --max_minutes "
+             f"{args.max_minutes:g}")
 
 
 def config_sizes(args: argparse.Namespace) -> dict[str, Any]:
@@ -589,47 +637,66 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
     def autocast() -> Any:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
-    # Stage 1: the bidirectional masked-diffusion base.
-    model = tiny_model(args.family, tokenizer, **config_sizes(args)).to(device).train()
+    def train_base(model: Any) -> dict[str, Any]:
+        """Stage 1 on `model` in place: the AR warm start, then masked diffusion with AR rows mixed in; returns
+        the stage's record (with its log)."""
+        n_params = sum(p.numel() for p in model.parameters())
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+        base_share = args.steps / (args.steps + LORA_STEP_COST * args.lora_steps)
+        print(f"{helpers.PROG}: {args.family}: base {n_params:,} parameters, {args.steps} steps; then a rank-"
+              f"{args.lora_rank} LoRA, {args.lora_steps} steps over block sizes {args.lora_block_sizes}; "
+              f"{args.max_minutes:g} minutes in all", file=sys.stderr)
+
+        ar_steps = 0
+
+        def base_step(step: int, progress: float) -> dict[str, "torch.Tensor"]:
+            nonlocal ar_steps
+            ids, prompt_len = next_batch()
+            # The AR warm start: the first --ar_fraction of the schedule trains the AR rows (block size 1) of the
+            # full network, then the masked-diffusion phase makes it the bidirectional base, with --ar_mix of its
+            # rows still AR rows.
+            ar_phase = helpers.in_ar_phase(step, progress, args.warmup_steps, args.ar_fraction)
+            ar_steps += ar_phase
+            n_ar = args.batch_size if ar_phase else mixed_ar_rows(args.batch_size, args.ar_mix)
+            losses, logged = {}, {}
+            with autocast():
+                if n_ar:
+                    rows = on_device(ar_rows(ids[:n_ar], prompt_len[:n_ar], mask_id, pad_id, shifted, range_tokens))
+                    part = row_losses(model, rows, shifted, data_weight=0.0, choice_weight=args.choice_weight)
+                    losses["ar_ce"] = part["loss"]
+                    if args.choice_weight:  # ar_ce stays the cross entropy; the loss adds the range term
+                        logged.update(ar_ce=part["data"].mean(), ar_choice=part["choice"].mean())
+                if n_ar < args.batch_size:
+                    rows = on_device(base_rows(ids[n_ar:], prompt_len[n_ar:], mask_id, generator))
+                    losses["mdm"] = row_losses(model, rows, shifted, data_weight=0.0)["loss"]
+            return {"loss": torch.cat(list(losses.values())).mean(), **{k: v.mean() for k, v in losses.items()},
+                    **logged}
+
+        stage = _Stage("base", helpers, args.steps, args.warmup_steps, args.lr, args.min_lr_ratio,
+                       budget_s * base_share, args.log_every)
+        return {**stage.run(list(model.parameters()), base_step, optimizer, args.grad_clip), "ar_steps": ar_steps}
+
+    source = base_source(args.base_from) if args.base_from is not None else None
+    if source is None:  # Stage 1: the bidirectional masked-diffusion base.
+        model = tiny_model(args.family, tokenizer, **config_sizes(args)).to(device).train()
+        base_record = train_base(model)
+        base_dir = save_checkpoint(model.cpu(), out / "base")
+        model.to(device)
+    else:  # Stage 1 done by an earlier run: its base, copied beside the new adapter, and its record.
+        model_class = load(REGISTRY[args.family].model_class)
+        model = model_class.from_pretrained(str(args.base_from / "base"), torch_dtype=torch.float32).to(device).train()
+        base_record = {**source["base"], "log": source["log"]["base"]}
+        base_dir = out / "base"
+        if base_dir.resolve() != (args.base_from / "base").resolve():
+            shutil.copytree(args.base_from / "base", base_dir, dirs_exist_ok=True)
+        print(f"{helpers.PROG}: {args.family}: the base of {args.base_from} ({base_record['steps_done']:,} steps "
+              f"in {base_record['wall_time_s'] / 60:.1f} min); a rank-{args.lora_rank} LoRA, {args.lora_steps} "
+              f"steps over block sizes {args.lora_block_sizes}", file=sys.stderr)
     n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
-    base_share = args.steps / (args.steps + LORA_STEP_COST * args.lora_steps)
-    print(f"{helpers.PROG}: {args.family}: base {n_params:,} parameters, {args.steps} steps; then a rank-"
-          f"{args.lora_rank} LoRA, {args.lora_steps} steps over block sizes {args.lora_block_sizes}; "
-          f"{args.max_minutes:g} minutes in all", file=sys.stderr)
-
-    ar_steps = 0
-
-    def base_step(step: int, progress: float) -> dict[str, "torch.Tensor"]:
-        nonlocal ar_steps
-        ids, prompt_len = next_batch()
-        # The AR warm start: the first --ar_fraction of the schedule trains the AR rows (block size 1) of the
-        # full network, then the masked-diffusion phase makes it the bidirectional base, with --ar_mix of its
-        # rows still AR rows.
-        ar_phase = helpers.in_ar_phase(step, progress, args.warmup_steps, args.ar_fraction)
-        ar_steps += ar_phase
-        n_ar = args.batch_size if ar_phase else mixed_ar_rows(args.batch_size, args.ar_mix)
-        losses, logged = {}, {}
-        with autocast():
-            if n_ar:
-                rows = on_device(ar_rows(ids[:n_ar], prompt_len[:n_ar], mask_id, pad_id, shifted, range_tokens))
-                part = row_losses(model, rows, shifted, data_weight=0.0, choice_weight=args.choice_weight)
-                losses["ar_ce"] = part["loss"]
-                if args.choice_weight:  # ar_ce stays the cross entropy; the loss adds the range term
-                    logged.update(ar_ce=part["data"].mean(), ar_choice=part["choice"].mean())
-            if n_ar < args.batch_size:
-                rows = on_device(base_rows(ids[n_ar:], prompt_len[n_ar:], mask_id, generator))
-                losses["mdm"] = row_losses(model, rows, shifted, data_weight=0.0)["loss"]
-        return {"loss": torch.cat(list(losses.values())).mean(), **{k: v.mean() for k, v in losses.items()}, **logged}
-
-    stage = _Stage("base", helpers, args.steps, args.warmup_steps, args.lr, args.min_lr_ratio,
-                   budget_s * base_share, args.log_every)
-    base_record = {**stage.run(list(model.parameters()), base_step, optimizer, args.grad_clip), "ar_steps": ar_steps}
-    base_dir = save_checkpoint(model.cpu(), out / "base")
-    model.to(device)
 
     # Stage 2: the D2F adapter on the frozen base.
     targets = list(RELEASED_TARGET_MODULES[MODEL_TYPES[args.family]])
@@ -684,6 +751,7 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
         "parameters": n_params,
         "lora_parameters": n_lora,
         "lora_target_modules": targets,
+        **({"base_from": {**base_origin(source), "dir": str(args.base_from)}} if source is not None else {}),
         "base": {k: v for k, v in base_record.items() if k != "log"},
         "lora": {k: v for k, v in lora_record.items() if k != "log"},
         "wall_time_s": round(base_record["wall_time_s"] + lora_record["wall_time_s"], 3),
@@ -723,12 +791,28 @@ ARCHITECTURES = {
 MEASURED_HEADER = "## Measured on the shipped test split"
 
 
+def command_lines(record: dict[str, Any]) -> list[str]:
+    """The card's training-command item: one command, or, for a --base_from run, the base's and then the
+    adapter's."""
+    args, threads = record["args"], record["threads"]
+    setting = (f"seed {record['seed']}, {threads} torch thread{'s' if threads > 1 else ''}, bf16 autocast "
+               f"{'on' if args['bf16'] else 'off'}, `--max_minutes {args['max_minutes']:g}` for both stages")
+    if "base_from" not in record:
+        return [f"- **Training command** ({setting}):", "  ```bash", f"  {record['command']}", "  ```"]
+    origin = record["base_from"]
+    return [f"- **Training commands**: the base is that of the first command's run (its adapter replaced); the "
+            f"second trains this adapter on it (`--base_from` names the folder the first wrote, "
+            f"`{origin['dir']}` here; {setting}, the base's wall time counted):",
+            "  ```bash", f"  {origin['command']}", f"  {record['command']}", "  ```"]
+
+
 def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
     """Write `out_dir/README.md` for a trained D2F tiny pair from its training record: what it is, the
     exact command, the measured training numbers, and the evaluation sections still to be filled in from
     sweep records (marked "not measured yet"). A card whose evaluation sections were filled in keeps them:
     everything from `MEASURED_HEADER` on is carried over when it no longer says "Not measured yet"."""
     family, args = record["family"], record["args"]
+    base_args = record.get("base_from", record)["args"]  # the base's stage-1 and size flags
     title = CARD_TITLES[family]
     config = json.loads((Path(out_dir) / "base" / "config.json").read_text())
     base, lora = record["base"], record["lora"]
@@ -743,7 +827,7 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
                 f"wall-clock schedule{early}; final loss {stage['final_loss']} nats")
 
     threads = record["threads"]
-    ar_mix = args.get("ar_mix", 0.0)  # records written before --ar_mix existed had none
+    ar_mix = base_args.get("ar_mix", 0.0)  # records written before --ar_mix existed had none
     results = f"results/{family}/"
     text = "\n".join([
         f"# {title} — the repository's tiny {REGISTRY[family].title} pair (base + D2F LoRA adapter)",
@@ -754,16 +838,18 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
         f"`D2F.lora.load_d2f(base_dir, lora_dir, ...)`; decode with `python D2F/example_d2f.py --family "
         f"{family.removeprefix('d2f_')}`. It is not a mock.",
         "",
-        f"- **Architecture**: {ARCHITECTURES[family]}. {args['num_layers']} layers, hidden {args['hidden_size']}, "
-        f"{heads} query / {kv_heads} KV heads, feed-forward {args['intermediate_size']}, RoPE θ = {args['rope_theta']:g}, "
+        f"- **Architecture**: {ARCHITECTURES[family]}. {base_args['num_layers']} layers, hidden "
+        f"{base_args['hidden_size']}, {heads} query / {kv_heads} KV heads, feed-forward "
+        f"{base_args['intermediate_size']}, RoPE θ = {base_args['rope_theta']:g}, "
         f"{config['vocab_size']}-token character vocabulary (mask `<|MASK|>` = {config['mask_token_id']}, stop "
         f"`<|im_end|>`, pad `<|endoftext|>`). {record['parameters']:,} base parameters; the adapter (rank "
         f"{args['lora_rank']}, alpha {args['lora_alpha'] or args['lora_rank']}, dropout {args['lora_dropout']}, targets "
         f"{', '.join(f'`{m}`' for m in record['lora_target_modules'])}) adds {record['lora_parameters']:,}. Both "
         f"folders: {size_mb:.1f} MB.",
-        f"- **Stage 1, the base** ({args['steps']:,} steps, batch {args['batch_size']}, peak LR {args['lr']:g}): an AR "
-        f"warm start ({base.get('ar_steps', 0):,} steps of the AR mode's rows, block size 1, `--ar_fraction "
-        f"{args['ar_fraction']:g}`), then the masked-diffusion objective with bidirectional attention on "
+        f"- **Stage 1, the base** ({base_args['steps']:,} steps, batch {base_args['batch_size']}, peak LR "
+        f"{base_args['lr']:g}): an AR warm start ({base.get('ar_steps', 0):,} steps of the AR mode's rows, block size "
+        f"1, `--ar_fraction {base_args['ar_fraction']:g}`), then the masked-diffusion objective with bidirectional "
+        "attention on "
         f"{1 - ar_mix:.0%} of each batch's rows (the rest AR rows, `--ar_mix {ar_mix:g}`), "
         f"t ~ U[{MASK_RATIO_EPS:g}, 1] per row (stratified over the batch: one draw in each of its equal slices of "
         "the range), the prompt "
@@ -783,11 +869,7 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
            f"range) at each free choice (`lo..hi:c` in digitsum and letters; `--choice_weight "
            f"{args['choice_weight']:g}`): the mass outside the range is what a sampled decode can get wrong there."
            if args.get("choice_weight") else ""),
-        f"- **Training command** (seed {record['seed']}, {threads} torch thread{'s' if threads > 1 else ''}, bf16 "
-        f"autocast {'on' if args['bf16'] else 'off'}, `--max_minutes {args['max_minutes']:g}` for both stages):",
-        "  ```bash",
-        f"  {record['command']}",
-        "  ```",
+        *command_lines(record),
         stage_line("base", base),
         stage_line("adapter", lora),
         f"- Wall time {record['wall_time_s'] / 60:.1f} min in all (load average at the end: "

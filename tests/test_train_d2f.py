@@ -146,11 +146,56 @@ def _assert_fails_fast(flags: list[str], message: str) -> None:
         (["--family", "d2f_dream", "--answers_per_prompt", "2"], "--answers_per_prompt does not apply to --family d2f_dream"),
         (["--family", "d2f_llada", "--block_sizes", "1,4"], "--block_sizes does not apply"),
         (["--lora_rank", "8"], "--lora_rank only applies to --family d2f_llada / d2f_dream"),
+        (["--family", "sdar", "--base_from", "models/d2f-llada-tiny"], "--base_from only applies to --family"),
+        (["--family", "d2f_llada", "--base_from", "models"], "--base_from models: not a folder written by"),
+        (["--family", "d2f_dream", "--base_from", "models/d2f-llada-tiny"], "holds a d2f_llada pair, not d2f_dream"),
+        (["--family", "d2f_llada", "--base_from", "models/d2f-llada-tiny", "--steps", "900"],
+         "--steps shapes the base stage; with --base_from the base is models/d2f-llada-tiny's"),
+        (["--family", "d2f_llada", "--base_from", "models/d2f-llada-tiny", "--max_minutes", "5"],
+         "all of --max_minutes 5"),
     ],
 )
 def test_bad_arguments_fail_fast_in_one_line(tmp_path, flags, message):
     _assert_fails_fast([*flags, "--output_dir", str(tmp_path / "out")], message)
     assert not (tmp_path / "out").exists()
+
+
+def test_base_from_trains_only_the_adapter_on_an_earlier_base(tmp_path):
+    """--base_from: the new pair's base is the earlier run's, byte for byte, and the adapter is trained from
+    --seed (deterministic); the record and the card carry the base's command and wall time, also through a
+    chain of --base_from runs; the pair loads."""
+    from D2F.lora import load_d2f
+
+    main = _train_tiny().main
+    first, second, again, chained = (tmp_path / name for name in ("first", "second", "again", "chained"))
+    assert main([*TINY_FLAGS, "--family", "d2f_llada", "--output_dir", str(first), "--seed", "3"]) == 0
+    adapter_only = ["--family", "d2f_llada", "--lora_steps", "4", "--lora_warmup_steps", "1", "--lora_rank", "4",
+                    "--lora_block_sizes", "1,4", "--batch_size", "6", "--threads", "1", "--log_every", "1",
+                    "--task_weights", "3,2,4,6", "--seed", "5"]
+    for out, source in ((second, first), (again, first), (chained, second)):
+        assert main([*adapter_only, "--base_from", str(source), "--output_dir", str(out)]) == 0
+    records = {path: json.loads((path / "training_args.json").read_text()) for path in (first, second, chained)}
+
+    def tensors(path: Path) -> dict[str, torch.Tensor]:
+        return load_file(path)
+
+    for out in (second, chained):
+        assert (out / "base" / "model.safetensors").read_bytes() == (first / "base" / "model.safetensors").read_bytes()
+        record = records[out]
+        assert record["base"] == records[first]["base"] and record["log"]["base"] == records[first]["log"]["base"]
+        assert record["base_from"]["command"] == records[first]["command"]
+        assert record["base_from"]["args"] == records[first]["args"]
+        assert record["lora"]["steps_done"] == 4 and record["args"]["task_weights"] == [3, 2, 4, 6]
+        assert record["wall_time_s"] == round(record["base"]["wall_time_s"] + record["lora"]["wall_time_s"], 3)
+        card = (out / "README.md").read_text()
+        assert "Training commands" in card and records[first]["command"] in card and record["command"] in card
+        assert f"({records[first]['args']['steps']:,} steps, batch 6" in card, "stage 1 is described by the base's flags"
+    assert records[chained]["base_from"]["dir"] == str(second)
+    a, b = tensors(second / "lora" / "adapter_model.safetensors"), tensors(again / "lora" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "one seed, one adapter"
+    c = tensors(first / "lora" / "adapter_model.safetensors")
+    assert not all(torch.equal(a[k], c[k]) for k in a), "the adapter was retrained"
+    load_d2f(second / "base", second / "lora", merge=True, dtype=torch.float32, device="cpu")
 
 
 def test_d2f_defaults_and_output_folder():
