@@ -96,7 +96,7 @@ OTHER_RECIPES_FLAGS = ("block_sizes", "answers_per_prompt", "causal_clean_fracti
 # Flags of the D2F recipe only (its argument group); any other family refuses a non-default value.
 D2F_FLAGS = ("ar_mix", "ar_distill", "ar_weight", "lora_steps", "lora_warmup_steps", "lora_lr", "lora_rank",
              "lora_alpha", "lora_dropout", "lora_block_sizes", "data_weight", "min_mask_ratio", "choice_weight",
-             "base_from")
+             "base_from", "ar_distill_temperature")
 # Flags that only shape the base stage; with --base_from the base is that folder's, so a run refuses them.
 BASE_STAGE_FLAGS = ("steps", "lr", "warmup_steps", "weight_decay", "ar_fraction", "ar_mix", "hidden_size",
                     "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size", "rope_theta")
@@ -189,6 +189,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "model on the same rows and mask, plus --data_weight times the cross entropy) "
                             "instead of the true tokens alone, so the adapter keeps the AR mode the base "
                             "learned")
+    group.add_argument("--ar_distill_temperature", type=float, default=1.0,
+                       help="with --ar_distill: the AR rows' target is the base's AR mode at this temperature "
+                            "(softmax of its logits / T; below 1 a sharper target, whose argmax, the base's greedy "
+                            "AR mode, is unchanged)")
     group.add_argument("--ar_weight", type=float, default=1.0,
                        help="stage 2: weight of an AR row's loss against a D2F row's (the D2F rows' distillation "
                             "moves the attention the AR mode also reads; a larger weight holds the AR mode). "
@@ -240,6 +244,10 @@ def validate(args: argparse.Namespace, defaults: argparse.ArgumentParser, fail: 
         fail(f"--ar_weight must be a positive number, got {args.ar_weight}")
     if not (math.isfinite(args.choice_weight) and args.choice_weight >= 0):
         fail(f"--choice_weight must be >= 0, got {args.choice_weight}")
+    if not (math.isfinite(args.ar_distill_temperature) and args.ar_distill_temperature > 0):
+        fail(f"--ar_distill_temperature must be a positive number, got {args.ar_distill_temperature}")
+    if args.ar_distill_temperature != 1.0 and not args.ar_distill:
+        fail("--ar_distill_temperature sets the target of --ar_distill; add --ar_distill")
     if not 0.0 < args.min_mask_ratio <= 1.0:
         fail(f"--min_mask_ratio must be in (0, 1], got {args.min_mask_ratio}")
     if args.head_dim * args.num_heads != args.hidden_size:
@@ -486,7 +494,8 @@ def aligned_log_probs(logits: "torch.Tensor", shifted: bool) -> "torch.Tensor":
 
 
 def row_losses(model: Any, rows: dict[str, "torch.Tensor"], shifted: bool, data_weight: float,
-               teacher: Callable[[], Any] | None = None, choice_weight: float = 0.0) -> dict[str, "torch.Tensor"]:
+               teacher: Callable[[], Any] | None = None, choice_weight: float = 0.0,
+               teacher_temperature: float = 1.0) -> dict[str, "torch.Tensor"]:
     """Per-row losses [B] of one group of rows: sum over scored tokens of weight * (KL(teacher || student)
     + data_weight * CE) when `teacher` (a context manager that turns the model into the teacher, e.g.
     `model.disable_adapter`) is given and the rows ask for it, else weight * CE; each row divided by its
@@ -494,8 +503,9 @@ def row_losses(model: Any, rows: dict[str, "torch.Tensor"], shifted: bool, data_
     "same" (the teacher gets the student's inputs, mask and positions included: AR rows kept at the
     base's AR mode) or False. With `choice_weight` and rows carrying choice_lo / choice_hi (`ar_rows`), each
     scored free choice adds choice_weight * weight * -log(mass of its written range): the mass a sampled
-    decode can put outside the range is what it costs. Returns {"loss", "kl", "data", "choice"}, each [B]
-    (kl is 0 without a teacher, choice 0 without choice_weight)."""
+    decode can put outside the range is what it costs. The teacher's distribution is the softmax of its
+    logits / `teacher_temperature`. Returns {"loss", "kl", "data", "choice"}, each [B] (kl is 0 without a
+    teacher, choice 0 without choice_weight)."""
     import torch
 
     inputs = {"input_ids": rows["input_ids"], "attention_mask": rows.get("attention_mask")}
@@ -519,7 +529,7 @@ def row_losses(model: Any, rows: dict[str, "torch.Tensor"], shifted: bool, data_
         with torch.no_grad(), teacher():
             # "full": the same noised row with FULL attention (D2F rows have no batch padding).
             seen = inputs if rows["teacher"] == "same" else {"input_ids": rows["input_ids"]}
-            reference = aligned_log_probs(model(**seen).logits, shifted)  # [B, T, V]
+            reference = aligned_log_probs(model(**seen).logits / teacher_temperature, shifted)  # [B, T, V]
         per_token = (reference.exp() * (reference - student)).sum(-1)  # [B, T]
         kl = (per_token * weight * scored).sum(1) / length
         return {"loss": kl + data_weight * data + choice_weight * leak, "kl": kl, "data": data, "choice": leak}
@@ -720,7 +730,9 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
             groups["d2f"] = d2f_rows(ids[~ar], prompt_len[~ar], sizes[~ar], mask_id, args.min_mask_ratio, generator)
         with autocast():
             parts = {kind: row_losses(peft_model, on_device(rows), shifted, args.data_weight,
-                                      peft_model.disable_adapter, args.choice_weight) for kind, rows in groups.items()}
+                                      peft_model.disable_adapter, args.choice_weight,
+                                      args.ar_distill_temperature if kind == "ar" else 1.0)
+                     for kind, rows in groups.items()}
         # The mean over the batch's rows (AR rows first), an AR row's loss weighing --ar_weight.
         weighted = torch.cat([part["loss"] * (args.ar_weight if kind == "ar" else 1.0) for kind, part in parts.items()])
         logged = {"loss": weighted.mean(),
@@ -789,6 +801,15 @@ ARCHITECTURES = {
 
 
 MEASURED_HEADER = "## Measured on the shipped test split"
+
+
+def temperature_text(args: dict[str, Any]) -> str:
+    """The card's words for a sharpened --ar_distill target ("" at temperature 1)."""
+    temperature = args.get("ar_distill_temperature", 1.0)  # absent from records older than the flag
+    if temperature == 1.0:
+        return ""
+    return (f", at temperature {temperature:g}: the softmax of its logits / {temperature:g}, "
+            f"`--ar_distill_temperature {temperature:g}`")
 
 
 def command_lines(record: dict[str, Any]) -> list[str]:
@@ -860,7 +881,8 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
         f"student, per-block monotonic noise (ratios ≥ {args['min_mask_ratio']:g}), KL to the adapter-disabled "
         f"full-attention base plus {args['data_weight']:g} × the true-token cross entropy, weighted by 1/ratio. Block "
         + ("size 1: the AR mode's exact forward, KL to the adapter-disabled base on that same forward (its own AR "
-           f"mode, `--ar_distill`) plus {args['data_weight']:g} × the true-token cross entropy."
+           f"mode, `--ar_distill`{temperature_text(args)}) plus {args['data_weight']:g} × the true-token cross "
+           "entropy."
            if args.get("ar_distill") else "size 1: the AR mode's exact forward, true-token cross entropy.")
         + (f" An AR row's loss weighs {args['ar_weight']:g}× a D2F row's (`--ar_weight {args['ar_weight']:g}`): "
            "the D2F rows' distillation moves the attention that the AR mode also reads."

@@ -55,9 +55,9 @@ def test_smoke_run_writes_a_deterministic_pair_that_loads_and_decodes(tmp_path, 
     from D2F.lora import load_d2f
 
     first, second = tmp_path / "a", tmp_path / "b"
-    # One family's adapter keeps the base's AR mode as its AR rows' target (--ar_distill, AR rows weighted 3),
-    # the other's the data.
-    distill = ["--ar_distill", "--ar_weight", "3"] if family == "d2f_dream" else []
+    # One family's adapter keeps the base's AR mode, sharpened to T = 0.5, as its AR rows' target (--ar_distill,
+    # AR rows weighted 3), the other's the data.
+    distill = ["--ar_distill", "--ar_weight", "3", "--ar_distill_temperature", "0.5"] if family == "d2f_dream" else []
     choice = ["--choice_weight", "1.5"] if family == "d2f_llada" else ["--choice_weight", "0"]
     for out in (first, second):
         flags = [*TINY_FLAGS, *distill, *choice, "--family", family, "--output_dir", str(out), "--seed", "3"]
@@ -78,6 +78,7 @@ def test_smoke_run_writes_a_deterministic_pair_that_loads_and_decodes(tmp_path, 
     assert all(("ar_choice_ema" in entry) == on for entry in record["log"]["base"] + record["log"]["lora"])
     card = (first / "README.md").read_text()
     assert ("its own AR mode, `--ar_distill`" in card) == ("loss weighs 3× a D2F row's" in card) == bool(distill)
+    assert ("at temperature 0.5" in card) == ("`--ar_distill_temperature 0.5`" in card) == bool(distill)
     assert ("pays 1.5 × −log(the probability of the written range)" in card) == on
     assert record["command"] in card and "3 steps" in card and "Not measured yet" in card
     assert not (first / "lora" / "README.md").exists()
@@ -141,6 +142,9 @@ def _assert_fails_fast(flags: list[str], message: str) -> None:
         (["--family", "fast_dllm_v2", "--ar_distill"], "--ar_distill only applies to --family"),
         (["--family", "d2f_llada", "--ar_weight", "0"], "--ar_weight must be a positive number"),
         (["--family", "d2f_dream", "--choice_weight", "-1"], "--choice_weight must be >= 0"),
+        (["--family", "d2f_llada", "--ar_distill", "--ar_distill_temperature", "0"],
+         "--ar_distill_temperature must be a positive number"),
+        (["--family", "d2f_dream", "--ar_distill_temperature", "0.5"], "add --ar_distill"),
         (["--family", "sdar", "--choice_weight", "1"], "--choice_weight only applies to --family"),
         (["--family", "d2f_llada", "--head_dim", "48"], "--head_dim must be 32"),
         (["--family", "d2f_dream", "--answers_per_prompt", "2"], "--answers_per_prompt does not apply to --family d2f_dream"),
@@ -493,6 +497,18 @@ def test_ar_distill_target_is_the_base_ar_mode(family):
     expected = (kl_token * rows["weight"] * rows["scored"]).sum(1) / rows["answer_len"]
     torch.testing.assert_close(parts["kl"], expected, rtol=1e-9, atol=1e-12)
     assert bool((parts["kl"] > 0).all())
+
+    # --ar_distill_temperature 0.5: the target is the base's AR mode at T = 0.5, p_base^2 renormalised, a
+    # direct float64 computation from the reference log-probabilities; its argmax is the base's.
+    sharp = torch.log_softmax(2.0 * reference, dim=-1)
+    assert torch.equal(sharp.argmax(-1), reference.argmax(-1))
+    with torch.no_grad():
+        sharpened = train_d2f.row_losses(model, rows, shifted, data_weight=0.0, teacher=model.disable_adapter,
+                                         teacher_temperature=0.5)
+    kl_token = (sharp.exp() * (sharp - adapted)).sum(-1)  # [B, T]
+    expected = (kl_token * rows["weight"] * rows["scored"]).sum(1) / rows["answer_len"]
+    torch.testing.assert_close(sharpened["kl"], expected, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(sharpened["kl"], parts["kl"])
 
 
 def test_wall_clock_cap_stops_both_stages_and_still_saves(tmp_path):
