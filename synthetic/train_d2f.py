@@ -127,7 +127,9 @@ def family_defaults(family: str) -> dict[str, Any]:
     """Defaults of the shared train_tiny.py flags for a D2F family (argparse `set_defaults`; explicit flags
     win). `--steps`, `--warmup_steps` and `--lr` are the BASE stage's.
 
-    The shipped pairs' recipe (`models/d2f-*-tiny/README.md`). A 128-wide base (4 layers, 4 query / 2 KV
+    The shipped pairs' recipe (`models/d2f-*-tiny/README.md`); D2F-LLaDA's adapter was then retrained on its
+    base with `--base_from`, `--task_weights 3,2,4,6 --ar_distill --ar_distill_temperature 0.5` (its card). A
+    128-wide base (4 layers, 4 query / 2 KV
     heads of 32, feed-forward 384: 0.8M parameters): on masked-diffusion rows alone it learned to read its
     answer where a 192-wide one did not within the budget (`scripts/probe_d2f_base.py`), and with the AR
     warm start (`--ar_fraction 0.6`) the D2F-LLaDA pair's AR mode went from 0 / 22 / 26 / 72% of add /
