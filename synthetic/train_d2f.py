@@ -531,7 +531,9 @@ def row_losses(model: Any, rows: dict[str, "torch.Tensor"], shifted: bool, data_
         with torch.no_grad(), teacher():
             # "full": the same noised row with FULL attention (D2F rows have no batch padding).
             seen = inputs if rows["teacher"] == "same" else {"input_ids": rows["input_ids"]}
-            reference = aligned_log_probs(model(**seen).logits / teacher_temperature, shifted)  # [B, T, V]
+            logits = model(**seen).logits
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / teacher_temperature
+            reference = aligned_log_probs(logits, shifted)  # [B, T, V]
         per_token = (reference.exp() * (reference - student)).sum(-1)  # [B, T]
         kl = (per_token * weight * scored).sum(1) / length
         return {"loss": kl + data_weight * data + choice_weight * leak, "kl": kl, "data": data, "choice": leak}
