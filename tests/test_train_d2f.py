@@ -180,9 +180,6 @@ def test_base_from_trains_only_the_adapter_on_an_earlier_base(tmp_path):
         assert main([*adapter_only, "--base_from", str(source), "--output_dir", str(out)]) == 0
     records = {path: json.loads((path / "training_args.json").read_text()) for path in (first, second, chained)}
 
-    def tensors(path: Path) -> dict[str, torch.Tensor]:
-        return load_file(path)
-
     for out in (second, chained):
         assert (out / "base" / "model.safetensors").read_bytes() == (first / "base" / "model.safetensors").read_bytes()
         record = records[out]
@@ -193,11 +190,13 @@ def test_base_from_trains_only_the_adapter_on_an_earlier_base(tmp_path):
         assert record["wall_time_s"] == round(record["base"]["wall_time_s"] + record["lora"]["wall_time_s"], 3)
         card = (out / "README.md").read_text()
         assert "Training commands" in card and records[first]["command"] in card and record["command"] in card
-        assert f"({records[first]['args']['steps']:,} steps, batch 6" in card, "stage 1 is described by the base's flags"
+        stage_1 = f"({records[first]['args']['steps']:,} steps, batch 6"
+        assert stage_1 in card, "stage 1 is described by the base's flags"
     assert records[chained]["base_from"]["dir"] == str(second)
-    a, b = tensors(second / "lora" / "adapter_model.safetensors"), tensors(again / "lora" / "adapter_model.safetensors")
+    a = load_file(second / "lora" / "adapter_model.safetensors")
+    b = load_file(again / "lora" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "one seed, one adapter"
-    c = tensors(first / "lora" / "adapter_model.safetensors")
+    c = load_file(first / "lora" / "adapter_model.safetensors")
     assert not all(torch.equal(a[k], c[k]) for k in a), "the adapter was retrained"
     load_d2f(second / "base", second / "lora", merge=True, dtype=torch.float32, device="cpu")
 
