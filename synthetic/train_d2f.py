@@ -816,6 +816,19 @@ def temperature_text(args: dict[str, Any]) -> str:
             f"`--ar_distill_temperature {temperature:g}`")
 
 
+def choice_text(args: dict[str, Any], base_args: dict[str, Any]) -> str:
+    """The card's words for --choice_weight: one weight when both stages used it (a full run), each stage's
+    when a --base_from adapter used another than its base ("" when neither used one)."""
+    adapter, base = args.get("choice_weight", 0.0), base_args.get("choice_weight", 0.0)
+    if not (adapter or base):
+        return ""
+    pays = (f"In both stages an AR row also pays {adapter:g}" if adapter == base else
+            f"An AR row also pays {adapter:g} in the adapter stage and {base:g} in the base's")
+    flag = f"`--choice_weight {adapter:g}`" if adapter == base else "`--choice_weight`"
+    return (f" {pays} × −log(the probability of the written range) at each free choice (`lo..hi:c` in digitsum "
+            f"and letters; {flag}): the mass outside the range is what a sampled decode can get wrong there.")
+
+
 def command_lines(record: dict[str, Any]) -> list[str]:
     """The card's training-command item: one command, or, for a --base_from run, the base's and then the
     adapter's."""
@@ -851,7 +864,6 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
                 f"s/step, {stage['cpu_seconds_per_step']:.3f} CPU s/step), {stage['time_bound_steps']} steps on the "
                 f"wall-clock schedule{early}; final loss {stage['final_loss']} nats")
 
-    threads = record["threads"]
     ar_mix = base_args.get("ar_mix", 0.0)  # records written before --ar_mix existed had none
     results = f"results/{family}/"
     text = "\n".join([
@@ -891,10 +903,7 @@ def write_model_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
         + (f" An AR row's loss weighs {args['ar_weight']:g}× a D2F row's (`--ar_weight {args['ar_weight']:g}`): "
            "the D2F rows' distillation moves the attention that the AR mode also reads."
            if args.get("ar_weight", 1.0) != 1.0 else "")
-        + (f" In both stages an AR row also pays {args['choice_weight']:g} × −log(the probability of the written "
-           f"range) at each free choice (`lo..hi:c` in digitsum and letters; `--choice_weight "
-           f"{args['choice_weight']:g}`): the mass outside the range is what a sampled decode can get wrong there."
-           if args.get("choice_weight") else ""),
+        + choice_text(args, base_args),
         *command_lines(record),
         stage_line("base", base),
         stage_line("adapter", lora),

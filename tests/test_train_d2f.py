@@ -175,7 +175,7 @@ def test_base_from_trains_only_the_adapter_on_an_earlier_base(tmp_path):
     assert main([*TINY_FLAGS, "--family", "d2f_llada", "--output_dir", str(first), "--seed", "3"]) == 0
     adapter_only = ["--family", "d2f_llada", "--lora_steps", "4", "--lora_warmup_steps", "1", "--lora_rank", "4",
                     "--lora_block_sizes", "1,4", "--batch_size", "6", "--threads", "1", "--log_every", "1",
-                    "--task_weights", "3,2,4,6", "--seed", "5"]
+                    "--task_weights", "3,2,4,6", "--choice_weight", "1", "--seed", "5"]
     for out, source in ((second, first), (again, first), (chained, second)):
         assert main([*adapter_only, "--base_from", str(source), "--output_dir", str(out)]) == 0
     records = {path: json.loads((path / "training_args.json").read_text()) for path in (first, second, chained)}
@@ -192,6 +192,7 @@ def test_base_from_trains_only_the_adapter_on_an_earlier_base(tmp_path):
         assert "Training commands" in card and records[first]["command"] in card and record["command"] in card
         stage_1 = f"({records[first]['args']['steps']:,} steps, batch 6"
         assert stage_1 in card, "stage 1 is described by the base's flags"
+        assert "pays 1 in the adapter stage and 2 in the base's" in card and "In both stages" not in card
     assert records[chained]["base_from"]["dir"] == str(second)
     a = load_file(second / "lora" / "adapter_model.safetensors")
     b = load_file(again / "lora" / "adapter_model.safetensors")
