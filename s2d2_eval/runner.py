@@ -122,15 +122,19 @@ def effective_decoding_params(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"block_length={cfg.block_length} moves decoders with block_length and denoising_steps "
                          f"(SDAR); decoding={cfg.decoding.name} ({generate.config_class.__name__}) lacks them: "
                          f"set {alternative} instead")
-    defaults = generate.config_class()
-    old_length = params.get("block_length", defaults.block_length)
-    old_steps = params.get("denoising_steps", defaults.denoising_steps)
-    new_length = int(cfg.block_length)
+    return move_block_length(params, generate.config_class, int(cfg.block_length))
+
+
+def move_block_length(params: dict[str, Any], config_class: type, new_length: int) -> dict[str, Any]:
+    """SDAR block-decoder keywords moved to block length `new_length`, denoising steps scaled so that
+    tokens per step are unchanged (a copy; `config_class` supplies the defaults of unset keywords)."""
     if new_length < 1:
         raise ValueError(f"block_length must be >= 1, got {new_length}")
-    params["block_length"] = new_length
-    params["denoising_steps"] = max(1, round(old_steps * new_length / old_length))
-    return params
+    defaults = config_class()
+    old_length = params.get("block_length", defaults.block_length)
+    old_steps = params.get("denoising_steps", defaults.denoising_steps)
+    return {**params, "block_length": new_length,
+            "denoising_steps": max(1, round(old_steps * new_length / old_length))}
 
 
 OPTIONAL_MODEL_FIELDS = {"lora_dir": None, "merge_lora": False}

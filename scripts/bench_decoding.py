@@ -5,8 +5,10 @@ and greedy-exact) and transformers' own `generate` with its KV cache on the same
     python scripts/bench_decoding.py --family fast_dllm_v2 --out bench.json
     python scripts/bench_decoding.py --per_task 2 --repeats 1 --batch_sizes 1,4 --gen_length 32   # quick look
 
-Contenders (each decoder's flags are read from its preset in configs/decoding/, so the benchmark runs
-exactly what the evaluation runs; `${model.block_length}` is the model's block size):
+Contenders (each decoder's flags are read from its preset in configs/decoding/ and placed at the model's
+block length as the family's sweep places them, so the benchmark runs exactly what the published tables
+run: `${model.block_length}` is the model's block size, and SDAR's block decoders (all but AR mode) are
+moved to it with their steps scaled, as `configs/sweep/sdar.yaml`'s top-level `block_length` does):
 * `hf_generate`: `Qwen3ForCausalLM.generate` (SDAR) / `Qwen2ForCausalLM.generate` (Fast-dLLM v2),
   greedy, KV cache, SDPA attention, with the shipped safetensors loaded into the transformers class
   (every key must match; none is renamed). Fast-dLLM v2 is shift-aligned like a causal LM, so this is
@@ -121,6 +123,7 @@ class Family:
     hf_config: str
     hf_config_keys: tuple[str, ...]  # config fields copied to the transformers config
     shifted: bool  # row i-1 predicts token i, as in a causal LM: then HF greedy == our AR mode
+    moves_block: bool  # its sweep sets the top-level block_length: non-AR presets move to the model's
 
 
 _QWEN_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -130,13 +133,13 @@ FAMILIES = {
     "sdar": Family(
         REPO_ROOT / "models" / "sdar-tiny", REPO_ROOT / "configs" / "model" / "sdar_tiny.yaml",
         {"ar": "ar", "baseline": "dynamic", "s2d2_config_a": "s2d2_config_a", "s2d2_greedy": "s2d2_greedy"},
-        "gen_length", "Qwen3ForCausalLM", "Qwen3Config", _QWEN_KEYS + ("head_dim", "attention_bias"), False,
+        "gen_length", "Qwen3ForCausalLM", "Qwen3Config", _QWEN_KEYS + ("head_dim", "attention_bias"), False, True,
     ),
     "fast_dllm_v2": Family(
         REPO_ROOT / "models" / "fast-dllm-v2-tiny", REPO_ROOT / "configs" / "model" / "fast_dllm_v2_tiny.yaml",
         {"ar": "fast_ar", "baseline": "fast_threshold", "s2d2_config_a": "fast_config_a",
          "s2d2_greedy": "fast_greedy"},
-        "max_new_tokens", "Qwen2ForCausalLM", "Qwen2Config", _QWEN_KEYS, True,
+        "max_new_tokens", "Qwen2ForCausalLM", "Qwen2Config", _QWEN_KEYS, True, False,
     ),
 }
 
@@ -231,14 +234,23 @@ def validate(parser: OneLineParser, args: argparse.Namespace) -> list[dict]:
 # ------------------------------------------------------------------------------------ contenders
 
 
-def resolve_preset(name: str, block_length: int) -> tuple[str, dict[str, Any]]:
-    """(module:function, params) of a decoding preset, `${model.block_length}` set to `block_length`."""
+def resolve_preset(name: str, block_length: int, move_block: bool) -> tuple[str, dict[str, Any]]:
+    """(module:function, params) of a decoding preset, `${model.block_length}` set to `block_length`;
+    with `move_block`, a block decoder (any kind but AR) is moved to `block_length` as
+    `s2d2_eval.runner.effective_decoding_params` moves it when a sweep sets the top-level block_length."""
     from omegaconf import OmegaConf
+
+    from s2d2_eval.model_args import load_object
+    from s2d2_eval.runner import move_block_length
 
     cfg = OmegaConf.merge({"model": {"block_length": block_length}},
                           {"decoding": OmegaConf.load(PRESET_DIR / f"{name}.yaml")})
     decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
-    return decoding["generate"], dict(decoding["params"])
+    params = {k: v for k, v in decoding["params"].items() if v is not None}
+    if move_block and decoding["kind"] != "ar":
+        generate = load_object(decoding["generate"], "decoding.generate", (REPO_ROOT,))
+        params = move_block_length(params, generate.config_class, block_length)
+    return decoding["generate"], params
 
 
 @dataclass
@@ -414,7 +426,7 @@ def make_contenders(names: list[str], family: Family, model: Any, twin: Any, tok
                                    "forced_length": not family.shifted}, hf_run, hf_output, True)
             continue
         preset = family.presets[name]
-        spec, params = resolve_preset(preset, block_length)
+        spec, params = resolve_preset(preset, block_length, family.moves_block)
         params[family.budget_field] = budget
         out[name] = Contender(name, f"configs/decoding/{preset}.yaml", spec, params, ours(spec, params), our_output,
                               name in GREEDY)

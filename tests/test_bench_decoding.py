@@ -79,6 +79,10 @@ def test_presets_are_read_from_configs(run):
     params = {name: spec["params"] for name, spec in record["contenders"].items()}
     if record["family"] == "sdar":
         assert params["ar"]["block_length"] == 1 and params["ar"]["denoising_steps"] == 1
+        # As sweep_sdar.sh runs them: every block decoder at the model's block length, steps scaled.
+        for name in ("baseline", "s2d2_config_a", "s2d2_greedy"):
+            assert params[name]["block_length"] == record["block_length"] == 8, name
+            assert params[name]["denoising_steps"] == 8, name
         assert params["s2d2_greedy"]["acceptance"] == "greedy_exact"
         assert params["s2d2_config_a"]["do_verify_policy"] == "score_threshold"
         assert all(p["gen_length"] == 64 for name, p in params.items() if name != "hf_generate")
