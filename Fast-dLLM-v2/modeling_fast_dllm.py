@@ -36,6 +36,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from common.layers import apply_rope, rms_norm, rope_tables
 from fast_dllm_v2.configuration_fast_dllm import Fast_dLLM_QwenConfig
 
 _IGNORE_INDEX = -100
@@ -67,10 +68,7 @@ class Fast_dLLM_QwenRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [..., E] -> [..., E]
-        input_dtype = hidden_states.dtype
-        as_fp32 = hidden_states.to(torch.float32)
-        inv_rms = torch.rsqrt(as_fp32.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * (as_fp32 * inv_rms).to(input_dtype)
+        return rms_norm(hidden_states, self.weight, self.variance_epsilon)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
@@ -109,18 +107,6 @@ class Fast_dLLM_QwenRotaryEmbedding(nn.Module):
         freqs = position_ids[..., None].to(angle_dtype) * self.inv_freq.to(angle_dtype)  # [B, Q, D/2]
         angles = torch.cat((freqs, freqs), dim=-1)  # [B, Q, D]
         return angles.cos() * self.attention_scaling, angles.sin() * self.attention_scaling
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., D]
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, Q, D] by cos/sin [B|1, Q, D], the tables cast to x's dtype first (as HF)."""
-    cos = cos.unsqueeze(1).to(x.dtype)  # [B, 1, Q, D]
-    sin = sin.unsqueeze(1).to(x.dtype)
-    return x * cos + _rotate_half(x) * sin
 
 
 def _cached_layer(cache: Optional[DynamicCache], layer_idx: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
@@ -176,13 +162,14 @@ class Fast_dLLM_QwenAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attention_mask: Optional[torch.Tensor], caches: _CacheUse) -> torch.Tensor:
-        """hidden_states [B, Q, E], cos/sin [B|1, Q, D], bool mask [B|1, Q, K] or None (full) -> [B, Q, E]."""
+        """hidden_states [B, Q, E], cos/sin [B|1, 1, Q, D] (common.layers.rope_tables), bool mask [B|1, Q, K]
+        or None (full) -> [B, Q, E]."""
         batch, q_len, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
         key = self.k_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         value = self.v_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        query = apply_rotary(query, cos, sin)  # [B, H, Q, D]
-        key = apply_rotary(key, cos, sin)  # [B, Hkv, Q, D]
+        query = apply_rope(query, cos, sin)  # [B, H, Q, D]
+        key = apply_rope(key, cos, sin)  # [B, Hkv, Q, D]
         key, value = self._attended_keys_values(key, value, caches)  # [B, Hkv, K, D]
         out = F.scaled_dot_product_attention(
             query, key, value,
@@ -401,7 +388,8 @@ class Fast_dLLM_QwenModel(Fast_dLLM_QwenPreTrainedModel):
             mask = None  # upstream: a filled block cache means full attention over prefix + block
         else:
             mask = block_causal_mask(q_len, kv_len, block_size or self.config.bd_size, device)
-        cos, sin = self.rotary_emb(position_ids.to(device), inputs_embeds.dtype)  # [B|1, Q, D]
+        # [B|1, 1, Q, D] each, cast and broadcast once for every layer
+        cos, sin = rope_tables(*self.rotary_emb(position_ids.to(device), inputs_embeds.dtype), inputs_embeds.dtype)
 
         hidden_states = inputs_embeds
         all_hidden: tuple[torch.Tensor, ...] = ()

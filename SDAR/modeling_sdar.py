@@ -24,6 +24,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from common.layers import apply_rope, rms_norm, rope_tables
 from SDAR.configuration_sdar import SDARConfig
 
 try:
@@ -31,7 +32,6 @@ try:
 except (ImportError, OSError):
     flash_attn_func = None
 
-_SDPA_HAS_ENABLE_GQA = torch.__version__ >= "2.5"
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 _FLASH_MAX_HEAD_DIM = 256
 _IGNORE_INDEX = -100
@@ -49,11 +49,7 @@ class SDARRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [..., E] -> [..., E]
-        input_dtype = hidden_states.dtype
-        hidden_fp32 = hidden_states.to(torch.float32)
-        variance = hidden_fp32.pow(2).mean(-1, keepdim=True)
-        normed = hidden_fp32 * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * normed.to(input_dtype)
+        return rms_norm(hidden_states, self.weight, self.variance_epsilon)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
@@ -98,18 +94,6 @@ class SDARRotaryEmbedding(nn.Module):
         return angles.cos() * self.attention_scaling, angles.sin() * self.attention_scaling
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., D]
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, Q, D] by cos/sin [B, Q, D]; the tables are cast to x's dtype first (as HF)."""
-    cos = cos.unsqueeze(1).to(x.dtype)  # [B, 1, Q, D]
-    sin = sin.unsqueeze(1).to(x.dtype)  # [B, 1, Q, D]
-    return x * cos + _rotate_half(x) * sin
-
-
 def _can_use_flash(query: torch.Tensor) -> bool:
     return (
         flash_attn_func is not None
@@ -143,28 +127,15 @@ def attend(
             causal=False,
         )
     sdpa_mask = None if attention_mask is None else attention_mask[:, None]  # [B|1, 1, Q, K]
+    # K/V heads are expanded explicitly: SDPA's `enable_gqa` admits only the flash and math kernels,
+    # and flash takes no mask, so a masked GQA call would fall back to the math kernel on a GPU.
     num_groups = query.shape[1] // key.shape[1]
-    if _SDPA_HAS_ENABLE_GQA:
-        out = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=sdpa_mask,
-            dropout_p=dropout_p,
-            is_causal=False,
-            scale=scaling,
-            enable_gqa=num_groups > 1,
-        )
-    else:
-        out = F.scaled_dot_product_attention(
-            query,
-            key.repeat_interleave(num_groups, dim=1),
-            value.repeat_interleave(num_groups, dim=1),
-            attn_mask=sdpa_mask,
-            dropout_p=dropout_p,
-            is_causal=False,
-            scale=scaling,
-        )
+    if num_groups > 1:
+        key = key.repeat_interleave(num_groups, dim=1)  # [B, H, K, D]
+        value = value.repeat_interleave(num_groups, dim=1)  # [B, H, K, D]
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=sdpa_mask, dropout_p=dropout_p, is_causal=False, scale=scaling
+    )
     return out.transpose(1, 2)  # [B, Q, H, D]
 
 
@@ -216,13 +187,14 @@ class SDARAttention(nn.Module):
         past_key_values: Optional[DynamicCache],
         store_kv: bool,
     ) -> torch.Tensor:
-        """hidden_states [B, Q, E], cos/sin [B|1, Q, D], bool mask [B|1, Q, K] or None -> [B, Q, E]."""
+        """hidden_states [B, Q, E], cos/sin [B|1, 1, Q, D] from `common.layers.rope_tables`, bool mask
+        [B|1, Q, K] or None -> [B, Q, E]."""
         batch, q_len, _ = hidden_states.shape
         query = self.q_norm(self.q_proj(hidden_states).view(batch, q_len, self.num_heads, self.head_dim))
         key = self.k_norm(self.k_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.head_dim))
         value = self.v_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.head_dim)
-        query = apply_rotary(query.transpose(1, 2), cos, sin)  # [B, H, Q, D]
-        key = apply_rotary(key.transpose(1, 2), cos, sin)  # [B, Hkv, Q, D]
+        query = apply_rope(query.transpose(1, 2), cos, sin)  # [B, H, Q, D]
+        key = apply_rope(key.transpose(1, 2), cos, sin)  # [B, Hkv, Q, D]
         key, value = self._keys_values(key, value.transpose(1, 2), past_key_values, store_kv)
         dropout_p = self.attention_dropout if self.training else 0.0
         out = attend(query, key, value, attention_mask, dropout_p, self.scaling)  # [B, Q, H, D]
@@ -422,7 +394,8 @@ class SDARModel(SDARPreTrainedModel):
                 f"position_ids must have shape [B, Q] = [{batch}, {q_len}]; got {tuple(position_ids.shape)}."
             )
         mask = _prepare_attention_mask(attention_mask, batch, q_len, past_len + q_len, device)  # [B|1, Q, K]
-        cos, sin = self.rotary_emb(position_ids.to(device), inputs_embeds.dtype)  # [B|1, Q, D]
+        # [B|1, 1, Q, D] each, cast and broadcast once for every layer
+        cos, sin = rope_tables(*self.rotary_emb(position_ids.to(device), inputs_embeds.dtype), inputs_embeds.dtype)
 
         hidden_states = inputs_embeds
         all_hidden_states: tuple[torch.Tensor, ...] = ()

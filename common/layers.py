@@ -1,0 +1,45 @@
+"""RMSNorm and rotate-half RoPE in the order of transformers' Qwen2/Qwen3, with fewer ops per call.
+
+A tiny model's forward on the CPU costs about as much in op dispatch as in arithmetic, so the decoders'
+per-step cost depends on how many ops a layer issues. Both helpers give the same bits as the plain
+formulation they replace (tests/test_common_layers.py checks it against it):
+
+* `rms_norm`: normalise in float32, cast back to the input dtype, then scale by the weight. Float32
+  input and weight outside autograd take torch's fused kernel (one op instead of seven); everything
+  else (other dtypes, training) runs the plain sequence, so training and its gradients are unchanged.
+* `rope_tables` + `apply_rope`: the cos/sin tables are cast and broadcast once per forward instead of
+  in every layer, and rotate_half(x) * sin is computed as roll(x) * signed_sin, where signed_sin
+  carries rotate_half's minus sign: (-a) * b and a * (-b) are the same float, so the result is exact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * (hidden / sqrt(mean(hidden^2) + eps)), the normalisation in float32 and cast back to
+    hidden's dtype before the weight (HF Qwen order). hidden [..., E], weight [E] -> [..., E]."""
+    if (hidden.dtype == torch.float32 and weight.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad))):
+        return F.rms_norm(hidden, weight.shape, weight, eps)
+    as_fp32 = hidden.to(torch.float32)
+    normed = as_fp32 * torch.rsqrt(as_fp32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(hidden.dtype)
+
+
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [B|1, Q, D] (float32 or float64) -> (cos, signed_sin), each [B|1, 1, Q, D] in `dtype`,
+    for `apply_rope`; signed_sin is sin with its first half negated (rotate_half's sign)."""
+    half = sin.shape[-1] // 2
+    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return cos.unsqueeze(1).to(dtype), signed_sin.unsqueeze(1).to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin for x [B, H, Q, D] and tables from `rope_tables`, whose dtype is
+    used when it is x's (otherwise they are cast to x's dtype first, as HF casts its tables)."""
+    if cos.dtype != x.dtype:
+        cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
