@@ -240,6 +240,12 @@ class BlockStep:
     def begin_block(self, b: int, masked: Tensor) -> None:
         """Called when block b starts (masked: [B, L])."""
 
+    @property
+    def rows_left(self) -> int | None:
+        """How many rows still have masks in the block after the last step, where the step has read it
+        on the host already (None: the loop reads it)."""
+        return None
+
     def select(self, keep: Tensor) -> None:
         """The decoder keeps rows `keep` only ([K] long); per-row state follows."""
 
@@ -264,7 +270,8 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
     steps until no mask is left, a commit, and a stop check. Host syncs: one per step (how many rows
     still have masks, which also picks the rows of the next draft; how many rows stop after this block;
     a block left incomplete after `denoising_steps` is an error, since every remasking strategy commits
-    at least its scheduled count)."""
+    at least its scheduled count). After a step that has read how many rows still have masks itself
+    (`BlockStep.rows_left`), only the block's last step reads, how many rows stop."""
     start_time = time.perf_counter()
     batch = input_ids.shape[0]
     device = input_ids.device
@@ -294,7 +301,11 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
             # stop here. A row with a stop token in an earlier block has left the batch, and a complete
             # block has no mask before any of its tokens, so a stop token in this block stops the row.
             stopped = (torch.isin(blk, stop_ids) & decodable).any(-1) | exhausted  # [B]
-            n_live, n_stopped = torch.stack([live.sum(), stopped.sum()]).tolist()
+            if step.rows_left is None:
+                n_live, n_stopped = torch.stack([live.sum(), stopped.sum()]).tolist()
+            else:
+                n_live = step.rows_left
+                n_stopped = 0 if n_live else int(stopped.sum())
             if not n_live:
                 break
             blocks.draft_rows = live_rows(live, n_live)

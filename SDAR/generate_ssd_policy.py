@@ -47,13 +47,17 @@ class S2D2Step(BlockStep):
     def __init__(self, cfg: S2D2Config, batch: int, device: torch.device,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator)
-        self.core = s2d2.S2D2Step(cfg, self.sampling, batch, device, generator)
+        self.core = s2d2.S2D2Step(cfg, self.sampling, batch, device, generator, count_rows_left=True)
         self.rule = TopUp(cfg.remasking_strategy, cfg.confidence_threshold, cfg.eb_threshold,
                           cfg.always_check_high_confidence)
         self.masked_at_start = torch.zeros(batch, dtype=torch.long, device=device)  # [B] of the current block
 
     def begin_block(self, b: int, masked: Tensor) -> None:
         self.masked_at_start = masked.sum(-1)
+
+    @property
+    def rows_left(self) -> int | None:
+        return self.core.rows_left
 
     def select(self, keep: Tensor) -> None:
         self.core.select(keep)

@@ -98,20 +98,42 @@ def routing_features(probs: Tensor, confidence: Tensor, masked: Tensor, span: Sp
     return features
 
 
-def verify_commits(q: Tensor, probs: Tensor, drafts: Tensor, confidence: Tensor, masked: Tensor, span: Span,
-                   verify: Tensor | None, widest: int, cfg: VerifyConfig,
-                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Verdict, Tensor]:
-    """Acceptance over the first masked span of the rows in `verify` ([B] bool; None: every row).
+@dataclass
+class ResidualDraw:
+    """The recovered tokens of a stochastic verification, not drawn yet: the draw needs the number of
+    rejected rows on the host, and a caller that reads other counts after the step reads this one with
+    them (`S2D2Step(..., count_rows_left=True)`), saving a host sync. Drawing later changes nothing as
+    long as no random draw comes in between (the baseline top-up and the policy update draw none).
 
-    q, probs: [B, L, V] verifier and draft distributions (the same sampling transform); drafts,
-    confidence: [B, L] (confidence = p at the draft); widest: the longest verified span (host int, used
-    for the reference-order uniform draw). Returns (tokens [B, L] = drafts with recovered tokens placed,
-    kinds [B, L] COMMIT_* codes of this verification's commits, the verdict, recovered [B] bool).
-    Randomness, in the reference's order: one `torch.rand` over the span, then one multinomial draw per
-    row whose span was rejected, all in one call (none drawn when every row accepted everything).
-    Host syncs: none for greedy_exact (its recovered token is argmax q, placed on device); one for the
-    stochastic rule with resampling (the draw needs the number of rejected rows).
-    """
+    rejected: [R] bool, rows whose span was rejected; at: [R] long, their first rejected position;
+    q, p: [R, V] verifier and draft distributions there; rows: [R] long, the batch rows of the R rows
+    (None: the identity)."""
+
+    rejected: Tensor
+    at: Tensor
+    q: Tensor
+    p: Tensor
+    mode: str
+    rows: Tensor | None = None
+
+    def place(self, tokens: Tensor, n_rejected: int, generator: torch.Generator | None = None) -> Tensor:
+        """tokens [B, L] with the draws of the `n_rejected` rejected rows (host int) placed at their
+        rejected positions: one draw per rejected row, all in one call, in row order."""
+        if not n_rejected:
+            return tokens
+        rejected = torch.argsort(self.rejected.to(torch.uint8), descending=True, stable=True)[:n_rejected]  # [N]
+        drawn = recover_tokens(self.q[rejected], self.p[rejected], self.mode, generator)  # [N]
+        rows = rejected if self.rows is None else self.rows[rejected]
+        return tokens.index_put((rows, self.at[rejected]), drawn)
+
+
+def verify_spans(q: Tensor, probs: Tensor, drafts: Tensor, confidence: Tensor, masked: Tensor, span: Span,
+                 verify: Tensor | None, widest: int, cfg: VerifyConfig,
+                 generator: torch.Generator | None = None
+                 ) -> tuple[Tensor, Tensor, Verdict, Tensor, ResidualDraw | None]:
+    """`verify_commits` without its residual draw: returns (tokens [B, L] = drafts with greedy_exact's
+    recovered tokens placed, kinds, verdict, recovered, the pending residual draw or None). No host sync;
+    the rejected rows' tokens are what `ResidualDraw.place` writes."""
     greedy = cfg.acceptance == "greedy_exact"
     thresholded = cfg.ssd_ratio_threshold >= 0
     q_draft = q.gather(-1, drafts.unsqueeze(-1)).squeeze(-1) if not greedy or thresholded else None  # [B, L]
@@ -127,18 +149,16 @@ def verify_commits(q: Tensor, probs: Tensor, drafts: Tensor, confidence: Tensor,
     accepted, rejected_at, rejected = verdict.accepted, verdict.first_rejected, verdict.rejected
     if verify is not None:
         accepted, rejected_at, rejected = accepted & verify[:, None], rejected_at & verify[:, None], rejected & verify
-    tokens = drafts
+    tokens, residual = drafts, None
     if greedy or cfg.allow_resample:
         recovered = rejected
         kinds = torch.where(accepted, COMMIT_ACCEPTED, torch.where(rejected_at, COMMIT_RESAMPLED, COMMIT_NONE))
         if greedy:
             tokens = torch.where(rejected_at, q_argmax, drafts)
         else:
-            rows = recovered.nonzero(as_tuple=True)[0]  # one host sync: the residual draw happens only on rejection
-            if rows.numel():
-                at = verdict.reject_index[rows]
-                tokens = drafts.index_put((rows, at), recover_tokens(q[rows, at], probs[rows, at], cfg.acceptance,
-                                                                     generator))
+            every = torch.arange(drafts.shape[0], device=drafts.device)
+            at = verdict.reject_index  # [B]
+            residual = ResidualDraw(recovered, at, q[every, at], probs[every, at], cfg.acceptance)
     else:
         recovered = torch.zeros_like(rejected)
         kinds = torch.where(accepted, COMMIT_ACCEPTED, COMMIT_NONE)
@@ -148,6 +168,27 @@ def verify_commits(q: Tensor, probs: Tensor, drafts: Tensor, confidence: Tensor,
         if verify is not None:
             extra &= verify[:, None]
         kinds = kinds.masked_fill(extra, COMMIT_RATIO)
+    return tokens, kinds, verdict, recovered, residual
+
+
+def verify_commits(q: Tensor, probs: Tensor, drafts: Tensor, confidence: Tensor, masked: Tensor, span: Span,
+                   verify: Tensor | None, widest: int, cfg: VerifyConfig,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Verdict, Tensor]:
+    """Acceptance over the first masked span of the rows in `verify` ([B] bool; None: every row).
+
+    q, probs: [B, L, V] verifier and draft distributions (the same sampling transform); drafts,
+    confidence: [B, L] (confidence = p at the draft); widest: the longest verified span (host int, used
+    for the reference-order uniform draw). Returns (tokens [B, L] = drafts with recovered tokens placed,
+    kinds [B, L] COMMIT_* codes of this verification's commits, the verdict, recovered [B] bool).
+    Randomness, in the reference's order: one `torch.rand` over the span, then one multinomial draw per
+    row whose span was rejected, all in one call (none drawn when every row accepted everything).
+    Host syncs: none for greedy_exact (its recovered token is argmax q, placed on device); one for the
+    stochastic rule with resampling (the draw needs the number of rejected rows).
+    """
+    tokens, kinds, verdict, recovered, residual = verify_spans(q, probs, drafts, confidence, masked, span, verify,
+                                                               widest, cfg, generator)
+    if residual is not None:
+        tokens = residual.place(tokens, int(recovered.sum()), generator)  # one host sync
     return tokens, kinds, verdict, recovered
 
 
@@ -224,13 +265,20 @@ class S2D2Step:
     rows' span lengths) -> verifier forward over the routed rows -> acceptance and recovery -> baseline
     top-up -> policy update. The family supplies the draft distribution, the verifier forward and its
     baseline rule; a step where no row verifies is exactly the family's baseline step.
+
+    The stochastic rule's residual draw needs the number of rejected rows on the host (a second sync).
+    With `count_rows_left`, that draw is made last and its count is read together with the number of
+    rows that still have masks in the region after the step, left in `rows_left` for the family's loop
+    (None after a step that read nothing of it), which then need not read that number itself.
     """
 
     def __init__(self, flags: S2D2Flags, sampling: SamplingConfig, batch: int, device: torch.device | str,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, count_rows_left: bool = False) -> None:
         self.flags, self.sampling, self.generator = flags, sampling, generator
         self.policy = make_policy(flags, batch, device)
         self.every_row = torch.arange(batch, device=device)  # [B] the verifier's rows when all of them route
+        self.count_rows_left = count_rows_left
+        self.rows_left: int | None = None  # rows with masks left after the last step, where it was read
 
     def select(self, keep: Tensor) -> None:
         """The decoder keeps rows `keep` only (`RoutingPolicy.select`)."""
@@ -253,6 +301,7 @@ class S2D2Step:
         at least one token (an accepted draft or the recovered one).
         Only masked positions are ever committed here.
         Returns (commit [B, L] bool, tokens [B, L], kinds [B, L] COMMIT_* codes)."""
+        self.rows_left = None
         drafts = torch.where(masked, drafts, current)  # [B, L]: the region with every mask drafted
         context = masked if span_region is None else masked & span_region  # [B, L]
         span = first_masked_span(context)
@@ -274,9 +323,13 @@ class S2D2Step:
 
             q = logits_to_probs(verify(rows(drafts), idx), self.sampling)  # [R, L, V]
             sub_span = Span(member=rows(span.member), length=rows(span.length))
-            sub_tokens, sub_kinds, verdict, recovered = verify_commits(
+            check = verify_spans if self.count_rows_left else verify_commits
+            sub_tokens, sub_kinds, verdict, recovered, *pending = check(
                 q, rows(probs), rows(drafts), rows(confidence), rows(masked), sub_span, None, widest, flags,
                 self.generator)
+            residual = pending[0] if pending else None
+            if residual is not None and not every:
+                residual.rows = idx
             if every:
                 tokens, kinds = sub_tokens, sub_kinds
             else:
@@ -284,7 +337,7 @@ class S2D2Step:
                 kinds = torch.zeros_like(current).index_copy_(0, idx, sub_kinds)
             recorder.verification(idx, verdict.n_accepted, recovered)
         else:
-            every = False
+            every, residual = False, None
             tokens, kinds = drafts, torch.zeros_like(current)
         met = (every and min_k_max is not None and min_k_max <= 1 and getattr(top_up_rule, "idle_once_met", False)
                and (flags.acceptance == "greedy_exact" or flags.allow_resample))
@@ -294,4 +347,8 @@ class S2D2Step:
         commit = kinds > 0
         if self.policy.learns:
             self.policy.update(routed, commit.sum(-1), live)
+        if residual is not None:  # one host sync for the draw and the family's loop
+            left = (masked & ~commit).any(-1)  # [B]
+            n_rejected, self.rows_left = torch.stack([residual.rejected.sum(), left.sum()]).tolist()
+            tokens = residual.place(tokens, n_rejected, self.generator)
         return commit, tokens, kinds

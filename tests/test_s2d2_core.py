@@ -86,9 +86,11 @@ def _step_inputs(batch=5, length=4, vocab=7, seed=0):
     return probs, drafts, confidence, current, masked, verifier_logits
 
 
-def _run_step(flags, inputs, min_k, min_k_max, rule, generator=None):
+def _run_step(flags, inputs, min_k, min_k_max, rule, generator=None, count_rows_left=False, out=None):
     probs, drafts, confidence, current, masked, verifier_logits = inputs
-    step = S2D2Step(flags, SamplingConfig(), masked.shape[0], "cpu", generator)
+    step = S2D2Step(flags, SamplingConfig(), masked.shape[0], "cpu", generator, count_rows_left=count_rows_left)
+    if out is not None:
+        out.append(step)
     return step(probs, drafts, confidence, current, masked, masked.any(-1), progress=torch.zeros(masked.shape[0]),
                 context_length=masked.shape[1], min_k=min_k, min_k_max=min_k_max, top_up_rule=rule,
                 verify=lambda drafted, rows: verifier_logits[rows], recorder=DecodeRecorder(masked.shape[0]))
@@ -141,3 +143,69 @@ def test_host_syncs_of_a_step():
     assert recovered.any()  # the random verifier rejects some span
     syncs = _host_syncs(lambda: _run_step(stochastic, inputs, min_k, 1, rule, torch.Generator().manual_seed(0)))
     assert syncs == (1, 1)
+
+
+@pytest.mark.parametrize("policy", ["mask_span_length", "score_threshold"])
+def test_a_deferred_residual_draw_commits_the_same_and_reads_the_rows_left(policy):
+    """count_rows_left: the residual draw moves after the top-up (which draws nothing) and its count is
+    read with the rows that keep masks; the step commits exactly what the immediate draw commits, leaves
+    the generator in the same state, and reports that row count. Over seeds, some steps verify a subset
+    of rows (score_threshold) and some reject spans."""
+    flags = S2D2Flags(do_verify_policy=policy, do_verify_score_type="difference_static")
+    rule = TopUp("low_confidence_dynamic", 0.5)
+    rejected_somewhere = 0
+    for seed in range(12):
+        inputs = _step_inputs(seed=seed)
+        min_k = inputs[4].sum(-1).clamp(max=2)
+        now_gen, later_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        now = _run_step(flags, inputs, min_k, 2, rule, now_gen)
+        steps = []
+        later = _run_step(flags, inputs, min_k, 2, rule, later_gen, count_rows_left=True, out=steps)
+        assert all(torch.equal(a, b) for a, b in zip(now, later))
+        assert torch.equal(now_gen.get_state(), later_gen.get_state())
+        rejected_somewhere += int((now[2] == COMMIT_RESAMPLED).any())
+        commit, masked = later[0], inputs[4]
+        verified = bool(((now[2] == COMMIT_ACCEPTED) | (now[2] == COMMIT_RESAMPLED)).any())
+        assert steps[0].rows_left == (int((masked & ~commit).any(-1).sum()) if verified else None)
+    assert rejected_somewhere >= 3
+
+
+def test_a_deferred_residual_draw_is_one_read_with_the_rows_left():
+    """The stochastic step with count_rows_left reads once after the verifier forward: the rejected
+    rows' count and the rows left, together (no nonzero)."""
+    inputs = _step_inputs()
+    rule = TopUp("low_confidence_dynamic", 0.5)
+    min_k = inputs[4].sum(-1).clamp(max=1)
+    stochastic = S2D2Flags(do_verify_policy="mask_span_length")
+    syncs = _host_syncs(lambda: _run_step(stochastic, inputs, min_k, 1, rule, torch.Generator().manual_seed(0),
+                                          count_rows_left=True))
+    assert syncs == (0, 2)
+
+
+def test_residual_draws_are_one_multinomial_over_the_rejected_rows_in_order():
+    """The stochastic verification recovers each rejected row's first rejected position with one call
+    drawing a sample per rejected row, in row order, from norm((q - p)+): what `torch.multinomial` draws
+    from those rows with the same generator (the reference's order), and nothing is drawn for the rows
+    that accepted everything."""
+    from common.acceptance import residual_distribution
+
+    probs, drafts, confidence, current, masked, verifier_logits = _step_inputs(batch=6, seed=3)
+    masked[:, 0] = True
+    q = torch.softmax(verifier_logits, -1)
+    q[[1, 4]] = probs[[1, 4]]  # q = p: every draft accepted (ratio 1)
+    span = first_masked_span(masked)
+    widest = int(span.length.max())
+    generator = torch.Generator().manual_seed(11)
+    tokens, _, verdict, recovered = verify_commits(q, probs, drafts, confidence, masked, span, None, widest,
+                                                   VerifyConfig(), generator)
+    assert 0 < int(recovered.sum()) < 6  # some rows rejected, some accepted their whole span
+    reference = torch.Generator().manual_seed(11)
+    torch.rand(6, widest, generator=reference)  # the acceptance uniforms come first
+    rows = recovered.nonzero().squeeze(-1)
+    at = verdict.first_rejected.int().argmax(-1)[rows]
+    expected = torch.multinomial(residual_distribution(q[rows, at], probs[rows, at]), 1, generator=reference)[:, 0]
+    assert tokens[rows, at].tolist() == expected.tolist()
+    assert torch.equal(generator.get_state(), reference.get_state())
+    untouched = torch.ones_like(drafts, dtype=torch.bool)
+    untouched[rows, at] = False
+    assert torch.equal(tokens[untouched], drafts[untouched])
