@@ -302,8 +302,10 @@ class SubBlockStep:
 def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None, cfg: FastDecodeConfig,
                   step: SubBlockStep) -> tuple[Tensor, list[dict]]:
     """The loop shared by the Fast-dLLM v2 decoders: prefill; per block, per sub-block, draft + step until
-    the sub-block has no mask; then commit the block. Host syncs: one per step (how many rows still have
-    a mask here, and does any need a block-cache refresh?) and one per block (has every row stopped?)."""
+    the sub-block has no mask; then commit the block. Host syncs: one per block and one per step. Each
+    reads, for the sub-blocks from the current one on, how many rows have a mask there and whether any
+    needs a block-cache refresh, and whether every / any row has stopped (for the block's end), so that
+    finished and empty sub-blocks are passed over without a read of their own."""
     start_time = time.perf_counter()
     batch, device = input_ids.shape[0], input_ids.device
     recorder = DecodeRecorder(batch, device, cfg.return_decoding_order)
@@ -312,28 +314,45 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     blocks.prefill(~finished)
     seq, size, small = blocks.seq, cfg.block_size, cfg.small_block_size
+    n_sub = size // small
     finished |= seq.stopped(blocks.first_block * size + 1, stop_ids)  # the prefill's AR token may be a stop
+
+    def masked_of(start: int, end: int) -> Tensor:
+        """[B, end - start] bool: the columns a row still has to decode (masks, in budget, not finished)."""
+        return (blocks.x[:, start:end] == cfg.mask_id) & ~finished[:, None] & seq.decodable(start, end)
+
+    def read_ahead(b: int, s: int) -> tuple[list[int], list[int], list[int]]:
+        """One read: (rows with a mask, refresh needed) of each sub-block s.. of block b, and (every row
+        stopped, any row stopped) at the block's end."""
+        masked = masked_of(b * size + s * small, (b + 1) * size).view(-1, n_sub - s, small)  # [B, n, S]
+        live = masked.any(-1)  # [B, n]
+        done = finished | seq.exhausted((b + 1) * size)  # [B]
+        values = torch.cat([live.sum(0), (masked[:, :, 0] & live).any(0),
+                            torch.stack([done.all(), done.any()])]).tolist()
+        n = n_sub - s
+        return values[:n], values[n : 2 * n], values[2 * n :]
+
     for b in range(blocks.first_block, blocks.n_blocks):
         recorder.new_block()
         block_end = (b + 1) * size
-        for s in range(size // small):
-            sub, positions = blocks.sub_block(b, s), blocks.sub_positions(b, s)
+        n_live_of, refresh_of, (all_stopped, any_stopped) = read_ahead(b, 0)
+        for s in range(n_sub):
+            n_live, refresh = n_live_of[s], refresh_of[s]
             first_column = b * size + s * small
-            decodable = seq.decodable(first_column, first_column + small)  # [B, S]: past the prompt, in budget
-            while True:
-                masked = (sub == cfg.mask_id) & ~finished[:, None] & decodable  # [B, S]
+            sub, positions = blocks.sub_block(b, s), blocks.sub_positions(b, s)
+            while n_live:
+                masked = masked_of(first_column, first_column + small)  # [B, S]
                 live = masked.any(-1)  # [B]
-                n_live, refresh = torch.stack([live.sum(), (masked[:, 0] & live).any()]).tolist()
-                if not n_live:
-                    break
                 subset = None if cfg.use_block_cache else live_rows(live, n_live)  # [R] or None
                 logits = blocks.draft(b, s, live, bool(refresh), subset)
                 commit, tokens, kinds = step(blocks, b, s, logits, sub, masked, live)
                 sub.copy_(torch.where(commit, tokens, sub))
                 recorder.commits(kinds, positions)
                 finished |= seq.stopped(block_end, stop_ids)
+                ahead, refresh_ahead, (all_stopped, any_stopped) = read_ahead(b, s)
+                n_live_of[s:], refresh_of[s:] = ahead, refresh_ahead
+                n_live, refresh = ahead[0], refresh_ahead[0]
         finished |= seq.exhausted(block_end)
-        all_stopped, any_stopped = torch.stack([finished.all(), finished.any()]).tolist()
         if b + 1 == blocks.n_blocks or all_stopped:
             break
         if any_stopped:  # stopped rows leave the batch: the commit and later forwards skip them
