@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
+from common.layers import rms_norm
+
 _MASK_SHAPES = "[B, Q, K] or [B, 1, Q, K] (B may be 1)"
 
 
@@ -45,13 +47,8 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [..., E] -> [..., E]
-        input_dtype = hidden_states.dtype
         # float64 stays float64 so a double-precision reference run is not limited to float32.
-        compute_dtype = torch.float64 if input_dtype == torch.float64 else torch.float32
-        hidden = hidden_states.to(compute_dtype)
-        variance = hidden.pow(2).mean(-1, keepdim=True)
-        normed = hidden * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * normed.to(input_dtype)
+        return rms_norm(hidden_states, self.weight, self.variance_epsilon, keep_float64=True)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"

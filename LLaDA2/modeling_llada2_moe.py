@@ -48,6 +48,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from common.layers import rms_norm
 from LLaDA2.configuration_llada2_moe import LLaDA2MoeConfig
 
 _IGNORE_INDEX = -100
@@ -72,10 +73,7 @@ class LLaDA2MoeRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [..., E] -> [..., E]
-        input_dtype = hidden_states.dtype
-        hidden = hidden_states.to(_compute_dtype(input_dtype))
-        normed = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * normed.to(input_dtype)
+        return rms_norm(hidden_states, self.weight, self.variance_epsilon, keep_float64=True)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"

@@ -18,14 +18,16 @@ import torch
 import torch.nn.functional as F
 
 
-def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float, keep_float64: bool = False) -> torch.Tensor:
     """weight * (hidden / sqrt(mean(hidden^2) + eps)), the normalisation in float32 and cast back to
-    hidden's dtype before the weight (HF Qwen order). hidden [..., E], weight [E] -> [..., E]."""
+    hidden's dtype before the weight (HF Qwen order). hidden [..., E], weight [E] -> [..., E].
+    `keep_float64`: a float64 input is normalised in float64 (the LLaDA2 and D2F models' choice, so that
+    a double-precision reference is not limited to float32), not in float32 as HF does."""
     if (hidden.dtype == torch.float32 and weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad))):
         return F.rms_norm(hidden, weight.shape, weight, eps)
-    as_fp32 = hidden.to(torch.float32)
-    normed = as_fp32 * torch.rsqrt(as_fp32.pow(2).mean(-1, keepdim=True) + eps)
+    wide = hidden.to(torch.float64 if keep_float64 and hidden.dtype == torch.float64 else torch.float32)
+    normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
     return weight * normed.to(hidden.dtype)
 
 

@@ -9,9 +9,9 @@ import torch
 from common.layers import apply_rope, rms_norm, rope_tables
 
 
-def plain_rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    as_fp32 = hidden.to(torch.float32)
-    normed = as_fp32 * torch.rsqrt(as_fp32.pow(2).mean(-1, keepdim=True) + eps)
+def plain_rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float, wide=torch.float32) -> torch.Tensor:
+    as_wide = hidden.to(wide)
+    normed = as_wide * torch.rsqrt(as_wide.pow(2).mean(-1, keepdim=True) + eps)
     return weight * normed.to(hidden.dtype)
 
 
@@ -41,6 +41,10 @@ def test_rms_norm_is_bitwise_the_plain_formulation(dtype, dim):
         strided = hidden.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
         with torch.no_grad():
             assert torch.equal(rms_norm(strided, weight, eps), plain_rms_norm(hidden, weight, eps))
+            # keep_float64 (LLaDA2, D2F): float64 is normalised in float64, every other dtype as above
+            wide = torch.float64 if dtype == torch.float64 else torch.float32
+            assert torch.equal(rms_norm(hidden, weight, eps, keep_float64=True),
+                               plain_rms_norm(hidden, weight, eps, wide))
 
 
 def test_rms_norm_under_autograd_matches_values_and_gradients():
