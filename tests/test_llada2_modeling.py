@@ -671,11 +671,16 @@ def test_save_pretrained_round_trip(tmp_path: Path) -> None:
     written = json.loads((tmp_path / "config.json").read_text())
     assert written["architectures"] == ["LLaDA2MoeModelLM"] and written["model_type"] == "llada2_moe"
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert list(original) == list(reloaded)
+    assert all(torch.equal(original[k], reloaded[k]) and original[k].dtype == reloaded[k].dtype for k in original)
     input_ids = _tokens(2, 7)
     mask = _block_causal(0, 7, 7, 4)
     with torch.no_grad():
         expected = model(input_ids, attention_mask=mask).logits
-        torch.testing.assert_close(loaded(input_ids, attention_mask=mask).logits, expected, **EXACT)
+        # Not bit for bit: MKL's one-row products may round differently for weights at another memory
+        # alignment (seen on an AMD EPYC host), so equal weights give logits equal to float32 rounding.
+        torch.testing.assert_close(loaded(input_ids, attention_mask=mask).logits, expected, **TIGHT)
 
 
 def test_registration_is_idempotent() -> None:
