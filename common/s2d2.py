@@ -105,26 +105,32 @@ class ResidualDraw:
     them (`S2D2Step(..., count_rows_left=True)`), saving a host sync. Drawing later changes nothing as
     long as no random draw comes in between (the baseline top-up and the policy update draw none).
 
-    rejected: [R] bool, rows whose span was rejected; at: [R] long, their first rejected position;
-    q, p: [R, V] verifier and draft distributions there; rows: [R] long, the batch rows of the R rows
+    first_rejected: [R, L] bool, True at each row's first rejected position (no True: accepted);
+    q, p: [R, L, V] verifier and draft distributions; rows: [R] long, the batch rows of the R rows
     (None: the identity)."""
 
-    rejected: Tensor
-    at: Tensor
+    first_rejected: Tensor
     q: Tensor
     p: Tensor
     mode: str
     rows: Tensor | None = None
+
+    @property
+    def rejected(self) -> Tensor:
+        """[R] bool: rows whose span was rejected."""
+        return self.first_rejected.any(-1)
 
     def place(self, tokens: Tensor, n_rejected: int, generator: torch.Generator | None = None) -> Tensor:
         """tokens [B, L] with the draws of the `n_rejected` rejected rows (host int) placed at their
         rejected positions: one draw per rejected row, all in one call, in row order."""
         if not n_rejected:
             return tokens
-        rejected = torch.argsort(self.rejected.to(torch.uint8), descending=True, stable=True)[:n_rejected]  # [N]
-        drawn = recover_tokens(self.q[rejected], self.p[rejected], self.mode, generator)  # [N]
-        rows = rejected if self.rows is None else self.rows[rejected]
-        return tokens.index_put((rows, self.at[rejected]), drawn)
+        hit = self.first_rejected.any(-1)  # [R]
+        rejected = (torch.arange(n_rejected, device=hit.device) if n_rejected == hit.numel()  # [N] rows, in order
+                    else torch.argsort(hit.to(torch.uint8), descending=True, stable=True)[:n_rejected])
+        at = self.first_rejected[rejected].int().argmax(-1)  # [N]
+        drawn = recover_tokens(self.q[rejected, at], self.p[rejected, at], self.mode, generator)  # [N]
+        return tokens.index_put((rejected if self.rows is None else self.rows[rejected], at), drawn)
 
 
 def verify_spans(q: Tensor, probs: Tensor, drafts: Tensor, confidence: Tensor, masked: Tensor, span: Span,
@@ -156,9 +162,7 @@ def verify_spans(q: Tensor, probs: Tensor, drafts: Tensor, confidence: Tensor, m
         if greedy:
             tokens = torch.where(rejected_at, q_argmax, drafts)
         else:
-            every = torch.arange(drafts.shape[0], device=drafts.device)
-            at = verdict.reject_index  # [B]
-            residual = ResidualDraw(recovered, at, q[every, at], probs[every, at], cfg.acceptance)
+            residual = ResidualDraw(rejected_at, q, probs, cfg.acceptance)
     else:
         recovered = torch.zeros_like(rejected)
         kinds = torch.where(accepted, COMMIT_ACCEPTED, COMMIT_NONE)
