@@ -42,9 +42,10 @@ Counted, not timed (machine-independent):
   every model forward and adds its batch rows. Rows processed is the work a batch really does: a row
   riding along in a forward counts even when the decoder does not charge it NFE;
 * steps: decoding iterations = forwards other than verifications (a verification belongs to the step
-  whose drafts it checks; the prefill counts as a step). Known exactly only at batch 1, where every
-  forward is charged to the one row (so NFE = forwards = rows processed there); at B > 1 the public
-  stats do not say how many iterations a batch ran, so per-forward figures are given there instead;
+  whose drafts it checks; the prefill counts as a step), at every batch size: our decoders charge each
+  forward to its rows through `common.stats.DecodeRecorder.forward` with its kind, which is counted
+  (every kind but "verify"); every hf_generate forward is a step. At batch 1, where every forward is
+  charged to the one row, this is NFE minus verify NFE (the test checks it);
 * profiled pass (torch.profiler, CPU activity, on the first max(B, 8) prompts in chunks of B):
   - top-level ops outside model forwards: profiler events with no parent op, excluding the model's
     own forwards (the hooks wrap the outermost causal-LM, decoder-stack or LM-head call in a
@@ -167,6 +168,8 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per contender and batch size")
     parser.add_argument("--gen_length", "--max_new_tokens", dest="gen_length", type=int, default=DEFAULT_GEN_LENGTH,
                         help="generation budget in tokens for every contender")
+    parser.add_argument("--block_length", type=int, default=None,
+                        help="SDAR: move the block decoders to this block length (default: the model's, as the sweep)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of "
                         + ", ".join(CONTENDERS))
     parser.add_argument("--seed", type=int, default=0, help="seeds torch and each pass's sampling generator")
@@ -191,6 +194,11 @@ def validate(parser: OneLineParser, args: argparse.Namespace) -> list[dict]:
     for name in ("per_task", "repeats", "gen_length", "threads"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.block_length is not None:
+        if not FAMILIES[args.family].moves_block:
+            parser.error(f"--block_length moves SDAR's block decoders; {args.family} decodes at its model's block size")
+        if args.block_length <= 0:
+            parser.error(f"--block_length must be a positive integer, got {args.block_length}")
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]
     if not tasks or unknown:
@@ -275,11 +283,12 @@ class Probe:
     depth: int = 0
     scoped: bool = False  # open a profiler range around each outermost model call
     tolist_outside: int = 0
+    steps: int = 0  # forwards our decoders charged with any kind but "verify" (counting_steps)
     _start: tuple[float, float] = (0.0, 0.0)
     _ranges: list[Any] = field(default_factory=list)
 
     def reset(self) -> None:
-        self.forwards = self.rows = self.tolist_outside = 0
+        self.forwards = self.rows = self.tolist_outside = self.steps = 0
         self.model_wall = self.model_cpu = 0.0
 
     def attach(self, model: Any) -> list[Any]:
@@ -447,6 +456,7 @@ class Pass:
     model_cpu: float = 0.0
     forwards: int = 0
     rows: int = 0
+    steps: int = 0
     calls: list[Call] = field(default_factory=list)
 
     def outputs(self, contender: Contender) -> list[Output]:
@@ -465,18 +475,20 @@ def run_pass(contender: Contender, chunks: list[Chunk], seed: int, device: Any, 
     generator = torch.Generator(device=device).manual_seed(seed)
     result = Pass()
     probe.reset()
-    for input_ids, attention_mask, targets in chunks:
-        before = probe.forwards
-        wall, thread_cpu, process_cpu = time.perf_counter(), time.thread_time(), time.process_time()
-        ids, stats = contender.run(input_ids, attention_mask, generator, targets)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        result.wall += time.perf_counter() - wall
-        result.thread_cpu += time.thread_time() - thread_cpu
-        result.process_cpu += time.process_time() - process_cpu
-        result.calls.append(Call(ids, stats, probe.forwards - before, input_ids.shape[1], targets))
+    with counting_steps(probe):  # one integer increment per forward: nothing to time
+        for input_ids, attention_mask, targets in chunks:
+            before = probe.forwards
+            wall, thread_cpu, process_cpu = time.perf_counter(), time.thread_time(), time.process_time()
+            ids, stats = contender.run(input_ids, attention_mask, generator, targets)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            result.wall += time.perf_counter() - wall
+            result.thread_cpu += time.thread_time() - thread_cpu
+            result.process_cpu += time.process_time() - process_cpu
+            result.calls.append(Call(ids, stats, probe.forwards - before, input_ids.shape[1], targets))
     result.model_wall, result.model_cpu = probe.model_wall, probe.model_cpu
     result.forwards, result.rows = probe.forwards, probe.rows
+    result.steps = probe.forwards if contender.name == "hf_generate" else probe.steps
     return result
 
 
@@ -511,6 +523,25 @@ def counting_tolist(probe: Probe) -> Iterator[None]:
         yield
     finally:
         torch.Tensor.tolist = original
+
+
+@contextmanager
+def counting_steps(probe: Probe) -> Iterator[None]:
+    """Count the decoding steps of our decoders: forwards their recorder is told of, verifications aside."""
+    from common.stats import DecodeRecorder
+
+    original = DecodeRecorder.forward
+
+    def counted(self: Any, kind: str, *args: Any, **kwargs: Any) -> None:
+        if kind != "verify":
+            probe.steps += 1
+        original(self, kind, *args, **kwargs)
+
+    DecodeRecorder.forward = counted
+    try:
+        yield
+    finally:
+        DecodeRecorder.forward = original
 
 
 @dataclass
@@ -587,7 +618,7 @@ def profile_pass(contender: Contender, chunks: list[Chunk], seed: int, device: A
     counts = count_trace(profiler.profiler.kineto_results.events())
     peak_bytes = peak_cuda if peak_cuda is not None else counts.peak_bytes
     outputs = result.outputs(contender)
-    steps = count_steps(outputs)
+    steps = result.steps
     syncs = counts.syncs_outside + tolist
     top_level = counts.top_level_ops
     return {
@@ -608,14 +639,6 @@ def profile_pass(contender: Contender, chunks: list[Chunk], seed: int, device: A
     }
 
 
-def count_steps(outputs: list[Output]) -> int | None:
-    """Decoding iterations of batch-1 calls: forwards other than verifications (a verification belongs
-    to the step whose drafts it checks). None for batched calls, whose stats do not tell."""
-    if any(len(o.tokens) != 1 for o in outputs):
-        return None
-    return sum(o.nfe[0] - o.verify[0] for o in outputs)
-
-
 def _ratio(num: float, den: float | None, digits: int = 3) -> float | None:
     return round(num / den, digits) if den else None
 
@@ -632,7 +655,7 @@ def summarize(contender: Contender, passes: list[Pass], items: list[dict], profi
     generated = sum(len(t) for t in tokens)
     nfe = sum(n for o in outputs for n in o.nfe)
     prefill = sum(n for o in outputs for n in o.prefill)
-    steps = count_steps(outputs)
+    steps = first.steps
     wall = statistics.median(p.wall for p in passes)
     thread_cpu = statistics.median(p.thread_cpu for p in passes)
     outside_cpu = statistics.median(p.thread_cpu - p.model_cpu for p in passes)
@@ -703,13 +726,15 @@ def print_tables(record: dict[str, Any]) -> None:
             f"{r['process_cpu_s']:>8.2f}{_fmt(r['accuracy'], '.3f'):>7}{_fmt(p['top_level_ops_per_step'], '.1f'):>9}"
             f"{_fmt(p['host_syncs_per_step'], '.2f'):>10}{_fmt(r['outside_forward_cpu_ms_per_step'], '.3f'):>16}"
             f"{p['peak_memory_mib']:>10.2f}")
-    say("\nbatch  contender     rows processed  tok/s  tok/cpu-s  ops/fwd  sync/fwd  peak MiB  mismatched rows vs B=1")
+    say("\nbatch  contender     rows processed  tok/s  tok/cpu-s  ops/step  sync/step  ops/fwd  sync/fwd  peak MiB  "
+        "mismatched rows vs B=1")
     for batch, by_name in results.items():
         for name in names:
             r = by_name[name]
             p = r["profile"]
             say(f"{batch:>5}  {name:<13}{r['rows_processed']:>15}{_fmt(r['tokens_per_second'], '.1f'):>7}"
-                f"{_fmt(r['tokens_per_thread_cpu_second'], '.1f'):>11}{_fmt(p['top_level_ops_per_forward'], '.1f'):>9}"
+                f"{_fmt(r['tokens_per_thread_cpu_second'], '.1f'):>11}{_fmt(p['top_level_ops_per_step'], '.1f'):>10}"
+                f"{_fmt(p['host_syncs_per_step'], '.2f'):>11}{_fmt(p['top_level_ops_per_forward'], '.1f'):>9}"
                 f"{_fmt(p['host_syncs_per_forward'], '.2f'):>10}{p['peak_memory_mib']:>10.2f}"
                 f"{_fmt(r['mismatched_rows_vs_batch_1']):>24}")
     head = record["headline"]
@@ -773,7 +798,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, local_files_only=True,
                                                  torch_dtype=torch.float32).to(device).eval()
     # ${model.block_length}: the model's own block size where its config has one (Fast-dLLM v2's bd_size).
-    block_length = getattr(model.config, "bd_size", None) or int(OmegaConf.load(family.model_preset).block_length)
+    block_length = (args.block_length or getattr(model.config, "bd_size", None)
+                    or int(OmegaConf.load(family.model_preset).block_length))
     eos = model.generation_config.eos_token_id
     stop_ids = [int(t) for t in (eos if isinstance(eos, (list, tuple)) else [eos])]
     twin = hf_twin(model, family, args.model_dir) if "hf_generate" in args.contenders else None

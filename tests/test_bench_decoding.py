@@ -117,8 +117,11 @@ def test_counts_and_times_at_every_batch_size(run):
             assert result["model_forward_thread_cpu_s"] <= result["thread_cpu_s"]
             assert result["tokens_per_second"] == pytest.approx(result["generated_tokens"] / result["wall_s"], rel=1e-3)
             assert not result["tokens_vary_across_repeats"]  # seeded: every repeat decodes the same tokens
-            if batch != "1":
-                assert result["steps"] is None and result["profile"]["top_level_ops_per_step"] is None
+            # Steps are counted at every batch size: the rows of a batch share its iterations.
+            assert 0 < result["profile"]["steps"] <= result["profile"]["forwards"], name
+            assert 0 < result["steps"] <= result["forwards"] and result["profile"]["top_level_ops_per_step"] > 0
+            if name in ("hf_generate", "ar"):
+                assert result["steps"] == result["forwards"], name
             profile = result["profile"]
             assert profile["top_level_ops_outside_forwards"] > 0 and profile["peak_memory_mib"] > 0
             # Every decoder reads something back to decide when to stop.
@@ -249,6 +252,8 @@ def test_count_trace_on_a_real_profile(bench):
     (["--family", "llada"], "argument --family: invalid choice"),
     (["--model_dir", "/nonexistent"], "no model at /nonexistent"),
     (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+    (["--block_length", "0"], "--block_length must be a positive integer, got 0"),
+    (["--family", "fast_dllm_v2", "--block_length", "4"], "--block_length moves SDAR's block decoders"),
     (["--out", "/nonexistent/x.json"], "--out: directory /nonexistent does not exist"),
 ])
 def test_bad_input_is_one_line_before_torch(argv, message):
@@ -256,3 +261,14 @@ def test_bad_input_is_one_line_before_torch(argv, message):
     assert run.stdout.strip() == "" and run.exit == 2 and "torch" not in run.heavy, run
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bench_decoding.py: error: ") and message in lines[0], run.stderr
+
+
+def test_block_length_moves_the_sdar_block_decoders(bench):
+    """--block_length N runs SDAR's block decoders at N (steps scaled), AR mode stays at 1."""
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        record = bench.main(["--family", "sdar", "--tasks", "add", "--per_task", "1", "--repeats", "1",
+                             "--batch_sizes", "1", "--contenders", "ar,s2d2_greedy", "--block_length", "4"])
+    params = {name: spec["params"] for name, spec in record["contenders"].items()}
+    assert record["block_length"] == 4 and params["ar"]["block_length"] == 1
+    assert params["s2d2_greedy"]["block_length"] == 4 and params["s2d2_greedy"]["denoising_steps"] == 4
