@@ -62,7 +62,7 @@ from common.config import require_field_bounds, require_positive
 from common.masks import Predicate, materialize, pipelined_verifier, prefix_block_causal
 from common.remasking import select_transfer
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
-from common.sequence import HoldsSequence, SequenceBuffer
+from common.sequence import HoldsSequence, SequenceBuffer, forbid_mask_token
 from common.spans import Span
 from common.stats import DecodeRecorder
 from common.token_ids import with_token_ids
@@ -249,7 +249,7 @@ class D2FPipeline(HoldsSequence):
         mask = materialize(rule, q_len, start + q_len, device=ids.device, key_valid=key_valid)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
                             use_cache=True, store_kv=store, logits_to_keep=keep).logits
-        logits.select(-1, self.cfg.mask_id).fill_(float("-inf"))
+        forbid_mask_token(logits, self.seq)
         return logits
 
     def draft(self, w: Window) -> Tensor:

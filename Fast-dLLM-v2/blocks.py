@@ -53,7 +53,7 @@ from common.cache import cache_rows, live_rows, row_mask, scatter_rows
 from common.config import require_field_bounds, require_positive
 from common.masks import Predicate, block_causal, draft_block, materialize
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
-from common.sequence import HoldsSequence, SequenceBuffer
+from common.sequence import HoldsSequence, SequenceBuffer, forbid_mask_token
 from common.stats import DecodeRecorder
 from common.token_ids import with_token_ids
 
@@ -186,7 +186,7 @@ class FastDLLMBlocks(HoldsSequence):
         # The mask token is never an output: drafting or accepting it would leave a "decoded" position
         # that still reads as masked (upstream then loops forever on a model that predicts it). Removing
         # it before the sampling transform keeps p, q and the AR token consistent with each other.
-        logits.select(-1, self.cfg.mask_id).fill_(float("-inf"))
+        forbid_mask_token(logits, self.seq)
         return logits
 
     def _ar_token(self, column: int, logits: Tensor) -> None:

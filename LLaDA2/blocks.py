@@ -59,7 +59,7 @@ from common.config import require_field_bounds, require_positive
 from common.editing import token_edits
 from common.masks import Predicate, block_causal, full_attention, materialize, token_causal, verifier_2l
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
-from common.sequence import HoldsSequence, SequenceBuffer
+from common.sequence import HoldsSequence, SequenceBuffer, forbid_mask_token
 from common.stats import COMMIT_EDIT, DecodeRecorder
 from common.token_ids import with_token_ids
 
@@ -171,7 +171,7 @@ class LLaDA2Blocks(HoldsSequence):
         cache = self.cache if rows is None or self.cache is None else cache_rows(self.cache, rows)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=self.cached, store_kv=store, logits_to_keep=keep).logits
-        logits.select(-1, self.cfg.mask_id).fill_(float("-inf"))
+        forbid_mask_token(logits, self.seq)
         return logits
 
     def prefill(self, rows: Tensor) -> None:

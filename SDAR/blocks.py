@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache
 
@@ -31,7 +32,7 @@ from common.masks import Predicate, block_causal, draft_block, materialize, toke
 from common.remasking import REMASKING_STRATEGIES
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
 from common.schedule import num_transfer_tokens
-from common.sequence import HoldsSequence, SequenceBuffer
+from common.sequence import HoldsSequence, SequenceBuffer, forbid_mask_token
 from common.stats import DecodeRecorder
 from common.token_ids import with_token_ids
 
@@ -150,7 +151,7 @@ class SDARBlocks(HoldsSequence):
         ).logits
         # The mask token is never a valid output: a trained model gives it ~0 mass anyway, and an
         # untrained one must not commit it (the output is trimmed at the first mask token).
-        logits.select(-1, self.cfg.mask_id).fill_(float("-inf"))
+        forbid_mask_token(logits, self.seq)
         return logits
 
     def prefill(self, rows: Tensor) -> None:
@@ -218,7 +219,7 @@ class SDARBlocks(HoldsSequence):
         logits, [R, L, V]: row i is the AR distribution q_i given the cache and drafts left of i."""
         length = self.block_length
         start = b * length
-        ids = torch.cat([drafted, torch.full_like(drafted, self.cfg.mask_id)], dim=1)  # [R, 2L]
+        ids = F.pad(drafted, (0, length), value=self.cfg.mask_id)  # [R, 2L]: drafts, then L masks
         subset = None if rows.numel() == self.x.shape[0] else rows  # every row: no cache copy
         pos = self.positions[:, start : start + length] if subset is None else self.positions[rows, start : start + length]
         logits = self._forward(start, start + 2 * length, verifier_2l(start, length), store=False, ids=ids,

@@ -81,7 +81,7 @@ def residual_distribution(q: Tensor, p: Tensor) -> Tensor:
     residual = (q - p).clamp_min(0.0)
     mass = residual.sum(-1, keepdim=True)
     usable = torch.isfinite(mass) & (mass > 0)
-    return torch.where(usable, residual / torch.where(usable, mass, torch.ones_like(mass)), q)
+    return torch.where(usable, residual / torch.where(usable, mass, 1.0), q)
 
 
 def recover_tokens(

@@ -28,7 +28,9 @@ def cache_rows(cache: Any, rows: Tensor) -> Any:
 
 
 def row_mask(rows: Tensor, batch: int) -> Tensor:
-    """[batch] bool, True at the indices `rows`."""
+    """[batch] bool, True at the indices `rows` ([R] long, distinct)."""
+    if rows.numel() == batch:  # every row: one op
+        return torch.ones(batch, dtype=torch.bool, device=rows.device)
     return torch.zeros(batch, dtype=torch.bool, device=rows.device).index_fill_(0, rows, True)
 
 

@@ -352,7 +352,7 @@ class S2D2Step:
         if self.policy.learns:
             self.policy.update(routed, commit.sum(-1), live)
         if residual is not None:  # one host sync for the draw and the family's loop
-            left = (masked & ~commit).any(-1)  # [B]
+            left = (masked > commit).any(-1)  # [B]: a mask not committed now (True > False only)
             n_rejected, self.rows_left = torch.stack([residual.rejected.sum(), left.sum()]).tolist()
             tokens = residual.place(tokens, n_rejected, self.generator)
         return commit, tokens, kinds

@@ -57,6 +57,7 @@ class SequenceBuffer:
             raise ValueError(f"attention_mask {tuple(real.shape)} must match input_ids {tuple(input_ids.shape)}")
         device = input_ids.device
         self.unit, self.budget, self.mask_id = unit, budget, mask_id
+        self.mask_column = torch.tensor([mask_id], device=device)  # [1]: `forbid_mask_token`'s index
         self.input_width = width = input_ids.shape[1]
         lengths = real.sum(-1)  # [B] real prompt tokens per row
         self.prompt_lengths = lengths
@@ -98,6 +99,8 @@ class SequenceBuffer:
         self.x = (torch.where(is_token, input_ids.gather(1, source.clamp(0, max(width - 1, 0))), empty) if width
                   else empty.expand(input_ids.shape[0], total).clone())  # [B, T]
         self.valid = self.columns[None, :] >= self.offset[:, None]  # [B, T]
+        # [B, T]: the columns a row generates (after its prompt, before its end), sliced per block
+        self.generates = (self.columns >= self.gen_start[:, None]) & (self.columns < self.row_end[:, None])
         padded = least < (first_block * unit if align == "prompt_end" else first_block)
         self.key_valid = self.valid if padded else None
         self.positions = (self.columns[None, :] - self.offset[:, None]).clamp_min(0)  # [B, T]
@@ -109,7 +112,7 @@ class SequenceBuffer:
         if self.x is not self._all_x:
             self._all_x[self.rows] = self.x
 
-    _PER_ROW = ("x", "valid", "positions", "offset", "gen_start", "row_end", "prompt_lengths",
+    _PER_ROW = ("x", "valid", "generates", "positions", "offset", "gen_start", "row_end", "prompt_lengths",
                 "prompt_block_tokens", "rows")
 
     def select(self, keep: Tensor) -> None:
@@ -126,9 +129,8 @@ class SequenceBuffer:
 
     def decodable(self, start: int, end: int) -> Tensor:
         """[B, end - start] bool: columns of [start, end) that a row generates (after its prompt, before
-        its end). Positions outside stay as they are and are never waited for."""
-        cols = self.columns[start:end][None, :]
-        return (cols >= self.gen_start[:, None]) & (cols < self.row_end[:, None])
+        its end). Positions outside stay as they are and are never waited for. A view: never written."""
+        return self.generates[:, start:end]
 
     def exhausted(self, end: int) -> Tensor:
         """[B] bool: rows with nothing left to generate at or after column `end`."""
@@ -196,3 +198,9 @@ class HoldsSequence:
 
     def rows_dropped(self) -> None:
         """Called after `select`: state built for the old row set is stale."""
+
+
+def forbid_mask_token(logits: Tensor, seq: SequenceBuffer) -> Tensor:
+    """Set the mask token's logit to -inf in place (one op) and return the logits [..., V]: the mask token
+    is never an output of a decoder."""
+    return logits.index_fill_(-1, seq.mask_column, float("-inf"))
