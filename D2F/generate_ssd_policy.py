@@ -94,10 +94,12 @@ class S2D2Step(PipelineStep):
         drafted_all = torch.where(w.masked, drafts, current)  # [B, L]: what the core drafts, for every row
 
         def verify(drafted: Tensor, rows: Tensor) -> Tensor:
-            """The core's contract ([R, L] drafts of the routed rows -> [R, L, V]); the pipelined verifier
-            forward itself still runs over every row in flight."""
-            routed = row_mask(rows, drafted_all.shape[0])
-            return pipe.verify(w, drafted_all, routed, span, cfg.target_block_size)[rows]
+            """The core's contract ([R, L] drafts of the routed rows -> [R, L, V]): the pipelined verifier
+            forward runs over the routed rows only (every row: no cache copy)."""
+            batch = drafted_all.shape[0]
+            routed = row_mask(rows, batch)
+            index = None if rows.numel() == batch else rows
+            return pipe.verify(w, drafted_all, routed, span, cfg.target_block_size, index)
 
         return self.core(
             probs, drafts, confidence, current, w.masked, w.live, progress=w.progress,

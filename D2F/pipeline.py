@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
+from common.cache import cache_rows
 from common.config import require_field_bounds, require_positive
 from common.masks import Predicate, materialize, pipelined_verifier, prefix_block_causal
 from common.remasking import select_transfer
@@ -232,22 +233,31 @@ class D2FPipeline(HoldsSequence):
             progress=frac.gather(1, first[:, None]).squeeze(1),
         )
 
-    def _settled_rule(self, w: Window, cache_len: int) -> Predicate:
-        """The mask a forward starting at `cache_len` gives its queries (module docstring)."""
-        return prefix_block_causal(self.origin, self.size, cache_len, w.settled_end if self.cfg.cache_ver else None)
+    def _settled_rule(self, w: Window, cache_len: int, index: Tensor | None = None) -> Predicate:
+        """The mask a forward starting at `cache_len` gives its queries (module docstring); `index`: for
+        those batch rows only ([R] long)."""
+        until = None
+        if self.cfg.cache_ver:
+            until = w.settled_end if index is None else w.settled_end[index]
+        return prefix_block_causal(self.origin, self.size, cache_len, until)
 
     def _forward(self, start: int, ids: Tensor, positions: Tensor, rule: Predicate, store: int, keep: int,
-                 extra_keys: int = 0) -> Tensor:
+                 extra_keys: int = 0, index: Tensor | None = None) -> Tensor:
         """One model call over the cache (which ends at `start`): logits of the last `keep` query rows,
-        [B, keep, V], with the mask token's logit at -inf (it is never a draft, a q or a recovery)."""
+        [B, keep, V], with the mask token's logit at -inf (it is never a draft, a q or a recovery).
+        `index` ([R] long): a read-only call over those batch rows only (ids, positions and a batched
+        rule are theirs), [R, keep, V]."""
         q_len = ids.shape[1]
         key_valid = None
         if self.key_valid is not None:
             key_valid = self.key_valid[:, : start + q_len - extra_keys]
+            if index is not None:
+                key_valid = key_valid[index]
             if extra_keys:
                 key_valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], extra_keys)], dim=1)
         mask = materialize(rule, q_len, start + q_len, device=ids.device, key_valid=key_valid)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
+        cache = self.cache if index is None else cache_rows(self.cache, index)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=True, store_kv=store, logits_to_keep=keep).logits
         forbid_mask_token(logits, self.seq)
         return logits
@@ -270,33 +280,41 @@ class D2FPipeline(HoldsSequence):
             return logits[:, :-1]
         return torch.cat([self.last_logits[:, None], logits[:, :-1]], dim=1)
 
-    def verify(self, w: Window, drafted: Tensor, rows: Tensor, span: Span, target_block: int) -> Tensor:
+    def verify(self, w: Window, drafted: Tensor, rows: Tensor, span: Span, target_block: int,
+               index: Tensor | None = None) -> Tensor:
         """Verifier logits of the region, [B, L, V]: at the span positions of the `rows` ([B] bool), the
         distribution of the position given the cache, the row's settled tokens and the drafts left of it
         (strictly earlier target blocks of `target_block` tokens; 1 = AR). drafted: [B, L] region with
         every mask drafted. Position-aligned: the 2L forward; shift-aligned: one causal forward whose row
         t - 1 gives q_t (the Fast-dLLM v2 construction). The first half stops at the longest span's end:
-        nothing to its right is visible to a span position. Nothing is stored."""
+        nothing to its right is visible to a span position. Nothing is stored. `index` ([R] long, the
+        True entries of `rows` in order): the forward runs over those rows only and returns [R, L, V]."""
         settled = w.settled
         span_end = settled + span.start + span.length  # [B]
         width = self.x.shape[1]
         low, end = torch.stack([torch.where(rows, w.settled_end, width).min(),
                                 torch.where(rows, span_end, 0).max()]).tolist()
         first = end - settled
-        rule_args = (settled, first, w.settled_end - settled, target_block, self._settled_rule(w, settled))
+
+        def of_rows(t: Tensor) -> Tensor:  # [B, ...] -> the rows the forward runs over
+            return t if index is None else t[index]
+
+        rule_args = (settled, first, of_rows(w.settled_end) - settled, target_block,
+                     self._settled_rule(w, settled, index))
+        drafted, positions = of_rows(drafted), of_rows(self.positions)
         if self.cfg.shift_logits:
-            logits = self._forward(settled, drafted[:, :first], self.positions[:, settled:end],
-                                   pipelined_verifier(*rule_args), store=0, keep=first)
-            q = torch.cat([self.last_logits[:, None], logits[:, :-1]], dim=1)  # [B, first, V]
+            logits = self._forward(settled, drafted[:, :first], positions[:, settled:end],
+                                   pipelined_verifier(*rule_args), store=0, keep=first, index=index)
+            q = torch.cat([of_rows(self.last_logits)[:, None], logits[:, :-1]], dim=1)  # [R, first, V]
             self.recorder.forward("verify", rows, span_end - w.settled_end)
             offset = 0
         else:
             masks = torch.full((drafted.shape[0], end - low), self.cfg.mask_id, dtype=drafted.dtype,
                                device=drafted.device)
-            ids = torch.cat([drafted[:, :first], masks], dim=1)  # [B, first + (end - low)]
-            positions = torch.cat([self.positions[:, settled:end], self.positions[:, low:end]], dim=1)
+            ids = torch.cat([drafted[:, :first], masks], dim=1)  # [R, first + (end - low)]
+            positions = torch.cat([positions[:, settled:end], positions[:, low:end]], dim=1)
             q = self._forward(settled, ids, positions, pipelined_verifier(*rule_args, mask_from=low - settled),
-                              store=0, keep=end - low, extra_keys=end - low)
+                              store=0, keep=end - low, extra_keys=end - low, index=index)
             self.recorder.forward("verify", rows, 2 * (span_end - w.settled_end))
             offset = low - settled
         out = q.new_zeros(drafted.shape[0], drafted.shape[1], q.shape[-1])

@@ -20,6 +20,7 @@ from D2F.generate import generate
 from D2F.generate_ssd_policy import S2D2Config, generate_ssd_policy
 from D2F.modeling_dream import DreamModel
 from D2F.modeling_llada import LLaDAModelLM
+from D2F.pipeline import D2FPipeline
 from D2F.pipeline import D2FDecodeConfig, D2FPipeline
 from D2F.reference import ar_greedy, block_decode
 
@@ -238,13 +239,23 @@ def _batch(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.T
     (generate_ssd_policy, dict(acceptance="greedy_exact", cache_ver=True, do_verify_policy="contextual_bandit_ucb")),
 ])
 @pytest.mark.parametrize("lengths", [[3, 7, 5, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 4, 4, 9, 2]])
-def test_batches_equal_batch_one(models, family, fn, extra, lengths):
-    """Left-padded batches of 4 and 16 rows: every row gets its batch-1 tokens and statistics."""
+def test_batches_equal_batch_one(models, family, fn, extra, lengths, monkeypatch):
+    """Left-padded batches of 4 and 16 rows: every row gets its batch-1 tokens and statistics, also where
+    the verifier forward runs over the routed rows only."""
     model = models[family]
     ids, mask, prompts = _batch(lengths)
     kw = dict(max_new_tokens=10, block_size=4, block_add_threshold=0.3, decoded_token_threshold=0.7, skip_threshold=0.3,
               stopping_criteria_idx=(STOP_ID,), **extra)
+    verify, subsets = D2FPipeline.verify, []
+
+    def counted(self, *args, **kwargs):
+        subsets.append(len(args) > 5 and args[5] is not None)
+        return verify(self, *args, **kwargs)
+
+    monkeypatch.setattr(D2FPipeline, "verify", counted)
     out, stats = _run(fn, model, ids, mask, **kw)
+    if fn is generate_ssd_policy and len(lengths) == 16:
+        assert any(subsets)  # some verifier forwards ran over a subset of the rows
     for row, prompt in enumerate(prompts):
         alone, alone_stats = _run(fn, model, prompt[None], **kw)
         assert out[row, ids.shape[1]:].tolist() == alone[0, len(prompt):].tolist(), row
