@@ -32,7 +32,7 @@ their order rotated by one each repeat. Reported times are medians over the repe
 (time.perf_counter), the calling thread's CPU time (time.thread_time) and the process CPU time
 (time.process_time); tokenisation and scoring are outside the timed region. Tokens/s = generated
 tokens / median wall time; on a shared machine the thread CPU figure is the steadier one. The load
-average (os.getloadavg) before and after and the torch thread count are in the record.
+average (os.getloadavg) before and after, the torch thread count and the CPU model are in the record.
 
 Counted, not timed (machine-independent):
 * generated tokens (up to and including the stop token), NFE and TPF from the decoders' stats
@@ -715,7 +715,7 @@ def print_tables(record: dict[str, Any]) -> None:
     say = lambda line="": print(line, file=sys.stderr)  # noqa: E731
     say(f"\n{record['family']} ({record['model_dir']}), {record['prompts']} prompts, budget {record['gen_length']}, "
         f"median of {record['repeats']}, {record['environment']['torch_threads']} torch thread(s), "
-        f"load average {record['environment']['load_average_before']}")
+        f"load average {record['environment']['load_average_before']}, {record['environment']['cpu_model']}")
     say("batch 1       tokens    NFE    TPF   rows  tok/s  wall s thread s  proc s    acc ops/step sync/step "
         "out-fwd ms/step  peak MiB")
     for name in names:
@@ -750,6 +750,18 @@ def print_tables(record: dict[str, Any]) -> None:
     if identity["hf_generate_vs_ar_mismatched_rows"] is not None:
         say(f"hf_generate vs our AR mode at batch 1: {identity['hf_generate_vs_ar_mismatched_rows']} of "
             f"{record['prompts']} prompts differ")
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo on Linux): timings, and on the CPU even the last bits of a
+    product, depend on it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -915,6 +927,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
             or platform.machine(),
+            "cpu_model": cpu_model(),
             "torch_threads": torch.get_num_threads(),
             "torch_interop_threads": torch.get_num_interop_threads(),
             "cpu_count": os.cpu_count(),

@@ -63,6 +63,7 @@ def test_one_json_record_last_on_stdout_and_in_the_out_file(run, bench):
     assert record["prompts"] == 2 and record["repeats"] == 2
     env = record["environment"]
     assert env["torch_threads"] == 1 and len(env["load_average_before"]) == 3 and len(env["load_average_after"]) == 3
+    assert env["cpu_model"] is None or isinstance(env["cpu_model"], str)
     for batch in record["results"].values():
         assert list(batch) == list(bench.CONTENDERS)
         for result in batch.values():
