@@ -84,6 +84,9 @@ class S2D2Step(PipelineStep):
         super().__init__(cfg, generator)
         self.core = s2d2.S2D2Step(cfg, self.sampling, batch, device, generator)
 
+    def select(self, keep: Tensor) -> None:
+        self.core.select(keep)
+
     def __call__(self, pipe: D2FPipeline, w: Window, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         cfg = self.cfg
         probs, drafts, confidence = self.draft(logits)

@@ -192,13 +192,24 @@ class D2FPipeline(HoldsSequence):
         self.activated = torch.zeros(batch, self.n_blocks, dtype=torch.bool, device=device)  # [B, NB]
         self.eos_seen = torch.zeros(batch, dtype=torch.bool, device=device)  # [B]
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)  # [B]
+        self.kept: Tensor | None = None  # [K] rows the last `plan` kept, when finished rows left the batch
+
+    def select(self, keep: Tensor) -> None:
+        """Drop every row but `keep` ([K] long): buffer, cache and the block table."""
+        super().select(keep)
+        self.row_cache_end, self.n_added, self.activated, self.eos_seen, self.done = (
+            t[keep] for t in (self.row_cache_end, self.n_added, self.activated, self.eos_seen, self.done))
+        if self.last_logits is not None:
+            self.last_logits = self.last_logits[keep]
 
     def region(self, w: Window) -> Tensor:
         """View of the region's tokens, [B, L]; writing into it writes the buffer."""
         return self.x[:, w.settled : w.end]
 
     def plan(self) -> Window | None:
-        """Add blocks, activate blocks, find what is settled; None when every row is done."""
+        """Add blocks, activate blocks, find what is settled; None when every row is done. Rows that are
+        done leave the batch here (`kept` then holds the rows kept, for the step's and the recorder's
+        state): the window is the live rows' anyway, so the others' tokens do not change."""
         cfg, size, nb = self.cfg, self.size, self.n_blocks
         gen = self.x[:, self.origin : self.origin + nb * size].view(-1, nb, size)  # [B, NB, S]
         is_mask = gen == cfg.mask_id
@@ -219,10 +230,17 @@ class D2FPipeline(HoldsSequence):
         added_end = self.origin + self.n_added * size  # [B]
         width = self.x.shape[1]
         bounds = torch.stack([live.any().long(), torch.where(live, settled_end, width).min(),
-                              torch.where(live, added_end, 0).max()])
-        any_live, settled, end = bounds.tolist()  # the step's one host sync
+                              torch.where(live, added_end, 0).max(), self.done.sum()])
+        any_live, settled, end, n_done = bounds.tolist()  # the step's one host sync
         if not any_live:
             return None
+        self.kept = None
+        if n_done:  # finished rows leave the batch: later forwards run on the others only
+            keep = torch.argsort(self.done.to(torch.uint8), stable=True)[: self.done.shape[0] - n_done]  # [K]
+            self.select(keep)
+            self.kept = keep
+            frac, n_settled, settled_end, added_end = frac[keep], n_settled[keep], settled_end[keep], added_end[keep]
+            live = ~self.done
         columns = torch.arange(settled, end, device=gen.device)
         block = torch.div(columns - self.origin, size, rounding_mode="floor")  # [L] generated block index
         masked = (self.x[:, settled:end] == cfg.mask_id) & (block[None, :] < self.n_added[:, None]) & live[:, None]
@@ -338,6 +356,9 @@ class PipelineStep:
         self.sampling = cfg.sampling()
         self.generator = generator
 
+    def select(self, keep: Tensor) -> None:
+        """The pipeline keeps rows `keep` only ([K] long); per-row state follows."""
+
     def draft(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(p [B, L, V], draft tokens [B, L], confidence [B, L]) from draft logits [B, L, V]."""
         probs = logits_to_probs(logits, self.sampling)
@@ -371,6 +392,9 @@ def decode_pipeline(model: torch.nn.Module, input_ids: Tensor, attention_mask: T
         window = pipe.plan()
         if window is None:
             break
+        if pipe.kept is not None:
+            step.select(pipe.kept)
+            recorder.select(pipe.kept)
         commit, tokens, kinds = step(pipe, window, pipe.draft(window))
         pipe.apply(window, commit, tokens, kinds, stop_ids)
     else:

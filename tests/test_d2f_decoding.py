@@ -241,7 +241,7 @@ def _batch(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.T
 @pytest.mark.parametrize("lengths", [[3, 7, 5, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 4, 4, 9, 2]])
 def test_batches_equal_batch_one(models, family, fn, extra, lengths, monkeypatch):
     """Left-padded batches of 4 and 16 rows: every row gets its batch-1 tokens and statistics, also where
-    the verifier forward runs over the routed rows only."""
+    the verifier forward runs over the routed rows only and where finished rows have left the batch."""
     model = models[family]
     ids, mask, prompts = _batch(lengths)
     kw = dict(max_new_tokens=10, block_size=4, block_add_threshold=0.3, decoded_token_threshold=0.7, skip_threshold=0.3,
@@ -253,9 +253,19 @@ def test_batches_equal_batch_one(models, family, fn, extra, lengths, monkeypatch
         return verify(self, *args, **kwargs)
 
     monkeypatch.setattr(D2FPipeline, "verify", counted)
+    plan, kept = D2FPipeline.plan, []
+
+    def planned(self):
+        window = plan(self)
+        kept.append(self.kept is not None)
+        return window
+
+    monkeypatch.setattr(D2FPipeline, "plan", planned)
     out, stats = _run(fn, model, ids, mask, **kw)
     if fn is generate_ssd_policy and len(lengths) == 16:
         assert any(subsets)  # some verifier forwards ran over a subset of the rows
+    if len(lengths) == 16:
+        assert any(kept)  # rows that finished early left the batch
     for row, prompt in enumerate(prompts):
         alone, alone_stats = _run(fn, model, prompt[None], **kw)
         assert out[row, ids.shape[1]:].tolist() == alone[0, len(prompt):].tolist(), row
