@@ -102,14 +102,15 @@ class S2D2Step(PipelineStep):
             batch = drafted_all.shape[0]
             routed = row_mask(rows, batch)
             index = None if rows.numel() == batch else rows
-            return pipe.verify(w, drafted_all, routed, span, cfg.target_block_size, index)
+            return pipe.verify(w, drafted_all, routed, span, cfg.target_block_size, index,
+                               bounds=self.core.routing_reads)
 
         return self.core(
             probs, drafts, confidence, current, w.masked, w.live, progress=w.progress,
             context_length=cfg.block_size, min_k=min_k,
             top_up_rule=PipelineTopUp(cfg.skip_threshold, cfg.block_size, w.activated),
-            verify=verify,
-            recorder=pipe.recorder, span_region=region)
+            verify=verify, recorder=pipe.recorder, span_region=region,
+            read_with_routing=lambda routed: pipe.verify_bounds(w, routed, span))
 
 
 @takes_config(S2D2Config)

@@ -298,20 +298,26 @@ class D2FPipeline(HoldsSequence):
             return logits[:, :-1]
         return torch.cat([self.last_logits[:, None], logits[:, :-1]], dim=1)
 
+    def verify_bounds(self, w: Window, rows: Tensor, span: Span) -> Tensor:
+        """[2] long on the device: the earliest settled end and the latest span end of the `rows` ([B]
+        bool), which `verify` reads to size its forward."""
+        span_end = w.settled + span.start + span.length  # [B]
+        return torch.stack([torch.where(rows, w.settled_end, self.x.shape[1]).min(),
+                            torch.where(rows, span_end, 0).max()])
+
     def verify(self, w: Window, drafted: Tensor, rows: Tensor, span: Span, target_block: int,
-               index: Tensor | None = None) -> Tensor:
+               index: Tensor | None = None, bounds: list[int] | None = None) -> Tensor:
         """Verifier logits of the region, [B, L, V]: at the span positions of the `rows` ([B] bool), the
         distribution of the position given the cache, the row's settled tokens and the drafts left of it
         (strictly earlier target blocks of `target_block` tokens; 1 = AR). drafted: [B, L] region with
         every mask drafted. Position-aligned: the 2L forward; shift-aligned: one causal forward whose row
         t - 1 gives q_t (the Fast-dLLM v2 construction). The first half stops at the longest span's end:
         nothing to its right is visible to a span position. Nothing is stored. `index` ([R] long, the
-        True entries of `rows` in order): the forward runs over those rows only and returns [R, L, V]."""
+        True entries of `rows` in order): the forward runs over those rows only and returns [R, L, V].
+        `bounds`: `verify_bounds` already read on the host (otherwise read here: one host sync)."""
         settled = w.settled
         span_end = settled + span.start + span.length  # [B]
-        width = self.x.shape[1]
-        low, end = torch.stack([torch.where(rows, w.settled_end, width).min(),
-                                torch.where(rows, span_end, 0).max()]).tolist()
+        low, end = bounds if bounds is not None else self.verify_bounds(w, rows, span).tolist()
         first = end - settled
 
         def of_rows(t: Tensor) -> Tensor:  # [B, ...] -> the rows the forward runs over

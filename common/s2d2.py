@@ -283,6 +283,7 @@ class S2D2Step:
         self.every_row = torch.arange(batch, device=device)  # [B] the verifier's rows when all of them route
         self.count_rows_left = count_rows_left
         self.rows_left: int | None = None  # rows with masks left after the last step, where it was read
+        self.routing_reads: list[int] = []  # the host values of `read_with_routing`, this step
 
     def select(self, keep: Tensor) -> None:
         """The decoder keeps rows `keep` only (`RoutingPolicy.select`)."""
@@ -292,7 +293,8 @@ class S2D2Step:
     def __call__(self, probs: Tensor, drafts: Tensor, confidence: Tensor, current: Tensor, masked: Tensor,
                  live: Tensor, *, progress: Tensor | Callable[[], Tensor], context_length: int, min_k: Tensor,
                  top_up_rule: TopUpRule, verify: VerifyFn, recorder: DecodeRecorder,
-                 span_region: Tensor | None = None, min_k_max: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                 span_region: Tensor | None = None, min_k_max: int | None = None,
+                 read_with_routing: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """probs: [B, L, V] draft distribution p; drafts, confidence: [B, L]; current: [B, L] tokens of the
         region (masks where undecided; a family that edits decoded tokens passes the region with this
         step's edits written, so the verifier's first half holds them); masked: [B, L]; live: [B];
@@ -302,7 +304,9 @@ class S2D2Step:
         routing features are its masked positions; default: the whole region); min_k_max: a host-side
         bound on `min_k` where the family knows one (the schedule count): when it is at most 1, every row
         verified and the rule is `idle_once_met`, the top-up is skipped, as every verified span commits
-        at least one token (an accepted draft or the recovered one).
+        at least one token (an accepted draft or the recovered one). read_with_routing: a function of the
+        routed rows ([B] bool) giving a 1-D long tensor that is read in the routing's host sync; its
+        values are in `routing_reads` when `verify` runs (a family's own verifier sizes, say).
         Only masked positions are ever committed here.
         Returns (commit [B, L] bool, tokens [B, L], kinds [B, L] COMMIT_* codes)."""
         self.rows_left = None
@@ -314,7 +318,12 @@ class S2D2Step:
                                     top_up_rule.threshold, flags, flags.ucb_entropy_source, self.policy.reads)
         routed = self.policy.decide(features)  # [B]; False for idle rows and empty spans (the policy contract)
         recorder.decision(live)
-        lengths = torch.where(routed, span.length, 0).tolist()  # one host sync: each routed row's span length
+        lengths = torch.where(routed, span.length, 0)  # [B] each routed row's span length
+        if read_with_routing is not None:
+            values = torch.cat([lengths, read_with_routing(routed)]).tolist()  # one host sync for both
+            lengths, self.routing_reads = values[: routed.shape[0]], values[routed.shape[0]:]
+        else:
+            lengths = lengths.tolist()  # one host sync
         widest = max(lengths)
         if widest:  # the verifier runs over the routed rows only
             n_routed = len(lengths) - lengths.count(0)

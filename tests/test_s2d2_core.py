@@ -209,3 +209,27 @@ def test_residual_draws_are_one_multinomial_over_the_rejected_rows_in_order():
     untouched = torch.ones_like(drafts, dtype=torch.bool)
     untouched[rows, at] = False
     assert torch.equal(tokens[untouched], drafts[untouched])
+
+
+def test_values_read_with_the_routing_cost_no_extra_read():
+    """read_with_routing: the family's values come back on the host in the routing's one read, before
+    the verifier forward runs."""
+    probs, drafts, confidence, current, masked, verifier_logits = _step_inputs()
+    masked[:, 0] = True
+    flags = S2D2Flags(acceptance="greedy_exact", do_verify_policy="mask_span_length")
+    step = S2D2Step(flags, SamplingConfig(), masked.shape[0], "cpu")
+    seen = []
+
+    def verify(drafted, rows):
+        seen.append(list(step.routing_reads))
+        return verifier_logits[rows]
+
+    def run():
+        step(probs, drafts, confidence, current, masked, masked.any(-1), progress=torch.zeros(masked.shape[0]),
+             context_length=masked.shape[1], min_k=masked.sum(-1).clamp(max=1), min_k_max=1,
+             top_up_rule=TopUp("low_confidence_dynamic", 0.5), verify=verify,
+             recorder=DecodeRecorder(masked.shape[0]),
+             read_with_routing=lambda routed: torch.stack([routed.sum(), routed.long().argmax()]))
+
+    assert _host_syncs(run) == (0, 1)
+    assert seen == [[masked.shape[0], 0]]  # every row routes (each has a span); the first is row 0
