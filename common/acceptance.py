@@ -31,8 +31,8 @@ class Verdict:
 
     @property
     def reject_index(self) -> Tensor:
-        """[B] long, block index of the first rejected position (valid where rejected). Derived on
-        demand: only a residual draw reads it."""
+        """[B] long, block index of the first rejected position (valid where rejected), derived on
+        demand (the residual draw finds the rejected rows' positions itself, for those rows only)."""
         return self.first_rejected.int().argmax(-1)
 
 

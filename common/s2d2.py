@@ -125,7 +125,7 @@ class ResidualDraw:
         rejected positions: one draw per rejected row, all in one call, in row order."""
         if not n_rejected:
             return tokens
-        hit = self.first_rejected.any(-1)  # [R]
+        hit = self.rejected  # [R]
         rejected = (torch.arange(n_rejected, device=hit.device) if n_rejected == hit.numel()  # [N] rows, in order
                     else torch.argsort(hit.to(torch.uint8), descending=True, stable=True)[:n_rejected])
         at = self.first_rejected[rejected].int().argmax(-1)  # [N]
