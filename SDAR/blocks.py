@@ -271,8 +271,8 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
     steps until no mask is left, a commit, and a stop check. Host syncs: one per step (how many rows
     still have masks, which also picks the rows of the next draft; how many rows stop after this block;
     a block left incomplete after `denoising_steps` is an error, since every remasking strategy commits
-    at least its scheduled count). After a step that has read how many rows still have masks itself
-    (`BlockStep.rows_left`), only the block's last step reads, how many rows stop."""
+    at least its scheduled count). When the step has read how many rows still have masks itself
+    (`BlockStep.rows_left`), the loop reads only after the block's last step: how many rows stop."""
     start_time = time.perf_counter()
     batch = input_ids.shape[0]
     device = input_ids.device
