@@ -1,26 +1,31 @@
 """Decoding benchmark on a shipped tiny model: our AR mode, the family's baseline, S2D2 (paper config A
-and greedy-exact) and transformers' own `generate` with its KV cache on the same weights.
+and greedy-exact) and, where the family has a transformers twin, transformers' own `generate` with its
+KV cache on the same weights. Every family: sdar, fast_dllm_v2, llada2, d2f_llada, d2f_dream (D2F: the
+base with its shipped adapter merged).
 
     python scripts/bench_decoding.py                                # SDAR, 16 prompts per task, 3 repeats
     python scripts/bench_decoding.py --family fast_dllm_v2 --out bench.json
+    python scripts/bench_decoding.py --family d2f_llada --per_task 4 --repeats 1   # no hf_generate there
     python scripts/bench_decoding.py --per_task 2 --repeats 1 --batch_sizes 1,4 --gen_length 32   # quick look
 
 Contenders (each decoder's flags are read from its preset in configs/decoding/ and placed at the model's
 block length as the family's sweep places them, so the benchmark runs exactly what the published tables
 run: `${model.block_length}` is the model's block size, and SDAR's block decoders (all but AR mode) are
 moved to it with their steps scaled, as `configs/sweep/sdar.yaml`'s top-level `block_length` does):
-* `hf_generate`: `Qwen3ForCausalLM.generate` (SDAR) / `Qwen2ForCausalLM.generate` (Fast-dLLM v2),
-  greedy, KV cache, SDPA attention, with the shipped safetensors loaded into the transformers class
-  (every key must match; none is renamed). Fast-dLLM v2 is shift-aligned like a causal LM, so this is
-  the same greedy decoder as our AR mode and must give the same tokens (the record checks it). SDAR
-  predicts each masked position at its own position, so a causal LM head reading of its weights is not
-  the trained task: there it is a COST baseline only, end of sequence suppressed and each row generating
-  exactly as many tokens as our AR mode wrote for it (a batch runs until its longest row is done, as
-  our decoders do; rows are credited their own count), and it gets no accuracy.
-* `ar`: our AR mode (block length 1, one forward per token): ar.yaml / fast_ar.yaml;
-* `baseline`: dynamic.yaml (SDAR) / fast_threshold.yaml (Fast-dLLM v2);
-* `s2d2_config_a`: s2d2_config_a.yaml / fast_config_a.yaml (stochastic acceptance, seeded);
-* `s2d2_greedy`: s2d2_greedy.yaml / fast_greedy.yaml (greedy-exact acceptance).
+* `hf_generate`: `Qwen3ForCausalLM.generate` (SDAR) / `Qwen2ForCausalLM.generate` (Fast-dLLM v2,
+  D2F-Dream), greedy, KV cache, SDPA attention, holding the decoded model's weights (the shipped
+  safetensors as loaded: every key must match, none is renamed). Fast-dLLM v2 is shift-aligned like a
+  causal LM, so this is the same greedy decoder as our AR mode and must give the same tokens (the record
+  checks it). SDAR predicts each masked position at its own position, and D2F reads the prompt as one
+  bidirectional block, so there a causal LM's reading of the weights is not the trained task: it is a
+  COST baseline only, end of sequence suppressed and each row generating exactly as many tokens as our
+  AR mode wrote for it (a batch runs until its longest row is done, as our decoders do; rows are
+  credited their own count), and it gets no accuracy. LLaDA2 (MoE) and D2F-LLaDA have no twin.
+* `ar`: our AR mode (block length 1, one forward per token): ar / fast_ar / llada2_ar / d2f_ar;
+* `baseline`: dynamic / fast_threshold / llada2_conservative / d2f_paper;
+* `s2d2_config_a`: s2d2_config_a / fast_config_a / llada2_s2d2_conservative / d2f_s2d2 (stochastic
+  acceptance, seeded);
+* `s2d2_greedy`: s2d2_greedy / fast_greedy / llada2_greedy / d2f_s2d2_greedy (greedy-exact acceptance).
 
 Prompts: the first `--per_task` items of each task of the synthetic test split, task after task in file
 order, templated and tokenised as scripts/eval_tiny.py does, left padded. Every batch size decodes the
@@ -120,11 +125,16 @@ class Family:
     model_preset: Path  # configs/model/*.yaml: the block length `${model.block_length}` resolves to
     presets: dict[str, str]  # contender -> preset name in configs/decoding/
     budget_field: str  # the decoders' generation-budget keyword
-    hf_class: str  # transformers causal LM with the same key names
-    hf_config: str
+    hf_class: str | None  # transformers causal LM with the same key names (None: no hf_generate contender)
+    hf_config: str | None
     hf_config_keys: tuple[str, ...]  # config fields copied to the transformers config
-    shifted: bool  # row i-1 predicts token i, as in a causal LM: then HF greedy == our AR mode
+    shifted: bool  # our AR mode is a causal LM's greedy decoder: HF greedy must give the same tokens
     moves_block: bool  # its sweep sets the top-level block_length: non-AR presets move to the model's
+    registry: str = ""  # families.FAMILIES key (its adapter loader and shipped adapter, for D2F)
+
+    @property
+    def contenders(self) -> tuple[str, ...]:
+        return CONTENDERS if self.hf_class else CONTENDERS[1:]
 
 
 _QWEN_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -141,6 +151,25 @@ FAMILIES = {
         {"ar": "fast_ar", "baseline": "fast_threshold", "s2d2_config_a": "fast_config_a",
          "s2d2_greedy": "fast_greedy"},
         "max_new_tokens", "Qwen2ForCausalLM", "Qwen2Config", _QWEN_KEYS, True, False,
+    ),
+    # LLaDA2 (MoE) and D2F-LLaDA have no transformers twin. D2F-Dream is Qwen2-shaped (base + merged LoRA)
+    # and shift-aligned, but D2F reads the prompt as one bidirectional block, so a causal LM's greedy
+    # tokens are not its AR mode's: there hf_generate is a cost baseline at forced lengths, as for SDAR.
+    "llada2": Family(
+        REPO_ROOT / "models" / "llada2-tiny", REPO_ROOT / "configs" / "model" / "llada2_tiny.yaml",
+        {"ar": "llada2_ar", "baseline": "llada2_conservative", "s2d2_config_a": "llada2_s2d2_conservative",
+         "s2d2_greedy": "llada2_greedy"},
+        "gen_length", None, None, (), False, False, "llada2",
+    ),
+    "d2f_llada": Family(
+        REPO_ROOT / "models" / "d2f-llada-tiny" / "base", REPO_ROOT / "configs" / "model" / "d2f_llada_tiny.yaml",
+        {"ar": "d2f_ar", "baseline": "d2f_paper", "s2d2_config_a": "d2f_s2d2", "s2d2_greedy": "d2f_s2d2_greedy"},
+        "max_new_tokens", None, None, (), False, False, "d2f_llada",
+    ),
+    "d2f_dream": Family(
+        REPO_ROOT / "models" / "d2f-dream-tiny" / "base", REPO_ROOT / "configs" / "model" / "d2f_dream_tiny.yaml",
+        {"ar": "d2f_ar", "baseline": "d2f_paper", "s2d2_config_a": "d2f_s2d2", "s2d2_greedy": "d2f_s2d2_greedy"},
+        "max_new_tokens", "Qwen2ForCausalLM", "Qwen2Config", _QWEN_KEYS, False, False, "d2f_dream",
     ),
 }
 
@@ -170,8 +199,8 @@ def build_parser() -> OneLineParser:
                         help="generation budget in tokens for every contender")
     parser.add_argument("--block_length", type=int, default=None,
                         help="SDAR: move the block decoders to this block length (default: the model's, as the sweep)")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of "
-                        + ", ".join(CONTENDERS))
+    parser.add_argument("--contenders", default=None, help="comma-separated subset of " + ", ".join(CONTENDERS)
+                        + " (default: all; hf_generate only where the family has a transformers twin)")
     parser.add_argument("--seed", type=int, default=0, help="seeds torch and each pass's sampling generator")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -203,9 +232,14 @@ def validate(parser: OneLineParser, args: argparse.Namespace) -> list[dict]:
     unknown = [t for t in tasks if t not in TASKS]
     if not tasks or unknown:
         parser.error(f"--tasks: unknown task(s) {unknown or tasks}; valid: {', '.join(TASKS)}")
+    family = FAMILIES[args.family]
+    if args.contenders is None:
+        args.contenders = ",".join(family.contenders)
     contenders = [c for c in args.contenders.split(",") if c]
     if not contenders or any(c not in CONTENDERS for c in contenders) or len(set(contenders)) != len(contenders):
         parser.error(f"--contenders must name distinct contenders among {', '.join(CONTENDERS)}; got {args.contenders!r}")
+    if "hf_generate" in contenders and family.hf_class is None:
+        parser.error(f"hf_generate: {args.family} has no transformers twin; drop it from --contenders")
     if "hf_generate" in contenders and not FAMILIES[args.family].shifted and "ar" not in contenders:
         parser.error(f"hf_generate on {args.family} generates as many tokens as our AR mode: add ar to --contenders")
     batch_sizes = _int_list(parser, "--batch_sizes", args.batch_sizes)
@@ -328,25 +362,20 @@ class Probe:
         return handles
 
 
-def hf_twin(model: Any, family: Family, model_dir: Path) -> Any:
-    """The transformers class of the family's backbone with the shipped safetensors loaded, every key
-    matched by name (ValueError listing any that is missing or left over)."""
+def hf_twin(model: Any, family: Family) -> Any:
+    """The transformers class of the family's backbone holding the decoded model's weights (the shipped
+    safetensors as loaded, which no key renaming touches; for D2F, the base with its adapter merged),
+    every key matched by name (ValueError listing any that is missing or left over)."""
     import transformers
-    from safetensors.torch import load_file
 
     config = getattr(transformers, family.hf_config)(
         **{key: copy.deepcopy(getattr(model.config, key)) for key in family.hf_config_keys})
     config._attn_implementation = "sdpa"
-    # Neither family uses a sliding window (their models refuse one); transformers warns whenever
+    # No family here uses a sliding window (their models refuse one); transformers warns whenever
     # `sliding_window` is set, even with use_sliding_window off.
     config.sliding_window = None
     twin = getattr(transformers, family.hf_class)(config)
-    index = model_dir / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
-    state: dict[str, Any] = {}
-    for name in files:
-        state.update(load_file(str(model_dir / name)))
-    missing, unexpected = twin.load_state_dict(state, strict=False)
+    missing, unexpected = twin.load_state_dict(model.state_dict(), strict=False)
     if config.tie_word_embeddings:
         missing = [key for key in missing if key != "lm_head.weight"]
         twin.tie_weights()
@@ -795,8 +824,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import fast_dllm_v2  # noqa: F401  (registers model_type "Fast_dLLM_Qwen")
-    import SDAR  # noqa: F401  (registers model_type "sdar")
+    import families
+    from common.token_ids import resolve_token_ids
+
+    families.register_model_types()
     from synthetic.tokenizer import format_prompt
 
     device = torch.device(args.device)
@@ -807,14 +838,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     family = FAMILIES[args.family]
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, local_files_only=True,
-                                                 torch_dtype=torch.float32).to(device).eval()
+    registry = families.FAMILIES.get(family.registry)
+    if registry is not None and registry.adapter_loader is not None:  # D2F: base + its shipped adapter, merged
+        model = families.load(registry.adapter_loader)(str(args.model_dir), str(registry.tiny_adapter_dir),
+                                                       merge=True, dtype=torch.float32, device=str(device))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir, local_files_only=True,
+                                                     torch_dtype=torch.float32).to(device).eval()
     # ${model.block_length}: the model's own block size where its config has one (Fast-dLLM v2's bd_size).
     block_length = (args.block_length or getattr(model.config, "bd_size", None)
                     or int(OmegaConf.load(family.model_preset).block_length))
-    eos = model.generation_config.eos_token_id
-    stop_ids = [int(t) for t in (eos if isinstance(eos, (list, tuple)) else [eos])]
-    twin = hf_twin(model, family, args.model_dir) if "hf_generate" in args.contenders else None
+    stop_ids = list(resolve_token_ids(model, tokenizer).stop_ids)  # the decoders' own resolution
+    twin = hf_twin(model, family) if "hf_generate" in args.contenders else None
     probe = Probe()
     hooks = [hook for module in (model, twin) if module is not None for hook in probe.attach(module)]
     contenders = make_contenders(args.contenders, family, model, twin, tokenizer, args.gen_length, block_length,

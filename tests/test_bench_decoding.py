@@ -40,7 +40,7 @@ def bench() -> ModuleType:
     return load_script(SCRIPT)
 
 
-@pytest.fixture(scope="module", params=["sdar", "fast_dllm_v2"])
+@pytest.fixture(scope="module", params=["sdar", "fast_dllm_v2", "llada2", "d2f_llada", "d2f_dream"])
 def run(request, bench, tmp_path_factory) -> tuple[dict, str, Path]:
     """(returned record, stdout, --out file) of one tiny benchmark run of a family."""
     out = tmp_path_factory.mktemp(request.param) / "bench.json"
@@ -58,14 +58,15 @@ def test_one_json_record_last_on_stdout_and_in_the_out_file(run, bench):
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private 0600
     assert record["record"] == "bench_decoding"
-    assert list(record["contenders"]) == list(bench.CONTENDERS)
+    assert list(record["contenders"]) == list(bench.FAMILIES[record["family"]].contenders)
+    assert ("hf_generate" in record["contenders"]) == (record["family"] not in ("llada2", "d2f_llada"))
     assert record["batch_sizes"] == [1, 2] and list(record["results"]) == ["1", "2"]
     assert record["prompts"] == 2 and record["repeats"] == 2
     env = record["environment"]
     assert env["torch_threads"] == 1 and len(env["load_average_before"]) == 3 and len(env["load_average_after"]) == 3
     assert env["cpu_model"] is None or isinstance(env["cpu_model"], str)
     for batch in record["results"].values():
-        assert list(batch) == list(bench.CONTENDERS)
+        assert list(batch) == list(record["contenders"])
         for result in batch.values():
             assert set(result) == RESULT_FIELDS
             assert set(result["profile"]) == PROFILE_FIELDS
@@ -87,9 +88,17 @@ def test_presets_are_read_from_configs(run):
         assert params["s2d2_greedy"]["acceptance"] == "greedy_exact"
         assert params["s2d2_config_a"]["do_verify_policy"] == "score_threshold"
         assert all(p["gen_length"] == 64 for name, p in params.items() if name != "hf_generate")
-    else:
+    elif record["family"] == "fast_dllm_v2":
         assert params["ar"]["block_size"] == 1 and params["baseline"]["block_size"] == record["block_length"] == 16
         assert params["s2d2_config_a"]["do_verify_policy"] == "score_hysteresis"
+        assert all(p["max_new_tokens"] == 64 for name, p in params.items() if name != "hf_generate")
+    elif record["family"] == "llada2":
+        assert params["ar"]["block_length"] == 1 and params["baseline"]["block_length"] == record["block_length"] == 8
+        assert params["baseline"]["editing_threshold"] == 0.9 and params["s2d2_greedy"]["acceptance"] == "greedy_exact"
+        assert all(p["gen_length"] == 64 for name, p in params.items())
+    else:  # D2F: the d2f presets at the model's block size
+        assert params["ar"]["block_size"] == 1 and params["baseline"]["block_size"] == record["block_length"] == 8
+        assert params["s2d2_greedy"]["acceptance"] == "greedy_exact"
         assert all(p["max_new_tokens"] == 64 for name, p in params.items() if name != "hf_generate")
 
 
@@ -134,8 +143,12 @@ def test_counts_and_times_at_every_batch_size(run):
 
 def test_hf_generate_and_our_ar_mode_do_the_same_work(run):
     """Fast-dLLM v2 is shift-aligned: transformers' greedy generate on its weights IS our AR mode, token
-    for token. SDAR is not: HF generate there writes exactly as many tokens as AR mode, unscored."""
+    for token. SDAR and D2F-Dream (whose prompt is one bidirectional block) are not: HF generate there
+    writes exactly as many tokens as AR mode, unscored. LLaDA2 and D2F-LLaDA have no twin."""
     record = run[0]
+    if "hf_generate" not in record["contenders"]:
+        assert record["token_identity"]["hf_generate_vs_ar_mismatched_rows"] is None
+        return
     hf, ar = record["results"]["1"]["hf_generate"], record["results"]["1"]["ar"]
     identity = record["token_identity"]
     assert hf["generated_tokens"] == ar["generated_tokens"]
@@ -156,7 +169,10 @@ def test_headline_ratios(run):
     record = run[0]
     first = record["results"]["1"]
     speed = record["headline"]["speed_vs_hf_generate_batch_1"]
-    assert set(speed) == {"ar", "baseline", "s2d2_config_a", "s2d2_greedy"}
+    if "hf_generate" in record["contenders"]:
+        assert set(speed) == {"ar", "baseline", "s2d2_config_a", "s2d2_greedy"}
+    else:
+        assert not speed
     for name, ratio in speed.items():
         assert ratio == round(first[name]["tokens_per_second"] / first["hf_generate"]["tokens_per_second"], 3)
     scaling = record["headline"]["batch_scaling"]
@@ -254,6 +270,7 @@ def test_count_trace_on_a_real_profile(bench):
     (["--model_dir", "/nonexistent"], "no model at /nonexistent"),
     (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
     (["--block_length", "0"], "--block_length must be a positive integer, got 0"),
+    (["--family", "llada2", "--contenders", "hf_generate,ar"], "hf_generate: llada2 has no transformers twin"),
     (["--family", "fast_dllm_v2", "--block_length", "4"], "--block_length moves SDAR's block decoders"),
     (["--out", "/nonexistent/x.json"], "--out: directory /nonexistent does not exist"),
 ])
