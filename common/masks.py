@@ -159,8 +159,8 @@ def causal_verifier(cache_len: int = 0) -> Predicate:
 def _prefix_blocks(index: Tensor, prefix_len: int, block_length: int) -> Tensor:
     """Block number of a sequence index when a prefix of any length is block 0 and blocks of
     `block_length` follow it."""
-    after = torch.div(index - prefix_len, block_length, rounding_mode="floor") + 1
-    return torch.where(index < prefix_len, torch.zeros_like(after), after)
+    # floor((i - P) / L) + 1 after the prefix, and every index before it (where that is <= 0) is block 0
+    return torch.div(index - (prefix_len - block_length), block_length, rounding_mode="floor").clamp_min(0)
 
 
 def prefix_block_causal(prefix_len: int, block_length: int, cache_len: int = 0,
