@@ -336,12 +336,12 @@ class S2D2Step:
 
             q = logits_to_probs(verify(rows(drafts), idx), self.sampling)  # [R, L, V]
             sub_span = Span(member=rows(span.member), length=rows(span.length))
-            check = verify_spans if self.count_rows_left else verify_commits
-            sub_tokens, sub_kinds, verdict, recovered, *pending = check(
+            sub_tokens, sub_kinds, verdict, recovered, residual = verify_spans(
                 q, rows(probs), rows(drafts), rows(confidence), rows(masked), sub_span, None, widest, flags,
                 self.generator)
-            residual = pending[0] if pending else None
-            if residual is not None and not every:
+            if residual is not None and not self.count_rows_left:  # draw now: one host sync
+                sub_tokens, residual = residual.place(sub_tokens, int(recovered.sum()), self.generator), None
+            elif residual is not None and not every:
                 residual.rows = idx
             if every:
                 tokens, kinds = sub_tokens, sub_kinds
