@@ -93,6 +93,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+from families import FAMILIES as REGISTRY
 from synthetic.tasks import TASKS, TEST_SPLIT_PATH, load_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -119,57 +120,65 @@ GREEDY = frozenset({"hf_generate", "ar", "baseline", "s2d2_greedy"})
 
 @dataclass(frozen=True)
 class Family:
-    """Where a family's model, presets and transformers twin are."""
+    """The benchmark's side of a registered family (families.FAMILIES[registry]: its tiny model, adapter and
+    budget keyword): its presets and transformers twin."""
 
-    model_dir: Path
+    registry: str  # families.FAMILIES key
     model_preset: Path  # configs/model/*.yaml: the block length `${model.block_length}` resolves to
     presets: dict[str, str]  # contender -> preset name in configs/decoding/
-    budget_field: str  # the decoders' generation-budget keyword
     hf_class: str | None  # transformers causal LM with the same key names (None: no hf_generate contender)
     hf_config: str | None
     hf_config_keys: tuple[str, ...]  # config fields copied to the transformers config
     shifted: bool  # our AR mode is a causal LM's greedy decoder: HF greedy must give the same tokens
     moves_block: bool  # its sweep sets the top-level block_length: non-AR presets move to the model's
-    registry: str = ""  # families.FAMILIES key (its adapter loader and shipped adapter, for D2F)
+
+    @property
+    def model_dir(self) -> Path:
+        return REGISTRY[self.registry].tiny_model_dir
+
+    @property
+    def budget_field(self) -> str:  # the decoders' generation-budget keyword
+        return REGISTRY[self.registry].budget_field
 
     @property
     def contenders(self) -> tuple[str, ...]:
-        return CONTENDERS if self.hf_class else CONTENDERS[1:]
+        return tuple(name for name in CONTENDERS if self.hf_class or name != "hf_generate")
 
 
 _QWEN_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
               "tie_word_embeddings", "rope_theta", "rope_scaling")
+MODEL_PRESETS = REPO_ROOT / "configs" / "model"
 FAMILIES = {
     "sdar": Family(
-        REPO_ROOT / "models" / "sdar-tiny", REPO_ROOT / "configs" / "model" / "sdar_tiny.yaml",
+        "sdar", MODEL_PRESETS / "sdar_tiny.yaml",
         {"ar": "ar", "baseline": "dynamic", "s2d2_config_a": "s2d2_config_a", "s2d2_greedy": "s2d2_greedy"},
-        "gen_length", "Qwen3ForCausalLM", "Qwen3Config", _QWEN_KEYS + ("head_dim", "attention_bias"), False, True,
+        "Qwen3ForCausalLM", "Qwen3Config", _QWEN_KEYS + ("head_dim", "attention_bias"), False, True,
     ),
     "fast_dllm_v2": Family(
-        REPO_ROOT / "models" / "fast-dllm-v2-tiny", REPO_ROOT / "configs" / "model" / "fast_dllm_v2_tiny.yaml",
+        "fast_dllm_v2", MODEL_PRESETS / "fast_dllm_v2_tiny.yaml",
         {"ar": "fast_ar", "baseline": "fast_threshold", "s2d2_config_a": "fast_config_a",
          "s2d2_greedy": "fast_greedy"},
-        "max_new_tokens", "Qwen2ForCausalLM", "Qwen2Config", _QWEN_KEYS, True, False,
+        "Qwen2ForCausalLM", "Qwen2Config", _QWEN_KEYS, True, False,
     ),
     # LLaDA2 (MoE) and D2F-LLaDA have no transformers twin. D2F-Dream is Qwen2-shaped (base + merged LoRA)
     # and shift-aligned, but D2F reads the prompt as one bidirectional block, so a causal LM's greedy
     # tokens are not its AR mode's: there hf_generate is a cost baseline at forced lengths, as for SDAR.
     "llada2": Family(
-        REPO_ROOT / "models" / "llada2-tiny", REPO_ROOT / "configs" / "model" / "llada2_tiny.yaml",
+        "llada2", MODEL_PRESETS / "llada2_tiny.yaml",
         {"ar": "llada2_ar", "baseline": "llada2_conservative", "s2d2_config_a": "llada2_s2d2_conservative",
          "s2d2_greedy": "llada2_greedy"},
-        "gen_length", None, None, (), False, False, "llada2",
+        None, None, (), False, False,
     ),
     "d2f_llada": Family(
-        REPO_ROOT / "models" / "d2f-llada-tiny" / "base", REPO_ROOT / "configs" / "model" / "d2f_llada_tiny.yaml",
+        "d2f_llada", MODEL_PRESETS / "d2f_llada_tiny.yaml",
         {"ar": "d2f_ar", "baseline": "d2f_paper", "s2d2_config_a": "d2f_s2d2", "s2d2_greedy": "d2f_s2d2_greedy"},
-        "max_new_tokens", None, None, (), False, False, "d2f_llada",
+        None, None, (), False, False,
     ),
     "d2f_dream": Family(
-        REPO_ROOT / "models" / "d2f-dream-tiny" / "base", REPO_ROOT / "configs" / "model" / "d2f_dream_tiny.yaml",
+        "d2f_dream", MODEL_PRESETS / "d2f_dream_tiny.yaml",
         {"ar": "d2f_ar", "baseline": "d2f_paper", "s2d2_config_a": "d2f_s2d2", "s2d2_greedy": "d2f_s2d2_greedy"},
-        "max_new_tokens", "Qwen2ForCausalLM", "Qwen2Config", _QWEN_KEYS, False, False, "d2f_dream",
+        "Qwen2ForCausalLM", "Qwen2Config", _QWEN_KEYS, False, False,
     ),
 }
 
@@ -838,8 +847,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     family = FAMILIES[args.family]
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
     tokenizer.padding_side = "left"
-    registry = families.FAMILIES.get(family.registry)
-    if registry is not None and registry.adapter_loader is not None:  # D2F: base + its shipped adapter, merged
+    registry = REGISTRY[family.registry]
+    if registry.adapter_loader is not None:  # D2F: base + its shipped adapter, merged
         model = families.load(registry.adapter_loader)(str(args.model_dir), str(registry.tiny_adapter_dir),
                                                        merge=True, dtype=torch.float32, device=str(device))
     else:
