@@ -20,18 +20,22 @@ Block table, per row (all state is tensors; one host sync per step reads the win
 * commit (the baseline step): every block commits its masked drafts with confidence >
   `skip_threshold`; a fully activated block with none commits its most confident draft;
 * settled: the leading blocks with no mask. Their K/V depend on final tokens only, so they are
-  stored: the next forward starts at the old cache end and stores the newly settled columns
-  (`store_kv=n`), which also folds the prompt's prefill into the first draft forward.
+  kept: a row's next forward starts at its old cache end and stores its newly settled columns, which
+  also folds the prompt's prefill into the first draft forward.
 
-Batches share one cache: it ends where every live row is settled (the minimum over rows). A row that
-is further ahead recomputes its settled blocks inside the window with the same mask rule, which gives
-its batch-1 numbers. The window of one forward covers every row's blocks in flight; columns of blocks
-a row has not added yet are later blocks, which none of its blocks can see. So a batch gives each row
-its batch-1 tokens and its batch-1 statistics (for decoders that draw no random numbers).
+Each row has its own cache end (`common.cache.ColumnCache`, K/V kept by column): the draft forward
+feeds every row its own window, from its cache end to its newest block's end, packed to the left of
+one [B, W] input (W the widest row's window; a narrower row's extra columns are later blocks or past
+the buffer, which none of its blocks can see). So a row's forward is its batch-1 forward, whatever
+stage the other rows are at, and a batch gives each row its batch-1 tokens and statistics (for
+decoders that draw no random numbers). The step itself sees one region [settled, end) over the rows
+(the earliest settled column to the furthest added one); a row's region columns outside its own
+blocks in flight have no mask and are never committed. The verifier forward starts at the region's
+first column over the cache below it, which is final for every row.
 
 Shift alignment (Dream): the logit at t - 1 predicts token t. A position's draft is the previous row's
-logit; the first column of a window uses the logit of the last settled column, saved by the forward
-that stored it (the reference's `last_logits`). Position alignment (LLaDA): the logit at t.
+logit; the first column of a row's window uses the logit of its last settled column, saved by the
+forward that computed it (the reference's `last_logits`). Position alignment (LLaDA): the logit at t.
 
 `cache_ver` (AR-like cache; off by default, inert in the reference): settled generated blocks attend
 token-causally (the prompt stays one bidirectional block), so cached K/V are those of block size 1 and
@@ -56,9 +60,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache
 
-from common.cache import cache_rows
+from common.cache import ColumnCache
 from common.config import require_field_bounds, require_positive
 from common.masks import Predicate, materialize, pipelined_verifier, prefix_block_causal
 from common.remasking import select_transfer
@@ -136,13 +139,17 @@ class D2FDecodeConfig:
 
 @dataclass
 class Window:
-    """One step's view of the batch: the forward covers columns [start, end); the cache is extended to
-    `settled` (every live row is settled before it); the region [settled, end) holds the blocks in
-    flight. Per-column tensors are [B, L] over the region, L = end - settled."""
+    """One step's view of the batch: the region [settled, end) holds every row's blocks in flight
+    (`settled`: the earliest settled end over the rows). The draft forward feeds row b the columns from
+    its cache end to its added end, packed into `width` query columns; `lead` is the smallest count of
+    newly settled columns at the head of a row's window. Per-column tensors are [B, L] over the region,
+    L = end - settled."""
 
-    start: int
     settled: int
     end: int
+    width: int
+    lead: int
+    key_end: int  # keys of the draft forward: columns [0, key_end), the furthest row's window end
     live: Tensor  # [B] bool, rows still decoding
     settled_end: Tensor  # [B] long, column where the row's first unfinished block starts
     added_end: Tensor  # [B] long, end of the row's newest block
@@ -184,10 +191,9 @@ class D2FPipeline(HoldsSequence):
         self.origin = self.seq.first_block * self.size  # first generated column, the same for every row
         self.n_blocks = self.seq.n_blocks - self.seq.first_block  # generated blocks per row
         batch, device = input_ids.shape[0], input_ids.device
-        self.cache = DynamicCache()
-        self.cache_end = 0
-        self.last_logits: Tensor | None = None  # [B, V] logit of the last cached column (shifted models)
-        self.row_cache_end = self.seq.offset.clone()  # [B] where each row's batch-1 window starts (stats)
+        self.cache = ColumnCache(capacity=self.x.shape[1])
+        self.last_logits: Tensor | None = None  # [B, V] logit of each row's last cached column (shifted models)
+        self.row_cache_end = self.seq.offset.clone()  # [B] where each row's next window starts
         self.n_added = torch.zeros(batch, dtype=torch.long, device=device)  # [B]
         self.activated = torch.zeros(batch, self.n_blocks, dtype=torch.bool, device=device)  # [B, NB]
         self.eos_seen = torch.zeros(batch, dtype=torch.bool, device=device)  # [B]
@@ -230,8 +236,11 @@ class D2FPipeline(HoldsSequence):
         added_end = self.origin + self.n_added * size  # [B]
         width = self.x.shape[1]
         bounds = torch.stack([live.any().long(), torch.where(live, settled_end, width).min(),
-                              torch.where(live, added_end, 0).max(), self.done.sum()])
-        any_live, settled, end, n_done = bounds.tolist()  # the step's one host sync
+                              torch.where(live, added_end, 0).max(), self.done.sum(),
+                              torch.where(live, added_end - self.row_cache_end, 0).max(),
+                              torch.where(live, settled_end - self.row_cache_end, width).min(),
+                              torch.where(live, self.row_cache_end, 0).max()])
+        any_live, settled, end, n_done, window, lead, last_start = bounds.tolist()  # the step's one host sync
         if not any_live:
             return None
         self.kept = None
@@ -246,104 +255,114 @@ class D2FPipeline(HoldsSequence):
         masked = (self.x[:, settled:end] == cfg.mask_id) & (block[None, :] < self.n_added[:, None]) & live[:, None]
         first = n_settled.clamp(max=nb - 1)
         return Window(
-            start=self.cache_end, settled=settled, end=end, live=live, settled_end=settled_end, added_end=added_end,
+            settled=settled, end=end, width=window, lead=lead, key_end=last_start + window, live=live, settled_end=settled_end, added_end=added_end,
             masked=masked, activated=self.activated[:, block], earliest=block[None, :] == n_settled[:, None],
             progress=frac.gather(1, first[:, None]).squeeze(1),
         )
 
-    def _settled_rule(self, w: Window, cache_len: int, index: Tensor | None = None) -> Predicate:
-        """The mask a forward starting at `cache_len` gives its queries (module docstring); `index`: for
-        those batch rows only ([R] long)."""
+    def _settled_rule(self, w: Window, cache_len: int | Tensor, index: Tensor | None = None) -> Predicate:
+        """The mask a forward starting at `cache_len` (or at [B, 1, 1] columns, one per row) gives its
+        queries (module docstring); `index`: for those batch rows only ([R] long)."""
         until = None
         if self.cfg.cache_ver:
             until = w.settled_end if index is None else w.settled_end[index]
         return prefix_block_causal(self.origin, self.size, cache_len, until)
 
-    def _forward(self, start: int, ids: Tensor, positions: Tensor, rule: Predicate, store: int, keep: int,
-                 extra_keys: int = 0, index: Tensor | None = None) -> Tensor:
-        """One model call over the cache (which ends at `start`): logits of the last `keep` query rows,
-        [B, keep, V], with the mask token's logit at -inf (it is never a draft, a q or a recovery).
-        `index` ([R] long): a read-only call over those batch rows only (ids, positions and a batched
-        rule are theirs), [R, keep, V]."""
-        q_len = ids.shape[1]
-        key_valid = None
-        if self.key_valid is not None:
-            key_valid = self.key_valid[:, : start + q_len - extra_keys]
-            if index is not None:
-                key_valid = key_valid[index]
-            if extra_keys:
-                key_valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], extra_keys)], dim=1)
-        mask = materialize(rule, q_len, start + q_len, device=ids.device, key_valid=key_valid)
-        cache = self.cache if index is None else cache_rows(self.cache, index)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, store_kv=store, logits_to_keep=keep).logits
-        forbid_mask_token(logits, self.seq)
-        return logits
-
     def draft(self, w: Window) -> Tensor:
-        """The step's forward over [start, end): stores the newly settled columns [start, settled) and
-        returns the draft logits of the region, [B, L, V] (shifted for shift-aligned models)."""
-        start, settled, end = w.start, w.settled, w.end
+        """The step's forward: row b's window runs from its cache end to its added end (packed, module
+        docstring), storing what it computes; returns the draft logits of the region, [B, L, V] (shifted
+        for shift-aligned models; a row's columns outside its blocks in flight hold some row's logits)."""
+        starts, width, columns = self.row_cache_end, w.width, self.x.shape[1]
+        batch, device = starts.shape[0], starts.device
+        # [B, W] columns of the queries; columns past the buffer feed a copy of its last one (never seen)
+        src = (starts[:, None] + torch.arange(width, device=device)).clamp(max=columns - 1)
+        key_valid = None
+        if self.key_valid is not None:  # keys past the buffer (a wide window's tail) are never valid
+            key_valid = self.key_valid[:, : w.key_end]
+            if w.key_end > columns:
+                key_valid = torch.cat([key_valid, key_valid.new_zeros(batch, w.key_end - columns)], dim=1)
+        offset = starts.view(-1, 1, 1)
+        mask = materialize(self._settled_rule(w, offset), width, w.key_end, device=device, key_valid=key_valid,
+                           query_start=offset)
         shifted = bool(self.cfg.shift_logits)
-        keep = end - settled + (1 if shifted and settled > start else 0)
-        logits = self._forward(start, self.x[:, start:end], self.positions[:, start:end],
-                               self._settled_rule(w, start), store=settled - start, keep=keep)
-        self.cache_end = settled
-        self.recorder.forward("draft", w.live, w.added_end - self.row_cache_end)
-        self.row_cache_end = torch.where(w.live, w.settled_end, self.row_cache_end)
-        if not shifted:
-            return logits
-        if settled > start:  # row 0 is the last settled column: the first region column's draft
-            self.last_logits = logits[:, 0]
-            return logits[:, :-1]
-        return torch.cat([self.last_logits[:, None], logits[:, :-1]], dim=1)
+        # Logits of window columns from `first` on: those of each row's region columns (and, shifted,
+        # of the column before them, where that is in the window).
+        first = max(w.lead - 1, 0) if shifted else w.lead
+        self.cache.begin(starts, width, w.key_end)
+        logits = self.model(input_ids=self.x.gather(1, src), attention_mask=mask,
+                            position_ids=self.positions.gather(1, src), past_key_values=self.cache, use_cache=True,
+                            store_kv=True, logits_to_keep=width - first).logits  # [B, W - first, V]
+        forbid_mask_token(logits, self.seq)
+        self.recorder.forward("draft", w.live, w.added_end - starts)
+        # Region column c of row b is window column c - starts[b] (c - 1 - starts[b] shifted): a row's
+        # columns before its window are settled for it and past its window not added, so clamped.
+        region = w.settled + torch.arange(w.end - w.settled, device=device)
+        at = region[None, :] - starts[:, None] - first  # [B, L] index into the kept logits
+        if shifted:  # prepend each row's last cached logit: index 0 is window column -1
+            last = self.last_logits if self.last_logits is not None else logits.new_zeros(batch, logits.shape[-1])
+            logits = torch.cat([last[:, None], logits], dim=1)
+            self.last_logits = logits.gather(1, (w.settled_end - starts - first).clamp_min(0).view(-1, 1, 1).expand(
+                -1, 1, logits.shape[-1])).squeeze(1)
+        vocab = logits.shape[-1]
+        out = logits.gather(1, at.clamp(0, logits.shape[1] - 1)[..., None].expand(-1, -1, vocab))
+        self.row_cache_end = torch.where(w.live, w.settled_end, starts)
+        return out
 
     def verify_bounds(self, w: Window, rows: Tensor, span: Span) -> Tensor:
-        """[2] long on the device: the earliest settled end and the latest span end of the `rows` ([B]
-        bool), which `verify` reads to size its forward."""
+        """[2] long on the device, over the `rows` ([B] bool): the furthest settled end (the verifier's
+        cache length) and the longest stretch from a row's settled end to its span end (its first half),
+        which `verify` reads to size its forward."""
         span_end = w.settled + span.start + span.length  # [B]
-        return torch.stack([torch.where(rows, w.settled_end, self.x.shape[1]).min(),
-                            torch.where(rows, span_end, 0).max()])
+        return torch.stack([torch.where(rows, w.settled_end, 0).max(),
+                            torch.where(rows, span_end - w.settled_end, 0).max()])
 
     def verify(self, w: Window, drafted: Tensor, rows: Tensor, span: Span, target_block: int,
                index: Tensor | None = None, bounds: list[int] | None = None) -> Tensor:
         """Verifier logits of the region, [B, L, V]: at the span positions of the `rows` ([B] bool), the
         distribution of the position given the cache, the row's settled tokens and the drafts left of it
         (strictly earlier target blocks of `target_block` tokens; 1 = AR). drafted: [B, L] region with
-        every mask drafted. Position-aligned: the 2L forward; shift-aligned: one causal forward whose row
-        t - 1 gives q_t (the Fast-dLLM v2 construction). The first half stops at the longest span's end:
-        nothing to its right is visible to a span position. Nothing is stored. `index` ([R] long, the
-        True entries of `rows` in order): the forward runs over those rows only and returns [R, L, V].
-        `bounds`: `verify_bounds` already read on the host (otherwise read here: one host sync)."""
-        settled = w.settled
-        span_end = settled + span.start + span.length  # [B]
-        low, end = bounds if bounds is not None else self.verify_bounds(w, rows, span).tolist()
-        first = end - settled
+        every mask drafted. Row b feeds the columns from its settled end to the longest span's stretch
+        past it (nothing to its right is visible to a span position) over the cache below its settled
+        end. Position-aligned: the 2L forward; shift-aligned: one causal forward whose row t - 1 gives
+        q_t (the Fast-dLLM v2 construction). Nothing is stored. `index` ([R] long, the True entries of
+        `rows` in order): the forward runs over those rows only and returns [R, L, V]. `bounds`:
+        `verify_bounds` already read on the host (otherwise read here: one host sync). A row's columns
+        outside its fed ones hold some fed row's logits (never read)."""
+        cache_end, first = bounds if bounds is not None else self.verify_bounds(w, rows, span).tolist()
 
         def of_rows(t: Tensor) -> Tensor:  # [B, ...] -> the rows the forward runs over
             return t if index is None else t[index]
 
-        rule_args = (settled, first, of_rows(w.settled_end) - settled, target_block,
-                     self._settled_rule(w, settled, index))
-        drafted, positions = of_rows(drafted), of_rows(self.positions)
-        if self.cfg.shift_logits:
-            logits = self._forward(settled, drafted[:, :first], positions[:, settled:end],
-                                   pipelined_verifier(*rule_args), store=0, keep=first, index=index)
-            q = torch.cat([of_rows(self.last_logits)[:, None], logits[:, :-1]], dim=1)  # [R, first, V]
+        starts, drafted = of_rows(w.settled_end), of_rows(drafted)  # [R], [R, L]
+        batch, length, device = drafted.shape[0], drafted.shape[1], drafted.device
+        fed = starts[:, None] + torch.arange(first, device=device)  # [R, n1] columns of the first half
+        ids = drafted.gather(1, (fed - w.settled).clamp(0, length - 1))  # past the region: never seen
+        positions = of_rows(self.positions).gather(1, fed.clamp(max=self.x.shape[1] - 1))
+        shifted = bool(self.cfg.shift_logits)
+        if not shifted:  # the 2L trick: a mask token at each first-half position
+            ids = torch.cat([ids, torch.full_like(ids, self.cfg.mask_id)], dim=1)
+            positions = torch.cat([positions, positions], dim=1)
+        # Cache keys: a row sees its own settled columns only (its later columns hold window K/V).
+        key_valid = torch.arange(cache_end, device=device)[None, :] < starts[:, None]  # [R, C]
+        if self.key_valid is not None:
+            key_valid &= of_rows(self.key_valid)[:, :cache_end]
+        key_valid = torch.cat([key_valid, key_valid.new_ones(batch, ids.shape[1])], dim=1)
+        q_len = ids.shape[1]
+        mask = materialize(pipelined_verifier(cache_end, first, target_block, mask_half=not shifted), q_len,
+                           cache_end + q_len, device=device, key_valid=key_valid)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            past_key_values=self.cache.prefix(cache_end, index), use_cache=True, store_kv=False,
+                            logits_to_keep=first).logits  # [R, n1, V]
+        forbid_mask_token(logits, self.seq)
+        span_end = w.settled + span.start + span.length  # [B]
+        if shifted:  # q at the row's first column is the logit of its last settled one
+            logits = torch.cat([of_rows(self.last_logits)[:, None], logits[:, :-1]], dim=1)
             self.recorder.forward("verify", rows, span_end - w.settled_end)
-            offset = 0
         else:
-            masks = torch.full((drafted.shape[0], end - low), self.cfg.mask_id, dtype=drafted.dtype,
-                               device=drafted.device)
-            ids = torch.cat([drafted[:, :first], masks], dim=1)  # [R, first + (end - low)]
-            positions = torch.cat([positions[:, settled:end], positions[:, low:end]], dim=1)
-            q = self._forward(settled, ids, positions, pipelined_verifier(*rule_args, mask_from=low - settled),
-                              store=0, keep=end - low, extra_keys=end - low, index=index)
             self.recorder.forward("verify", rows, 2 * (span_end - w.settled_end))
-            offset = low - settled
-        out = q.new_zeros(drafted.shape[0], drafted.shape[1], q.shape[-1])
-        out[:, offset : offset + q.shape[1]] = q
-        return out
+        region = w.settled + torch.arange(length, device=device)
+        at = (region[None, :] - starts[:, None]).clamp(0, first - 1)  # [R, L] region column -> fed column
+        return logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
 
     def apply(self, w: Window, commit: Tensor, tokens: Tensor, kinds: Tensor, stop_ids: Tensor) -> None:
         """Write the step's commits; note stop tokens (no more blocks) and rows whose output is final."""

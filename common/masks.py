@@ -192,49 +192,36 @@ def prefix_block_causal(prefix_len: int, block_length: int, cache_len: int = 0,
     return predicate
 
 
-def pipelined_verifier(cache_len: int, first_len: int, verify_from: Tensor, target_block: int,
-                       settled: Predicate, mask_from: int | None = None) -> Predicate:
-    """Verifier of a window that may hold settled blocks before the verified region (ALGORITHM.md §2.2,
-    generalised to per-row regions and a target block size B_t).
+def pipelined_verifier(cache_len: int, first_len: int, target_block: int, mask_half: bool) -> Predicate:
+    """Verifier of a window that starts at the verified region (ALGORITHM.md §2.2, generalised to a target
+    block size B_t): each batch row feeds its region from its own first unsettled column, so the same
+    rule serves every row (which cache keys a row may see is the caller's key mask).
 
-    Keys are `[cache (C) | first half (n1 tokens, drafts filled in)]`, plus with `mask_from` = m a mask
-    half of n1 - m mask tokens repeating the positions of first-half tokens m..n1-1 (the 2L trick of
-    position-aligned models; None: shift-aligned models, whose logit at t-1 gives q_t). Row b's verified
-    region starts at first-half index v = verify_from[b]; first-half rows before v are settled tokens
-    and follow `settled` (the rule their cached K/V were computed with), so a batch row whose region
-    starts later than another's sees what it would see alone. With target blocks T(i) = (i - v) // B_t:
-      * first-half row i >= v: the cache, settled tokens and first-half tokens with T(j) <= T(i);
-      * mask row of index i: the cache, settled tokens, first-half tokens with T(j) < T(i) (strictly
-        earlier: it conditions on the drafts left of i, not on the draft at i), itself, and the mask
-        rows of its own target block.
-    C=1, n1=4, v=1, B_t=1, m=1; f0 is settled and its own block. Rows f0 f1 f2 f3 m1 m2 m3:
-                 c | f0 f1 f2 f3 | m1 m2 m3
-        f0       1 |  1  0  0  0 |  0  0  0
-        f1       1 |  1  1  0  0 |  0  0  0
-        f2       1 |  1  1  1  0 |  0  0  0
-        f3       1 |  1  1  1  1 |  0  0  0
-        m1       1 |  1  0  0  0 |  1  0  0
-        m2       1 |  1  1  0  0 |  0  1  0
-        m3       1 |  1  1  1  0 |  0  0  1
+    Keys are `[cache (C) | first half (n1 tokens, drafts filled in)]`, plus with `mask_half` n1 mask
+    tokens repeating the first half's positions (the 2L trick of position-aligned models; without it:
+    shift-aligned models, whose logit at t-1 gives q_t). With target blocks T(i) = i // B_t:
+      * first-half row i: the cache and first-half tokens with T(j) <= T(i);
+      * mask row i: the cache, first-half tokens with T(j) < T(i) (strictly earlier: it conditions on
+        the drafts left of i, not on the draft at i), itself and the mask rows of its own target block.
+    C=1, n1=3, B_t=1. Rows f0 f1 f2 m0 m1 m2:
+                 c | f0 f1 f2 | m0 m1 m2
+        f0       1 |  1  0  0 |  0  0  0
+        f1       1 |  1  1  0 |  0  0  0
+        f2       1 |  1  1  1 |  0  0  0
+        m0       1 |  0  0  0 |  1  0  0
+        m1       1 |  1  0  0 |  0  1  0
+        m2       1 |  1  1  0 |  0  0  1
     """
     c, n1, bt = cache_len, first_len, target_block
-    v = verify_from.view(-1, 1, 1)
 
     def predicate(q: Tensor, kv: Tensor) -> Tensor:
-        first_key = (kv >= c) & (kv < c + n1)
-        mask_row = q >= n1
-        fq = q if mask_from is None else torch.where(mask_row, mask_from + q - n1, q)  # first-half index of the row
-        fk = kv - c if mask_from is None else torch.where(kv >= c + n1, mask_from + kv - c - n1, kv - c)
-        tq = torch.div(fq - v, bt, rounding_mode="floor")
-        tk = torch.div(fk - v, bt, rounding_mode="floor")
-        seen_first = first_key & ((fk < v) | (tk <= tq))
-        unsettled_row = (kv < c) | seen_first
-        first_rows = torch.where(fq < v, settled(q, kv) & (kv < c + n1), unsettled_row)
-        if mask_from is None:
-            return first_rows
-        mask_key = kv >= c + n1
-        own_block = (fk == fq) | ((fk >= v) & (fq >= v) & (tk == tq))
-        mask_rows = (kv < c) | (first_key & ((fk < v) | (tk < tq))) | (mask_key & own_block)
-        return torch.where(mask_row, mask_rows, first_rows)
+        if not mask_half:  # cache keys sit in target block <= -1, so one comparison covers them
+            return torch.div(kv - c, bt, rounding_mode="floor") <= torch.div(q, bt, rounding_mode="floor")
+        mask_row = q >= n1  # [.., Q, 1]
+        t_row = torch.div(q - n1 * mask_row, bt, rounding_mode="floor")
+        mask_key = kv >= c + n1  # [.., 1, K]
+        t_key = torch.div(kv - c - n1 * mask_key, bt, rounding_mode="floor")
+        first_seen = ~mask_key & (t_key <= t_row - mask_row.long())  # the cache included (t_key < 0)
+        return first_seen | (mask_key & mask_row & (t_key == t_row))
 
     return predicate

@@ -1,4 +1,5 @@
-"""Row subsets for forwards that only some rows of a batch need (common/cache.py): literal cases."""
+"""Row subsets for forwards that only some rows of a batch need, and the column-indexed cache whose rows
+write at their own columns (common/cache.py): literal cases."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from common.cache import cache_rows, live_rows, row_mask, scatter_rows
+from common.cache import ColumnCache, cache_rows, live_rows, row_mask, scatter_rows
 
 
 def test_live_rows_lists_the_live_rows_in_order_only_when_a_subset_pays():
@@ -38,3 +39,32 @@ def test_cache_rows_copies_those_rows_and_leaves_the_cache_alone(rows):
         assert torch.equal(subset.key_cache[layer], k[index]) and torch.equal(subset.value_cache[layer], v[index])
     subset.update(torch.zeros(len(rows), 2, 1, 4), torch.zeros(len(rows), 2, 1, 4), 0)  # appended to the copy only
     assert cache.key_cache[0].shape == (3, 2, 5, 4)
+
+
+def test_column_cache_writes_each_row_at_its_columns_and_grows():
+    """Two forwards whose rows start at different columns: each row's columns hold what its last forward
+    wrote there, as one DynamicCache per row would (appending its settled columns, then its window)."""
+    g = torch.Generator().manual_seed(0)
+    cache = ColumnCache(capacity=4)
+    starts = torch.tensor([0, 2, 1])
+    first = [torch.randn(3, 2, 3, 4, generator=g) for _ in range(2)]  # K and V of 3 columns per row
+    cache.begin(starts, 3, key_end=5)
+    assert cache.get_seq_length() == 2  # keys = cached + queries, as the models count them
+    keys, values = cache.update(first[0], first[1], 0)
+    assert keys.shape == (3, 2, 5, 4)
+    for row, start in enumerate(starts.tolist()):
+        assert torch.equal(keys[row, :, start : start + 3], first[0][row])
+        assert torch.equal(values[row, :, start : start + 3], first[1][row])
+    starts2 = torch.tensor([3, 2, 4])  # row 1 rewrites its window in place; the others move on
+    second = [torch.randn(3, 2, 4, 4, generator=g) for _ in range(2)]
+    cache.begin(starts2, 4, key_end=8)  # past the storage: it grows
+    keys2, _ = cache.update(second[0], second[1], 0)
+    assert keys2.shape == (3, 2, 8, 4) and cache.key_cache[0].shape[2] >= 8
+    for row, (start, start2) in enumerate(zip(starts.tolist(), starts2.tolist())):
+        assert torch.equal(keys2[row, :, start2 : start2 + 4], second[0][row])
+        assert torch.equal(keys2[row, :, start:start2], first[0][row, :, : start2 - start])  # kept columns
+    view = cache.prefix(3, torch.tensor([2, 0]))
+    assert type(view) is DynamicCache and view.get_seq_length() == 3
+    assert torch.equal(view.key_cache[0], keys2[[2, 0], :, :3])
+    with pytest.raises(RuntimeError, match="begin"):
+        cache.update(torch.zeros(3, 2, 2, 4), torch.zeros(3, 2, 2, 4), 0)  # width differs from begin's

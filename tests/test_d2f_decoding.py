@@ -84,7 +84,7 @@ def test_block_table_adds_activates_and_settles(models):
     assert origin == 8 and pipe.n_blocks == 4  # prompt of 6 padded to 8 columns: blocks follow the prompt
     w = pipe.plan()
     assert pipe.n_added.tolist() == [1] and pipe.activated.tolist() == [[True, False, False, False]]
-    assert (w.start, w.settled, w.end) == (0, 8, 12)
+    assert (pipe.row_cache_end.item(), w.settled, w.end) == (2, 8, 12)  # the window starts at the first token
     pipe.x[0, origin : origin + 2] = 7  # block 0 half decoded
     w = pipe.plan()
     assert pipe.n_added.tolist() == [2] and pipe.activated.tolist() == [[True, False, False, False]]
@@ -115,7 +115,7 @@ def test_verifier_rows_equal_per_position_ar_forwards(models, family, cache_ver)
     pipe.x[0, origin : origin + 4] = torch.tensor(block0)
     w = pipe.plan()
     pipe.draft(w)  # stores block 0
-    assert pipe.cache_end == origin + 4 and w.settled == origin + 4
+    assert pipe.row_cache_end.item() == origin + 4 and w.settled == origin + 4
     drafts = torch.tensor([[21, 22, 23, 24]])
     q = pipe.verify(w, drafts, torch.ones(1, dtype=torch.bool), first_masked_span(w.masked), target_block=1)[0]
     prefix = prompt[0].tolist() + block0
@@ -237,6 +237,9 @@ def _batch(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.T
     (generate_ssd_policy, dict(acceptance="greedy_exact", do_verify_policy="score_hysteresis",
                                hysteresis_threshold_on=1.0, hysteresis_threshold_off=-5.0, score_penalty_coef=1.0)),
     (generate_ssd_policy, dict(acceptance="greedy_exact", cache_ver=True, do_verify_policy="contextual_bandit_ucb")),
+    (generate_ssd_policy, dict(acceptance="greedy_exact", target_block_size=2, ssd_span_across_blocks=True,
+                               do_verify_policy="score_hysteresis", hysteresis_threshold_on=1.0,
+                               hysteresis_threshold_off=-5.0, score_penalty_coef=1.0)),
 ])
 @pytest.mark.parametrize("lengths", [[3, 7, 5, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 4, 4, 9, 2]])
 def test_batches_equal_batch_one(models, family, fn, extra, lengths, monkeypatch):
@@ -261,6 +264,14 @@ def test_batches_equal_batch_one(models, family, fn, extra, lengths, monkeypatch
         return window
 
     monkeypatch.setattr(D2FPipeline, "plan", planned)
+    draft = D2FPipeline.draft
+
+    def drafted(self, w):
+        windows = w.added_end - self.row_cache_end  # each row's own window
+        assert w.width == int(windows.max())
+        return draft(self, w)
+
+    monkeypatch.setattr(D2FPipeline, "draft", drafted)
     out, stats = _run(fn, model, ids, mask, **kw)
     if fn is generate_ssd_policy and len(lengths) == 16:
         assert any(subsets)  # some verifier forwards ran over a subset of the rows
@@ -271,6 +282,58 @@ def test_batches_equal_batch_one(models, family, fn, extra, lengths, monkeypatch
         assert out[row, ids.shape[1]:].tolist() == alone[0, len(prompt):].tolist(), row
         for key in ("nfe_by_kind", "mean_query_width", "accepted_lengths", "generated_tokens"):
             assert stats[row][key] == alone_stats[0][key], (row, key)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_at_different_stages_feed_their_own_windows(models, family):
+    """Row 0 settles two blocks while row 1 settles none: the batch's draft forward is as wide as the
+    widest row's own window (not from row 1's cache end to row 0's newest block), and every row's draft
+    logits at its masks and its verifier logits at its span equal those of the row decoded alone."""
+    model = models[family]
+    cfg = D2FDecodeConfig(max_new_tokens=16, block_size=4, block_add_threshold=0.5,
+                          decoded_token_threshold=0.75).resolved(model)
+    prompts = [_prompt(6, seed=1)[0], _prompt(3, seed=2)[0]]
+    ids = torch.full((2, 6), STOP_ID)
+    mask = torch.zeros(2, 6, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, 6 - len(prompt):], mask[row, 6 - len(prompt):] = prompt, 1
+    batch = D2FPipeline(model, ids, mask, cfg, DecodeRecorder(2))
+    alone = [D2FPipeline(model, prompt[None], None, cfg, DecodeRecorder(1)) for prompt in prompts]
+    pipes = [(batch, 0, 0), (alone[0], None, 0), (alone[1], None, 1)]  # (pipeline, its row, prompt)
+    decoded = [[11, 12, 13, 14, 15, 16, 17, 18], [21, 22]]  # tokens each row has decoded before a step
+    for step in range(3):
+        windows = {}
+        for pipe, row, which in pipes:
+            rows = [0, 1] if row is not None else [which]
+            for r, k in zip(range(len(rows)), rows):
+                done = decoded[k][: 4 * step] if k == 0 else decoded[k][: 2 * step]
+                at = pipe.origin
+                pipe.x[r, at : at + len(done)] = torch.tensor(done, dtype=pipe.x.dtype)
+            w = pipe.plan()
+            starts = pipe.row_cache_end.clone()  # where each row's window starts: its cache end
+            logits = pipe.draft(w)
+            windows[id(pipe)] = (w, logits, starts)
+        w, logits, starts = windows[id(batch)]
+        if step == 2:
+            assert w.settled_end.tolist() == [batch.origin + 8, batch.origin]  # two blocks against none
+            assert starts.tolist() == [batch.origin + 4, batch.origin]
+            assert w.width == int((w.added_end - starts).max()) < w.end - int(starts.min())
+        for k, pipe in enumerate(alone):
+            w_alone, alone_logits, _ = windows[id(pipe)]
+            shift = batch.origin - pipe.origin  # batch column of the row's column c: c + shift
+            masked = w_alone.masked[0]
+            cols = torch.arange(w_alone.settled, w_alone.end)[masked]
+            got = logits[k, cols + shift - w.settled]
+            torch.testing.assert_close(got, alone_logits[0, cols - w_alone.settled], rtol=1e-12, atol=1e-12)
+            span = first_masked_span(w_alone.masked)
+            drafted = torch.where(w_alone.masked, 7, pipe.region(w_alone))
+            q_alone = pipe.verify(w_alone, drafted, torch.ones(1, dtype=torch.bool), span, target_block=1)[0]
+            region_batch = torch.where(w.masked, 7, batch.region(w))
+            span_b = first_masked_span(w.masked)
+            q = batch.verify(w, region_batch, torch.ones(2, dtype=torch.bool), span_b, target_block=1)[k]
+            on_span = cols[: int(span.length[0])]
+            torch.testing.assert_close(q[on_span + shift - w.settled], q_alone[on_span - w_alone.settled],
+                                       rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("policy,extra", [

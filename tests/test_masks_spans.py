@@ -2,7 +2,10 @@
 
 import torch
 
-from common.masks import (block_causal, draft_block, materialize, to_additive, token_causal, verifier_2l)
+import pytest
+
+from common.masks import (block_causal, draft_block, materialize, pipelined_verifier, to_additive, token_causal,
+                          verifier_2l)
 from common.spans import first_masked_span, span_offsets
 
 
@@ -35,6 +38,34 @@ def test_verifier_2l_literal():
         [1, 1, 1, 0, 0, 0, 1],
     ])
     assert torch.equal(materialize(verifier_2l(1, 3), 6, 7), expected)
+
+
+def test_pipelined_verifier_with_one_token_targets_is_the_2l_verifier():
+    assert torch.equal(materialize(pipelined_verifier(1, 3, 1, mask_half=True), 6, 7),
+                       materialize(verifier_2l(1, 3), 6, 7))
+    assert torch.equal(materialize(pipelined_verifier(2, 3, 1, mask_half=False), 3, 5),
+                       materialize(token_causal(2), 3, 5))
+
+
+@pytest.mark.parametrize("target_block", [1, 2, 3])
+@pytest.mark.parametrize("mask_half", [True, False])
+def test_pipelined_verifier_follows_its_rules_entry_by_entry(target_block, mask_half):
+    """The docstring's rules, one key at a time: first-half row i sees the cache and first-half j with
+    T(j) <= T(i); mask row i the cache, first-half j with T(j) < T(i) and mask j with T(j) == T(i)."""
+    cache, n1 = 2, 5
+    q_len = 2 * n1 if mask_half else n1
+    mask = materialize(pipelined_verifier(cache, n1, target_block, mask_half), q_len, cache + q_len)[0]
+    for q in range(q_len):
+        row_is_mask, i = q >= n1, q % n1
+        for kv in range(cache + q_len):
+            if kv < cache:
+                seen = True
+            elif kv < cache + n1:
+                j = kv - cache
+                seen = j // target_block < i // target_block if row_is_mask else j // target_block <= i // target_block
+            else:
+                seen = row_is_mask and (kv - cache - n1) // target_block == i // target_block
+            assert bool(mask[q, kv]) == seen, (q, kv)
 
 
 def test_padding_keeps_own_key():
