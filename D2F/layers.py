@@ -23,7 +23,9 @@ Cache contract: `past_key_values` is a transformers `DynamicCache` of post-RoPE 
 `store_kv` says how many of this call's tokens are appended: False (none: a read-only forward that
 leaves the cache unchanged), True (all Q), or an int n in [0, Q] (the first n, e.g. the committed
 blocks at the front of a pipelined D2F window while the blocks behind them are still decoding).
-Every call attends over cached + ALL current keys, whatever it stores.
+Every call attends over cached + ALL current keys, whatever it stores. `ColumnCache` (a DynamicCache
+kept by sequence column, where each batch row writes at its own columns) is what the D2F pipeline
+stores into, with store_kv=True.
 """
 
 from typing import Any, Optional, Union
@@ -228,6 +230,76 @@ def keys_values_with_cache(
         torch.cat([past_key_values.key_cache[layer_idx], key], dim=-2),
         torch.cat([past_key_values.value_cache[layer_idx], value], dim=-2),
     )
+
+
+class ColumnCache(DynamicCache):
+    """A K/V cache indexed by sequence column, where each batch row writes at its own columns.
+
+    A decoder whose rows are at different stages (D2F's pipeline: one row has settled more blocks than
+    another) feeds each row its own window, packed to the left of one [B, W] input: row b's query j is
+    column `starts[b] + j`. `begin(starts, width, key_end)` announces such a forward; the model's
+    `update` then writes the forward's K/V of row b at columns starts[b]..starts[b] + W - 1 and returns
+    columns [0, key_end) of every row as the keys. Column c of row b holds what the last forward that
+    covered c computed there, so the caller's mask must show row b only its columns below starts[b]
+    (final K/V, written when they were settled) and its current window; everything else (columns a row
+    has not reached, never-written zeros) must stay hidden. `prefix(end, rows)` gives a plain
+    DynamicCache of columns [0, end) for a read-only forward that starts at one column for every row.
+
+    Storage grows by half again when a forward reaches past it (`capacity` sizes it at the start)."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self._index: torch.Tensor | None = None  # [B, 1, W, 1] long: the columns of this forward's queries
+        self._key_end = 0
+        self._query_len = 0
+
+    def begin(self, starts: torch.Tensor, width: int, key_end: int) -> None:
+        """The next forward feeds `width` query columns per row from `starts` ([B] long) and attends to
+        columns [0, key_end) (at least max(starts) + width)."""
+        self._index = (starts[:, None] + torch.arange(width, device=starts.device)).view(-1, 1, width, 1)
+        self._key_end, self._query_len = key_end, width
+
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
+        """Keys of the announced forward minus its queries: the forward's keys are its cached length
+        plus its queries, as the models count them."""
+        return self._key_end - self._query_len
+
+    def _stored(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.key_cache) <= layer:
+            batch, heads, _, dim = like.shape
+            size = max(self._key_end, self.capacity)
+            self.key_cache.append(like.new_zeros(batch, heads, size, dim))
+            self.value_cache.append(like.new_zeros(batch, heads, size, dim))
+        elif self.key_cache[layer].shape[2] < self._key_end:
+            keys, values = self.key_cache[layer], self.value_cache[layer]
+            extra = max(self._key_end, keys.shape[2] * 3 // 2) - keys.shape[2]
+            self.key_cache[layer] = torch.cat([keys, keys.new_zeros(*keys.shape[:2], extra, keys.shape[3])], dim=2)
+            self.value_cache[layer] = torch.cat([values, values.new_zeros(*values.shape[:2], extra, values.shape[3])],
+                                                dim=2)
+        return self.key_cache[layer], self.value_cache[layer]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               cache_kwargs: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this forward's K/V ([B, H, W, D]) at each row's columns; keys/values [B, H, key_end, D]."""
+        if self._index is None or self._index.shape[2] != key_states.shape[2]:
+            raise RuntimeError("ColumnCache.update without a matching begin(starts, width, key_end)")
+        keys, values = self._stored(layer_idx, key_states)
+        index = self._index.expand(-1, key_states.shape[1], -1, key_states.shape[3])
+        keys.scatter_(2, index, key_states)
+        values.scatter_(2, index, value_states)
+        return keys[:, :, : self._key_end], values[:, :, : self._key_end]
+
+    def prefix(self, end: int, rows: torch.Tensor | None = None) -> DynamicCache:
+        """A DynamicCache of columns [0, end) (of batch rows `rows` only, [R] long), for a read-only
+        forward; every row's columns below `end` must be final."""
+        view = DynamicCache()
+        for layer, (keys, values) in enumerate(zip(self.key_cache, self.value_cache)):
+            keys, values = keys[:, :, :end], values[:, :, :end]
+            if rows is not None:
+                keys, values = keys.index_select(0, rows), values.index_select(0, rows)
+            view.update(keys, values, layer)
+        return view
 
 
 def attend(

@@ -23,7 +23,7 @@ Block table, per row (all state is tensors; one host sync per step reads the win
   kept: a row's next forward starts at its old cache end and stores its newly settled columns, which
   also folds the prompt's prefill into the first draft forward.
 
-Each row has its own cache end (`common.cache.ColumnCache`, K/V kept by column): the draft forward
+Each row has its own cache end (`D2F.layers.ColumnCache`, K/V kept by column): the draft forward
 feeds every row its own window, from its cache end to its newest block's end, packed to the left of
 one [B, W] input (W the widest row's window; a narrower row's extra columns are later blocks or past
 the buffer, which none of its blocks can see). So a row's forward is its batch-1 forward, whatever
@@ -61,7 +61,6 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from common.cache import ColumnCache
 from common.config import require_field_bounds, require_positive
 from common.masks import Predicate, materialize, pipelined_verifier, prefix_block_causal
 from common.remasking import select_transfer
@@ -70,6 +69,7 @@ from common.sequence import HoldsSequence, SequenceBuffer, forbid_mask_token
 from common.spans import Span
 from common.stats import DecodeRecorder
 from common.token_ids import with_token_ids
+from D2F.layers import ColumnCache
 
 SHIFTED_MODEL_TYPES = frozenset({"Dream"})
 """config.json model types whose logit at t - 1 predicts token t (D2F-Dream); the others (D2F-LLaDA)

@@ -1,5 +1,5 @@
-"""Row subsets for forwards that only some rows of a batch need, and the column-indexed cache whose rows
-write at their own columns (common/cache.py): literal cases."""
+"""Row subsets for forwards that only some rows of a batch need (common/cache.py), and the column-indexed
+cache whose rows write at their own columns (D2F/layers.py): literal cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from common.cache import ColumnCache, cache_rows, live_rows, row_mask, scatter_rows
+from common.cache import cache_rows, live_rows, row_mask, scatter_rows
+from D2F.layers import ColumnCache
 
 
 def test_live_rows_lists_the_live_rows_in_order_only_when_a_subset_pays():
