@@ -245,7 +245,8 @@ class ColumnCache(DynamicCache):
     has not reached, never-written zeros) must stay hidden. `prefix(end, rows)` gives a plain
     DynamicCache of columns [0, end) for a read-only forward that starts at one column for every row.
 
-    Storage grows by half again when a forward reaches past it (`capacity` sizes it at the start)."""
+    Storage starts at `capacity` columns (the decoder's buffer width) and grows to what a forward reaches
+    past it (a wide window's tail near the buffer's end), so it is never much larger than the K/V kept."""
 
     def __init__(self, capacity: int = 0) -> None:
         super().__init__()
@@ -273,7 +274,7 @@ class ColumnCache(DynamicCache):
             self.value_cache.append(like.new_zeros(batch, heads, size, dim))
         elif self.key_cache[layer].shape[2] < self._key_end:
             keys, values = self.key_cache[layer], self.value_cache[layer]
-            extra = max(self._key_end, keys.shape[2] * 3 // 2) - keys.shape[2]
+            extra = self._key_end - keys.shape[2]
             self.key_cache[layer] = torch.cat([keys, keys.new_zeros(*keys.shape[:2], extra, keys.shape[3])], dim=2)
             self.value_cache[layer] = torch.cat([values, values.new_zeros(*values.shape[:2], extra, values.shape[3])],
                                                 dim=2)

@@ -59,6 +59,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from common.config import require_field_bounds, require_positive
@@ -220,14 +221,12 @@ class D2FPipeline(HoldsSequence):
         gen = self.x[:, self.origin : self.origin + nb * size].view(-1, nb, size)  # [B, NB, S]
         is_mask = gen == cfg.mask_id
         frac = 1.0 - is_mask.float().mean(-1)  # [B, NB] decoded fraction (not-yet-added blocks: 0)
-        ones = torch.ones_like(frac[:, 0])
-        newest = frac.gather(1, (self.n_added - 1).clamp_min(0)[:, None]).squeeze(1)
-        newest = torch.where(self.n_added > 0, newest, ones)  # the prompt counts as decoded
+        behind = F.pad(frac, (1, 0), value=1.0)  # [B, NB + 1]: column k is block k - 1's, the prompt's is 1
+        newest = behind.gather(1, self.n_added[:, None]).squeeze(1)  # [B]
         self.n_added += (~self.done & ~self.eos_seen & (self.n_added < nb) & (newest >= cfg.block_add_threshold)).long()
         index = torch.arange(nb, device=gen.device)
         added = index[None, :] < self.n_added[:, None]  # [B, NB]
-        previous = torch.cat([ones[:, None], frac[:, :-1]], dim=1)  # [B, NB]
-        self.activated |= added & (previous >= cfg.decoded_token_threshold)
+        self.activated |= added & (behind[:, :-1] >= cfg.decoded_token_threshold)  # the predecessor's fraction
         pending = is_mask.any(-1) & added  # [B, NB]
         n_settled = torch.cumprod((added & ~pending).long(), dim=-1).sum(-1)  # [B]
         self.done |= ~pending.any(-1) & ((self.n_added == nb) | self.eos_seen)
@@ -255,8 +254,8 @@ class D2FPipeline(HoldsSequence):
         masked = (self.x[:, settled:end] == cfg.mask_id) & (block[None, :] < self.n_added[:, None]) & live[:, None]
         first = n_settled.clamp(max=nb - 1)
         return Window(
-            settled=settled, end=end, width=window, lead=lead, key_end=last_start + window, live=live, settled_end=settled_end, added_end=added_end,
-            masked=masked, activated=self.activated[:, block], earliest=block[None, :] == n_settled[:, None],
+            settled=settled, end=end, width=window, lead=lead, key_end=last_start + window, live=live,
+            settled_end=settled_end, added_end=added_end, masked=masked, activated=self.activated[:, block], earliest=block[None, :] == n_settled[:, None],
             progress=frac.gather(1, first[:, None]).squeeze(1),
         )
 
