@@ -20,6 +20,7 @@ from typing import Any
 
 from common.cli import check_flag_values
 from families import REPO_ROOT, local_dir
+from families.cpu_memory import reuse_freed_memory
 
 SAMPLE_SPLIT = REPO_ROOT / "synthetic" / "data" / "test.jsonl"
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
@@ -123,11 +124,12 @@ def loaded_config(model: Any, config: dict[str, Any] | None) -> dict[str, Any] |
 
 
 def resolve_device(name: str) -> str:
-    """`auto` -> cuda when available, else cpu; a CUDA device without CUDA exits (imports torch)."""
+    """`auto` -> cuda when available, else cpu; a CUDA device without CUDA exits (imports torch). On the
+    CPU, glibc keeps freed memory for the decoder's next tensors (`families.cpu_memory`)."""
     import torch
 
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise fail(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
@@ -136,6 +138,8 @@ def resolve_device(name: str) -> str:
             raise fail(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     if name == "mps" and not torch.backends.mps.is_available():
         raise fail("--device mps: MPS is not available here; use --device cpu")
+    if name == "cpu":
+        reuse_freed_memory()
     return name
 
 

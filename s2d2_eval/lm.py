@@ -66,6 +66,7 @@ from tqdm import tqdm
 
 import families
 from common.token_ids import resolve_token_ids
+from families.cpu_memory import reuse_freed_memory
 from s2d2_eval import REPO_ROOT
 from s2d2_eval.model_args import ModelArgError, field_types, load_object, type_decoding_args, validate_decoding_args
 from s2d2_eval.stats import Completion, summarize
@@ -147,6 +148,8 @@ class S2D2LM(HFLM):
                            pretrained)
         trust = self._resolve_trust_remote_code(pretrained, parsed.trust_remote_code, parsed.loader_kwargs)
 
+        if str(parsed.loader_kwargs.get("device")) == "cpu":
+            reuse_freed_memory()  # before the weights: glibc keeps freed memory for the decoder's tensors
         super().__init__(pretrained=pretrained, trust_remote_code=trust, **parsed.loader_kwargs)
         self.tokenizer.padding_side = "left"
         self.mask_id, self.stop_ids = self._resolve_token_ids()

@@ -94,6 +94,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from families import FAMILIES as REGISTRY
+from families.cpu_memory import reuse_freed_memory
 from synthetic.tasks import TASKS, TEST_SPLIT_PATH, load_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -844,6 +845,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--device {args.device}: CUDA is not available")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if device.type == "cpu":
+        reuse_freed_memory()
     family = FAMILIES[args.family]
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
     tokenizer.padding_side = "left"
@@ -975,6 +978,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             "torch_interop_threads": torch.get_num_interop_threads(),
             "cpu_count": os.cpu_count(),
+            "malloc_reuses_freed_memory": device.type == "cpu" and reuse_freed_memory(),  # families.cpu_memory
             "load_average_before": load_before,
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "platform": platform.platform(),

@@ -44,6 +44,7 @@ import torch
 import families
 from common.cli import add_dataclass_arguments, dataclass_from_namespace
 from families import FAMILIES
+from families.cpu_memory import reuse_freed_memory
 from synthetic.tasks import TASKS, TEST_SPLIT_PATH, load_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -170,6 +171,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, generate: Callable) -> dict[str
     from synthetic.tokenizer import format_prompt
 
     torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # decodes on the CPU
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)

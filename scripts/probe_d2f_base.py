@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import families
+from families.cpu_memory import reuse_freed_memory
 from synthetic.tasks import TASKS
 from synthetic.validation import VAL_SPLIT_PATH
 
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     from synthetic.tasks import load_jsonl
 
     torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # decodes on the CPU
     spec = families.FAMILIES[args.family]
     tokenizer = AutoTokenizer.from_pretrained(str(args.base_model_dir), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(args.base_model_dir), torch_dtype=torch.float32).eval()

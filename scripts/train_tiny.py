@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from families import FAMILIES as REGISTRY
+from families.cpu_memory import reuse_freed_memory
 from synthetic import train_d2f, train_llada2
 from synthetic.checkpoint import FAMILIES
 from synthetic.tasks import TASKS
@@ -607,6 +608,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        reuse_freed_memory()
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     tokenizer = build_tokenizer()

@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Protocol, Sequence
 
 from families import FAMILIES as REGISTRY
+from families.cpu_memory import reuse_freed_memory
 from families import load
 
 if TYPE_CHECKING:
@@ -629,6 +630,8 @@ def train(args: argparse.Namespace, helpers: TrainTinyHelpers) -> dict[str, Any]
 
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        reuse_freed_memory()
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
