@@ -203,14 +203,16 @@ def pipelined_verifier(cache_len: int, first_len: int, target_block: int, mask_h
       * first-half row i: the cache and first-half tokens with T(j) <= T(i);
       * mask row i: the cache, first-half tokens with T(j) < T(i) (strictly earlier: it conditions on
         the drafts left of i, not on the draft at i), itself and the mask rows of its own target block.
-    C=1, n1=3, B_t=1. Rows f0 f1 f2 m0 m1 m2:
-                 c | f0 f1 f2 | m0 m1 m2
-        f0       1 |  1  0  0 |  0  0  0
-        f1       1 |  1  1  0 |  0  0  0
-        f2       1 |  1  1  1 |  0  0  0
-        m0       1 |  0  0  0 |  1  0  0
-        m1       1 |  1  0  0 |  0  1  0
-        m2       1 |  1  1  0 |  0  0  1
+    With B_t = 1 this is `verifier_2l` (or `token_causal` without the mask half). C=1, n1=4, B_t=2:
+                 c | f0 f1 f2 f3 | m0 m1 m2 m3
+        f0       1 |  1  1  0  0 |  0  0  0  0
+        f1       1 |  1  1  0  0 |  0  0  0  0
+        f2       1 |  1  1  1  1 |  0  0  0  0
+        f3       1 |  1  1  1  1 |  0  0  0  0
+        m0       1 |  0  0  0  0 |  1  1  0  0
+        m1       1 |  0  0  0  0 |  1  1  0  0
+        m2       1 |  1  1  0  0 |  0  0  1  1
+        m3       1 |  1  1  0  0 |  0  0  1  1
     """
     c, n1, bt = cache_len, first_len, target_block
 

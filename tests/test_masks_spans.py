@@ -47,6 +47,20 @@ def test_pipelined_verifier_with_one_token_targets_is_the_2l_verifier():
                        materialize(token_causal(2), 3, 5))
 
 
+def test_pipelined_verifier_literal_with_two_token_targets():
+    expected = _m([
+        [1, 1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0, 1, 1, 0, 0],
+        [1, 0, 0, 0, 0, 1, 1, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 1, 1],
+        [1, 1, 1, 0, 0, 0, 0, 1, 1],
+    ])
+    assert torch.equal(materialize(pipelined_verifier(1, 4, 2, mask_half=True), 8, 9), expected)
+
+
 @pytest.mark.parametrize("target_block", [1, 2, 3])
 @pytest.mark.parametrize("mask_half", [True, False])
 def test_pipelined_verifier_follows_its_rules_entry_by_entry(target_block, mask_half):
