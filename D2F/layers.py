@@ -242,8 +242,9 @@ class ColumnCache(DynamicCache):
     columns [0, key_end) of every row as the keys. Column c of row b holds what the last forward that
     covered c computed there, so the caller's mask must show row b only its columns below starts[b]
     (final K/V, written when they were settled) and its current window; everything else (columns a row
-    has not reached, never-written zeros) must stay hidden. `prefix(end, rows)` gives a plain
-    DynamicCache of columns [0, end) for a read-only forward that starts at one column for every row.
+    has not reached, never-written zeros) must stay hidden. A forward may run over some rows only
+    (`begin(..., rows=...)`): it writes and reads theirs. `prefix(end, rows)` gives a plain DynamicCache
+    of columns [0, end) for a read-only forward that starts at one column for every row.
 
     Storage starts at `capacity` columns (the decoder's buffer width) and grows to what a forward reaches
     past it (a wide window's tail near the buffer's end), so it is never much larger than the K/V kept."""
@@ -251,27 +252,30 @@ class ColumnCache(DynamicCache):
     def __init__(self, capacity: int = 0) -> None:
         super().__init__()
         self.capacity = capacity
-        self._index: torch.Tensor | None = None  # [B, 1, W, 1] long: the columns of this forward's queries
+        self._columns: torch.Tensor | None = None  # [R, W] long: the columns of this forward's queries
+        self._rows: torch.Tensor | None = None  # [R] long: the batch rows it runs over (None: all)
+        self._batch = 0
         self._key_end = 0
-        self._query_len = 0
 
-    def begin(self, starts: torch.Tensor, width: int, key_end: int) -> None:
-        """The next forward feeds `width` query columns per row from `starts` ([B] long) and attends to
-        columns [0, key_end) (at least max(starts) + width)."""
-        self._index = (starts[:, None] + torch.arange(width, device=starts.device)).view(-1, 1, width, 1)
-        self._key_end, self._query_len = key_end, width
+    def begin(self, starts: torch.Tensor, width: int, key_end: int, batch: int,
+              rows: torch.Tensor | None = None) -> None:
+        """The next forward feeds `width` query columns per row from `starts` ([R] long) and attends to
+        columns [0, key_end) (at least max(starts) + width), over the batch's `batch` rows or, given
+        `rows` ([R] long), over those rows only."""
+        self._columns = starts[:, None] + torch.arange(width, device=starts.device)
+        self._rows, self._batch, self._key_end = rows, batch, key_end
 
     def get_seq_length(self, layer_idx: int | None = 0) -> int:
         """Keys of the announced forward minus its queries: the forward's keys are its cached length
         plus its queries, as the models count them."""
-        return self._key_end - self._query_len
+        return self._key_end - (0 if self._columns is None else self._columns.shape[1])
 
     def _stored(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(self.key_cache) <= layer:
-            batch, heads, _, dim = like.shape
+            _, heads, _, dim = like.shape
             size = max(self._key_end, self.capacity)
-            self.key_cache.append(like.new_zeros(batch, heads, size, dim))
-            self.value_cache.append(like.new_zeros(batch, heads, size, dim))
+            self.key_cache.append(like.new_zeros(self._batch, heads, size, dim))
+            self.value_cache.append(like.new_zeros(self._batch, heads, size, dim))
         elif self.key_cache[layer].shape[2] < self._key_end:
             keys, values = self.key_cache[layer], self.value_cache[layer]
             extra = self._key_end - keys.shape[2]
@@ -282,14 +286,21 @@ class ColumnCache(DynamicCache):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                cache_kwargs: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this forward's K/V ([B, H, W, D]) at each row's columns; keys/values [B, H, key_end, D]."""
-        if self._index is None or self._index.shape[2] != key_states.shape[2]:
-            raise RuntimeError("ColumnCache.update without a matching begin(starts, width, key_end)")
+        """Write this forward's K/V ([R, H, W, D]) at each row's columns; keys/values [R, H, key_end, D]."""
+        if self._columns is None or self._columns.shape[1] != key_states.shape[2]:
+            raise RuntimeError("ColumnCache.update without a matching begin(starts, width, key_end, batch)")
         keys, values = self._stored(layer_idx, key_states)
-        index = self._index.expand(-1, key_states.shape[1], -1, key_states.shape[3])
-        keys.scatter_(2, index, key_states)
-        values.scatter_(2, index, value_states)
-        return keys[:, :, : self._key_end], values[:, :, : self._key_end]
+        if self._rows is None:
+            index = self._columns.view(-1, 1, key_states.shape[2], 1).expand(-1, key_states.shape[1], -1,
+                                                                               key_states.shape[3])
+            keys.scatter_(2, index, key_states)
+            values.scatter_(2, index, value_states)
+            return keys[:, :, : self._key_end], values[:, :, : self._key_end]
+        rows = self._rows[:, None]  # with the columns [R, W]: the written entries, [R, W, H, D]
+        keys[rows, :, self._columns] = key_states.transpose(1, 2)
+        values[rows, :, self._columns] = value_states.transpose(1, 2)
+        return (keys[:, :, : self._key_end].index_select(0, self._rows),
+                values[:, :, : self._key_end].index_select(0, self._rows))
 
     def prefix(self, end: int, rows: torch.Tensor | None = None) -> DynamicCache:
         """A DynamicCache of columns [0, end) (of batch rows `rows` only, [R] long), for a read-only

@@ -76,6 +76,12 @@ SHIFTED_MODEL_TYPES = frozenset({"Dream"})
 """config.json model types whose logit at t - 1 predicts token t (D2F-Dream); the others (D2F-LLaDA)
 are position-aligned."""
 
+SPLIT_MIN_TOKENS = 128
+"""The draft forward runs as two, the rows with narrow windows apart from the widest ones, when that
+feeds at least this many fewer query columns than one forward over every row at the widest row's width
+(a forward's fixed cost on the project's CPU is about that of 50-80 query columns of the shipped tiny
+models). Only the work changes, never a row's numbers. 0 would split whenever it saves anything."""
+
 COMMIT_RULE = "low_confidence_dynamic"
 """The D2F commit rule of one block is the dynamic strategy: every masked draft above the threshold
 (strict >), and when there is none, the top `k` (k = 1 for a fully activated block, 0 otherwise)."""
@@ -151,6 +157,7 @@ class Window:
     width: int
     lead: int
     key_end: int  # keys of the draft forward: columns [0, key_end), the furthest row's window end
+    groups: list[tuple[Tensor, int]] | None  # (rows [R] long, width) of each draft forward; None: one
     live: Tensor  # [B] bool, rows still decoding
     settled_end: Tensor  # [B] long, column where the row's first unfinished block starts
     added_end: Tensor  # [B] long, end of the row's newest block
@@ -234,12 +241,13 @@ class D2FPipeline(HoldsSequence):
         settled_end = self.origin + n_settled * size  # [B]
         added_end = self.origin + self.n_added * size  # [B]
         width = self.x.shape[1]
+        windows = torch.where(live, added_end - self.row_cache_end, 0)  # [B] each row's own window
         bounds = torch.stack([live.any().long(), torch.where(live, settled_end, width).min(),
-                              torch.where(live, added_end, 0).max(), self.done.sum(),
-                              torch.where(live, added_end - self.row_cache_end, 0).max(),
+                              torch.where(live, added_end, 0).max(), self.done.sum(), windows.max(),
                               torch.where(live, settled_end - self.row_cache_end, width).min(),
-                              torch.where(live, self.row_cache_end, 0).max()])
-        any_live, settled, end, n_done, window, lead, last_start = bounds.tolist()  # the step's one host sync
+                              torch.where(live, self.row_cache_end, 0).max(), *self._split(windows, live)])
+        # the step's one host sync
+        any_live, settled, end, n_done, window, lead, last_start, saving, narrow, n_wide = bounds.tolist()
         if not any_live:
             return None
         self.kept = None
@@ -249,15 +257,36 @@ class D2FPipeline(HoldsSequence):
             self.kept = keep
             frac, n_settled, settled_end, added_end = frac[keep], n_settled[keep], settled_end[keep], added_end[keep]
             live = ~self.done
+        groups = None
+        if saving >= SPLIT_MIN_TOKENS:  # the rows whose window is wider than `narrow` run apart
+            wide = (added_end - self.row_cache_end > narrow).to(torch.uint8)
+            order = torch.argsort(wide, stable=True)
+            groups = [(order[: order.shape[0] - n_wide], narrow), (order[order.shape[0] - n_wide :], window)]
         columns = torch.arange(settled, end, device=gen.device)
         block = torch.div(columns - self.origin, size, rounding_mode="floor")  # [L] generated block index
         masked = (self.x[:, settled:end] == cfg.mask_id) & (block[None, :] < self.n_added[:, None]) & live[:, None]
         first = n_settled.clamp(max=nb - 1)
         return Window(
-            settled=settled, end=end, width=window, lead=lead, key_end=last_start + window, live=live,
-            settled_end=settled_end, added_end=added_end, masked=masked, activated=self.activated[:, block], earliest=block[None, :] == n_settled[:, None],
+            settled=settled, end=end, width=window, lead=lead, key_end=last_start + window, groups=groups,
+            live=live, settled_end=settled_end, added_end=added_end, masked=masked, activated=self.activated[:, block], earliest=block[None, :] == n_settled[:, None],
             progress=frac.gather(1, first[:, None]).squeeze(1),
         )
+
+    @staticmethod
+    def _split(windows: Tensor, live: Tensor) -> list[Tensor]:
+        """The best two-forward split of the draft (`SPLIT_MIN_TOKENS`), on the device: [the query columns
+        it saves, the narrow forward's width, how many rows run in the wide one]; zeros for one row. The
+        wide forward takes the k widest live rows at the widest width, the narrow one the others at the
+        widest of theirs; k is the one that feeds the fewest columns."""
+        if windows.shape[0] < 2:
+            return [windows.new_zeros(())] * 3
+        widest_first = windows.sort(descending=True).values  # [B]; rows that are done count 0
+        k = torch.arange(1, windows.shape[0], device=windows.device)  # [B - 1] rows in the wide forward
+        n_live = live.sum()
+        fed = k * widest_first[0] + (n_live - k) * widest_first[1:]  # past n_live the narrow width is 0
+        best = fed.argmin()
+        narrow = widest_first[1:][best]
+        return [n_live * widest_first[0] - fed[best], narrow, (windows > narrow).sum()]
 
     def _settled_rule(self, w: Window, cache_len: int | Tensor, index: Tensor | None = None) -> Predicate:
         """The mask a forward starting at `cache_len` (or at [B, 1, 1] columns, one per row) gives its
@@ -270,42 +299,59 @@ class D2FPipeline(HoldsSequence):
     def draft(self, w: Window) -> Tensor:
         """The step's forward: row b's window runs from its cache end to its added end (packed, module
         docstring), storing what it computes; returns the draft logits of the region, [B, L, V] (shifted
-        for shift-aligned models; a row's columns outside its blocks in flight hold some row's logits)."""
-        starts, width, columns = self.row_cache_end, w.width, self.x.shape[1]
-        batch, device = starts.shape[0], starts.device
-        # [B, W] columns of the queries; columns past the buffer feed a copy of its last one (never seen)
-        src = (starts[:, None] + torch.arange(width, device=device)).clamp(max=columns - 1)
-        key_valid = None
-        if self.key_valid is not None:  # keys past the buffer (a wide window's tail) are never valid
-            key_valid = self.key_valid[:, : w.key_end]
-            if w.key_end > columns:
-                key_valid = torch.cat([key_valid, key_valid.new_zeros(batch, w.key_end - columns)], dim=1)
-        offset = starts.view(-1, 1, 1)
-        mask = materialize(self._settled_rule(w, offset), width, w.key_end, device=device, key_valid=key_valid,
-                           query_start=offset)
+        for shift-aligned models; a row's columns outside its blocks in flight hold some row's logits).
+        With `w.groups` the rows run in two forwards, the narrow windows' and the wide ones'."""
         shifted = bool(self.cfg.shift_logits)
         # Logits of window columns from `first` on: those of each row's region columns (and, shifted,
         # of the column before them, where that is in the window).
         first = max(w.lead - 1, 0) if shifted else w.lead
-        self.cache.begin(starts, width, w.key_end)
-        logits = self.model(input_ids=self.x.gather(1, src), attention_mask=mask,
-                            position_ids=self.positions.gather(1, src), past_key_values=self.cache, use_cache=True,
-                            store_kv=True, logits_to_keep=width - first).logits  # [B, W - first, V]
+        if w.groups is None:
+            out = self._draft_rows(w, None, w.width, first)
+        else:
+            parts = [(rows, self._draft_rows(w, rows, width, first)) for rows, width in w.groups]
+            out = parts[0][1].new_zeros(self.x.shape[0], *parts[0][1].shape[1:])
+            for rows, part in parts:
+                out.index_copy_(0, rows, part)
+        self.recorder.forward("draft", w.live, w.added_end - self.row_cache_end)
+        self.row_cache_end = torch.where(w.live, w.settled_end, self.row_cache_end)
+        return out
+
+    def _draft_rows(self, w: Window, rows: Tensor | None, width: int, first: int) -> Tensor:
+        """The packed draft forward over batch rows `rows` ([R] long; None: every row) with `width` query
+        columns each; the region's draft logits of those rows, [R, L, V]."""
+        def of_rows(t: Tensor) -> Tensor:
+            return t if rows is None else t[rows]
+
+        starts, columns = of_rows(self.row_cache_end), self.x.shape[1]
+        count, device = starts.shape[0], starts.device
+        # [R, W] columns of the queries; columns past the buffer feed a copy of its last one (never seen)
+        src = (starts[:, None] + torch.arange(width, device=device)).clamp(max=columns - 1)
+        key_valid = None
+        if self.key_valid is not None:  # keys past the buffer (a wide window's tail) are never valid
+            key_valid = of_rows(self.key_valid)[:, : w.key_end]
+            if w.key_end > columns:
+                key_valid = torch.cat([key_valid, key_valid.new_zeros(count, w.key_end - columns)], dim=1)
+        offset = starts.view(-1, 1, 1)
+        mask = materialize(self._settled_rule(w, offset, rows), width, w.key_end, device=device,
+                           key_valid=key_valid, query_start=offset)
+        self.cache.begin(starts, width, w.key_end, self.x.shape[0], rows)
+        logits = self.model(input_ids=of_rows(self.x).gather(1, src), attention_mask=mask,
+                            position_ids=of_rows(self.positions).gather(1, src), past_key_values=self.cache,
+                            use_cache=True, store_kv=True, logits_to_keep=width - first).logits  # [R, W - first, V]
         forbid_mask_token(logits, self.seq)
-        self.recorder.forward("draft", w.live, w.added_end - starts)
+        vocab = logits.shape[-1]
         # Region column c of row b is window column c - starts[b] (c - 1 - starts[b] shifted): a row's
         # columns before its window are settled for it and past its window not added, so clamped.
         region = w.settled + torch.arange(w.end - w.settled, device=device)
-        at = region[None, :] - starts[:, None] - first  # [B, L] index into the kept logits
-        if shifted:  # prepend each row's last cached logit: index 0 is window column -1
-            last = self.last_logits if self.last_logits is not None else logits.new_zeros(batch, logits.shape[-1])
-            logits = torch.cat([last[:, None], logits], dim=1)
-            self.last_logits = logits.gather(1, (w.settled_end - starts - first).clamp_min(0).view(-1, 1, 1).expand(
-                -1, 1, logits.shape[-1])).squeeze(1)
-        vocab = logits.shape[-1]
-        out = logits.gather(1, at.clamp(0, logits.shape[1] - 1)[..., None].expand(-1, -1, vocab))
-        self.row_cache_end = torch.where(w.live, w.settled_end, starts)
-        return out
+        at = region[None, :] - starts[:, None] - first  # [R, L] index into the kept logits
+        if self.cfg.shift_logits:  # prepend each row's last cached logit: index 0 is window column -1
+            if self.last_logits is None:
+                self.last_logits = logits.new_zeros(self.x.shape[0], vocab)
+            logits = torch.cat([of_rows(self.last_logits)[:, None], logits], dim=1)
+            last = logits.gather(1, (of_rows(w.settled_end) - starts - first).clamp_min(0).view(-1, 1, 1).expand(
+                -1, 1, vocab)).squeeze(1)  # [R, V]: the logit of each row's new last cached column
+            self.last_logits = last if rows is None else self.last_logits.index_copy(0, rows, last)
+        return logits.gather(1, at.clamp(0, logits.shape[1] - 1)[..., None].expand(-1, -1, vocab))
 
     def verify_bounds(self, w: Window, rows: Tensor, span: Span) -> Tensor:
         """[2] long on the device, over the `rows` ([B] bool): the furthest settled end (the verifier's

@@ -49,7 +49,7 @@ def test_column_cache_writes_each_row_at_its_columns_and_grows():
     cache = ColumnCache(capacity=4)
     starts = torch.tensor([0, 2, 1])
     first = [torch.randn(3, 2, 3, 4, generator=g) for _ in range(2)]  # K and V of 3 columns per row
-    cache.begin(starts, 3, key_end=5)
+    cache.begin(starts, 3, key_end=5, batch=3)
     assert cache.get_seq_length() == 2  # keys = cached + queries, as the models count them
     keys, values = cache.update(first[0], first[1], 0)
     assert keys.shape == (3, 2, 5, 4)
@@ -58,7 +58,7 @@ def test_column_cache_writes_each_row_at_its_columns_and_grows():
         assert torch.equal(values[row, :, start : start + 3], first[1][row])
     starts2 = torch.tensor([3, 2, 4])  # row 1 rewrites its window in place; the others move on
     second = [torch.randn(3, 2, 4, 4, generator=g) for _ in range(2)]
-    cache.begin(starts2, 4, key_end=8)  # past the storage: it grows
+    cache.begin(starts2, 4, key_end=8, batch=3)  # past the storage: it grows
     keys2, _ = cache.update(second[0], second[1], 0)
     assert keys2.shape == (3, 2, 8, 4) and cache.key_cache[0].shape[2] >= 8
     for row, (start, start2) in enumerate(zip(starts.tolist(), starts2.tolist())):
@@ -69,3 +69,26 @@ def test_column_cache_writes_each_row_at_its_columns_and_grows():
     assert torch.equal(view.key_cache[0], keys2[[2, 0], :, :3])
     with pytest.raises(RuntimeError, match="begin"):
         cache.update(torch.zeros(3, 2, 2, 4), torch.zeros(3, 2, 2, 4), 0)  # width differs from begin's
+
+
+def test_column_cache_forward_over_some_rows_writes_and_reads_theirs_only():
+    g = torch.Generator().manual_seed(1)
+    cache = ColumnCache(capacity=6)
+    every = torch.randn(3, 2, 4, 4, generator=g)
+    cache.begin(torch.tensor([0, 1, 2]), 4, key_end=6, batch=3)
+    cache.update(every, every + 1, 0)
+    before = cache.key_cache[0].clone()
+    part = torch.randn(2, 2, 2, 4, generator=g)  # rows 2 and 0 write 2 columns from 3 and 1
+    rows, starts = torch.tensor([2, 0]), torch.tensor([3, 1])
+    cache.begin(starts, 2, key_end=6, batch=3, rows=rows)
+    assert cache.get_seq_length() == 4
+    keys, values = cache.update(part, part + 1, 0)
+    assert keys.shape == (2, 2, 6, 4)
+    stored = cache.key_cache[0]
+    assert torch.equal(stored[1], before[1])  # row 1 untouched
+    for r, (row, start) in enumerate(zip(rows.tolist(), starts.tolist())):
+        assert torch.equal(stored[row, :, start : start + 2], part[r])
+        assert torch.equal(cache.value_cache[0][row, :, start : start + 2], part[r] + 1)
+        assert torch.equal(keys[r], stored[row])  # the forward's keys are its rows' columns
+        others = [c for c in range(6) if not start <= c < start + 2]
+        assert torch.equal(stored[row, :, others], before[row, :, others])

@@ -20,7 +20,7 @@ from D2F.generate import generate
 from D2F.generate_ssd_policy import S2D2Config, generate_ssd_policy
 from D2F.modeling_dream import DreamModel
 from D2F.modeling_llada import LLaDAModelLM
-from D2F.pipeline import D2FPipeline
+from D2F import pipeline
 from D2F.pipeline import D2FDecodeConfig, D2FPipeline
 from D2F.reference import ar_greedy, block_decode
 
@@ -231,6 +231,9 @@ def _batch(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.T
     return ids, mask, prompts
 
 
+SIXTEEN = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 4, 4, 9, 2]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("fn,extra", [
     (generate, {}),
@@ -241,11 +244,14 @@ def _batch(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.T
                                do_verify_policy="score_hysteresis", hysteresis_threshold_on=1.0,
                                hysteresis_threshold_off=-5.0, score_penalty_coef=1.0)),
 ])
-@pytest.mark.parametrize("lengths", [[3, 7, 5, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 4, 4, 9, 2]])
-def test_batches_equal_batch_one(models, family, fn, extra, lengths, monkeypatch):
+@pytest.mark.parametrize("lengths,split", [([3, 7, 5, 9], False), (SIXTEEN, False), (SIXTEEN, True)])
+def test_batches_equal_batch_one(models, family, fn, extra, lengths, split, monkeypatch):
     """Left-padded batches of 4 and 16 rows: every row gets its batch-1 tokens and statistics, also where
-    the verifier forward runs over the routed rows only and where finished rows have left the batch."""
+    the verifier forward runs over the routed rows only, where finished rows have left the batch and
+    (`split`: whenever it saves a column) where the draft runs as two forwards over row groups."""
     model = models[family]
+    if split:
+        monkeypatch.setattr(pipeline, "SPLIT_MIN_TOKENS", 1)
     ids, mask, prompts = _batch(lengths)
     kw = dict(max_new_tokens=10, block_size=4, block_add_threshold=0.3, decoded_token_threshold=0.7, skip_threshold=0.3,
               stopping_criteria_idx=(STOP_ID,), **extra)
@@ -264,11 +270,16 @@ def test_batches_equal_batch_one(models, family, fn, extra, lengths, monkeypatch
         return window
 
     monkeypatch.setattr(D2FPipeline, "plan", planned)
-    draft = D2FPipeline.draft
+    draft, splits = D2FPipeline.draft, []
 
     def drafted(self, w):
         windows = w.added_end - self.row_cache_end  # each row's own window
         assert w.width == int(windows.max())
+        if w.groups is not None:  # every row in one group, at most as wide as that group's forward
+            rows = torch.cat([group for group, _ in w.groups])
+            assert sorted(rows.tolist()) == list(range(windows.shape[0]))
+            assert all(int(windows[group].max()) <= width for group, width in w.groups)
+        splits.append(w.groups is not None)
         return draft(self, w)
 
     monkeypatch.setattr(D2FPipeline, "draft", drafted)
@@ -277,6 +288,7 @@ def test_batches_equal_batch_one(models, family, fn, extra, lengths, monkeypatch
         assert any(subsets)  # some verifier forwards ran over a subset of the rows
     if len(lengths) == 16:
         assert any(kept)  # rows that finished early left the batch
+    assert any(splits) == split
     for row, prompt in enumerate(prompts):
         alone, alone_stats = _run(fn, model, prompt[None], **kw)
         assert out[row, ids.shape[1]:].tolist() == alone[0, len(prompt):].tolist(), row
