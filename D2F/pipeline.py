@@ -284,9 +284,9 @@ class D2FPipeline(HoldsSequence):
         k = torch.arange(1, windows.shape[0], device=windows.device)  # [B - 1] rows in the wide forward
         n_live = live.sum()
         fed = k * widest_first[0] + (n_live - k) * widest_first[1:]  # past n_live the narrow width is 0
-        best = fed.argmin()
-        narrow = widest_first[1:][best]
-        return [n_live * widest_first[0] - fed[best], narrow, (windows > narrow).sum()]
+        least, best = fed.min(0)  # tensors: indexing with `best` would read it on the host
+        narrow = widest_first[1:].gather(0, best.view(1)).squeeze(0)
+        return [n_live * widest_first[0] - least, narrow, (windows > narrow).sum()]
 
     def _settled_rule(self, w: Window, cache_len: int | Tensor, index: Tensor | None = None) -> Predicate:
         """The mask a forward starting at `cache_len` (or at [B, 1, 1] columns, one per row) gives its
