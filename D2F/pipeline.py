@@ -28,7 +28,8 @@ feeds every row its own window, from its cache end to its newest block's end, pa
 one [B, W] input (W the widest row's window; a narrower row's extra columns are later blocks or past
 the buffer, which none of its blocks can see). So a row's forward is its batch-1 forward, whatever
 stage the other rows are at, and a batch gives each row its batch-1 tokens and statistics (for
-decoders that draw no random numbers). The step itself sees one region [settled, end) over the rows
+decoders that draw no random numbers). Where the rows' windows differ enough (`SPLIT_MIN_TOKENS`), the
+draft runs as two such forwards, the rows with narrow windows apart from the widest. The step itself sees one region [settled, end) over the rows
 (the earliest settled column to the furthest added one); a row's region columns outside its own
 blocks in flight have no mask and are never committed. The verifier forward starts at the region's
 first column over the cache below it, which is final for every row.
@@ -268,7 +269,8 @@ class D2FPipeline(HoldsSequence):
         first = n_settled.clamp(max=nb - 1)
         return Window(
             settled=settled, end=end, width=window, lead=lead, key_end=last_start + window, groups=groups,
-            live=live, settled_end=settled_end, added_end=added_end, masked=masked, activated=self.activated[:, block], earliest=block[None, :] == n_settled[:, None],
+            live=live, settled_end=settled_end, added_end=added_end, masked=masked,
+            activated=self.activated[:, block], earliest=block[None, :] == n_settled[:, None],
             progress=frac.gather(1, first[:, None]).squeeze(1),
         )
 
