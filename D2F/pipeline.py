@@ -29,10 +29,10 @@ one [B, W] input (W the widest row's window; a narrower row's extra columns are 
 the buffer, which none of its blocks can see). So a row's forward is its batch-1 forward, whatever
 stage the other rows are at, and a batch gives each row its batch-1 tokens and statistics (for
 decoders that draw no random numbers). Where the rows' windows differ enough (`SPLIT_MIN_TOKENS`), the
-draft runs as two such forwards, the rows with narrow windows apart from the widest. The step itself sees one region [settled, end) over the rows
-(the earliest settled column to the furthest added one); a row's region columns outside its own
-blocks in flight have no mask and are never committed. The verifier forward starts at the region's
-first column over the cache below it, which is final for every row.
+draft runs as two such forwards, the rows with narrow windows apart from the widest. The step itself
+sees one region [settled, end) over the rows (the earliest settled column to the furthest added one);
+a row's region columns outside its own blocks in flight have no mask and are never committed. The
+verifier forward feeds each row from its own settled end, over the cache below it.
 
 Shift alignment (Dream): the logit at t - 1 predicts token t. A position's draft is the previous row's
 logit; the first column of a row's window uses the logit of its last settled column, saved by the
