@@ -280,8 +280,9 @@ class IterationStep:
 def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
                   cfg: LLaDA2DecodeConfig, step: IterationStep) -> tuple[Tensor, list[dict]]:
     """The loop shared by the LLaDA2 decoders (see the module docstring). Host syncs: one per
-    iteration (how many rows are still decoding this block?) plus one per block (has any / every row
-    stopped?). Inside a block, the draft forwards after the first run over the rows still decoding it."""
+    iteration (how many rows are still decoding this block, and with it whether any / every row stops
+    after the block, which is meaningful once none is). Inside a block, the draft forwards after the
+    first run over the rows still decoding it."""
     start_time = time.perf_counter()
     batch, device = input_ids.shape[0], input_ids.device
     recorder = DecodeRecorder(batch, device, cfg.record_decoding_order, editing=True)
@@ -299,13 +300,19 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
         positions = blocks.positions[:, start:end]
         done = ~generated.any(-1)  # [B]
         post = torch.zeros_like(done, dtype=torch.long)
+        ends_anyway = finished | seq.exhausted(end)  # [B]
         for i in range(max_iterations + 1):
             masked = (blk == cfg.mask_id) & generated  # [B, L]
             has_mask = masked.any(-1)  # [B]
             post += (~has_mask & ~done).long()
             done |= post > cfg.max_post_steps
             live = ~done
-            n_live = int(live.sum())
+            # Once no row is live the block is final: a row stops after it when its generated columns
+            # hold a stop token (earlier blocks hold none: such rows have left), as seq.stopped says then.
+            ends = ends_anyway
+            if cfg.eos_early_stop:
+                ends = ends | (torch.isin(blk, stop_ids) & generated).any(-1)
+            n_live, all_stopped, any_stopped = torch.stack([live.sum(), ends.all(), ends.any()]).tolist()
             if not n_live:
                 break
             # The block's first draft may store the previous block: every row rides it.
@@ -317,10 +324,7 @@ def decode_blocks(model: torch.nn.Module, input_ids: Tensor, attention_mask: Ten
             done |= ~has_mask & ~(kinds == COMMIT_EDIT).any(-1)
         else:
             raise RuntimeError(f"block {b} did not finish within {max_iterations} iterations")
-        finished |= seq.exhausted(end)
-        if cfg.eos_early_stop:
-            finished |= seq.stopped(end, stop_ids)
-        all_stopped, any_stopped = torch.stack([finished.all(), finished.any()]).tolist()
+        finished = ends
         if b + 1 == blocks.n_blocks or all_stopped:
             break
         if any_stopped:  # stopped rows leave the batch: the commit and later forwards skip them
