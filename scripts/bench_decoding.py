@@ -37,7 +37,9 @@ their order rotated by one each repeat. Reported times are medians over the repe
 (time.perf_counter), the calling thread's CPU time (time.thread_time) and the process CPU time
 (time.process_time); tokenisation and scoring are outside the timed region. Tokens/s = generated
 tokens / median wall time; on a shared machine the thread CPU figure is the steadier one. The load
-average (os.getloadavg) before and after, the torch thread count and the CPU model are in the record.
+average (os.getloadavg) before and after, the torch thread count and the CPU model are in the record,
+and whether glibc keeps freed memory for reuse (`families.cpu_memory`, set for every CPU run; the
+warm-up passes hide the difference it makes to a fresh process).
 
 Counted, not timed (machine-independent):
 * generated tokens (up to and including the stop token), NFE and TPF from the decoders' stats
