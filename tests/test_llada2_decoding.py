@@ -162,6 +162,20 @@ def test_post_step_without_edit_ends_the_block():
     assert model.calls == 2 and stats[0]["post_steps"] == 1 and stats[0]["edits"] == 0
 
 
+@pytest.mark.parametrize("max_post_steps,calls,tokens", [
+    (0, 1, [6]),                       # the block ends holding the stop token: the row stops after it
+    (1, 4, [2, 1, 1, 1, 1, 1, 1, 1]),  # a post step edits the stop away: the row decodes block 1 too
+])
+def test_a_row_stops_after_a_block_that_ends_with_a_stop_token(max_post_steps, calls, tokens):
+    fill = [(1, 0.9)] * 3
+    script = [[(6, 0.9)] + fill, [(2, 0.9)] + fill, [(1, 0.9)] + fill, [(1, 0.9)] + fill]
+    model = ScriptedModel(script)  # its eos is 6
+    ids = generate(model, torch.tensor([[4, 4, 4, 4]]), gen_length=8, block_length=4, threshold=0.5,
+                   editing_threshold=0.6, max_post_steps=max_post_steps)
+    assert model.calls == calls
+    assert ids[0, 4:].tolist()[: len(tokens)] == tokens
+
+
 # --- cache vs no cache ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fold_commit", [True, False])
