@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
+from common.layers import apply_rope as shared_apply_rope
 from common.layers import rms_norm
+from common.layers import rope_tables as shared_rope_tables
 
 _MASK_SHAPES = "[B, Q, K] or [B, 1, Q, K] (B may be 1)"
 
@@ -57,41 +59,32 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(
-    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype, full_precision: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate-half RoPE tables for position_ids [B|1, Q] -> (cos, sin), each [B|1, Q, D].
+    """Rotate-half RoPE tables for position_ids [B|1, Q] -> (cos, signed_sin), each [B|1, 1, Q, D], as
+    `apply_rope` takes them (`common.layers.rope_tables`: built once per forward, not per layer).
 
     Frequencies and angles are float32 (float64 for a float64 model) whatever the model dtype, as
-    LLaDA's `rope_full_precision` and HF's Qwen2 rotary embedding both compute them. They are built
-    per call from the config, so no buffer can be rounded by `model.to(bfloat16)` or left on the meta
-    device by low-memory loading.
+    LLaDA's `rope_full_precision` and HF's Qwen2 rotary embedding both compute them; with
+    `full_precision` the tables stay in that dtype (x is rotated in it), otherwise they are cast to the
+    model dtype first (HF Qwen2, hence Dream). The two agree exactly in float32 and differ by rounding
+    in bfloat16/float16. The tables are built per call from the config, so no buffer can be rounded by
+    `model.to(bfloat16)` or left on the meta device by low-memory loading.
     """
     angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     exponents = torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.int64).to(angle_dtype)
     inv_freq = 1.0 / (theta ** (exponents / head_dim))  # [D/2]
     freqs = position_ids[..., None].to(angle_dtype) * inv_freq  # [B|1, Q, D/2]
     angles = torch.cat((freqs, freqs), dim=-1)  # [B|1, Q, D]
-    return angles.cos(), angles.sin()
+    return shared_rope_tables(angles.cos(), angles.sin(), angle_dtype if full_precision else dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., D]
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool) -> torch.Tensor:
-    """Rotate x [B, H, Q, D] by cos/sin [B|1, Q, D].
-
-    full_precision=True rotates in the tables' dtype and casts the result back (LLaDA's
-    `rope_full_precision`); False casts the tables to x's dtype first (HF Qwen2, hence Dream). The two
-    agree exactly in float32 and differ by rounding in bfloat16/float16.
-    """
-    cos = cos.unsqueeze(1)  # [B|1, 1, Q, D]
-    sin = sin.unsqueeze(1)  # [B|1, 1, Q, D]
-    if full_precision:
-        wide = x.to(cos.dtype)
-        return (wide * cos + _rotate_half(wide) * sin).to(x.dtype)
-    return x * cos.to(x.dtype) + _rotate_half(x) * sin.to(x.dtype)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, H, Q, D] by the tables of `rope_tables`: in their dtype, the result cast back to x's
+    (LLaDA's `rope_full_precision` when they are wider than x)."""
+    if cos.dtype == x.dtype:
+        return shared_apply_rope(x, cos, signed_sin)
+    return shared_apply_rope(x.to(cos.dtype), cos, signed_sin).to(x.dtype)
 
 
 def _full_mask(mask: torch.Tensor, batch: int, q_len: int, kv_len: int, name: str) -> torch.Tensor:
@@ -374,10 +367,11 @@ def prepare_inputs(
     inputs_embeds: Optional[torch.Tensor],
     use_cache: Optional[bool],
     store_kv: Union[bool, int],
+    rope_full_precision: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Optional[DynamicCache], int]:
     """The shared front of both models' forward: validate the call (exactly one of ids / embeddings, a
     DynamicCache, an explicit mask with a cache and several queries, store_kv), embed, and build the
-    mask and RoPE tables. Returns (embeddings [B, Q, E], mask [B|1, 1, Q, K], cos, sin [B|1, Q, D],
+    mask and RoPE tables. Returns (embeddings [B, Q, E], mask [B|1, 1, Q, K], cos, signed sin [B|1, 1, Q, D],
     the cache, the number of leading query tokens whose K/V are stored)."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids [B, Q] or inputs_embeds [B, Q, E].")
@@ -407,7 +401,7 @@ def prepare_inputs(
             f"position_ids must have shape [B|1, Q] = [{batch}, {q_len}]; got {tuple(position_ids.shape)}."
         )
     mask = prepare_attention_mask(full_mask, padding_mask, batch, q_len, past_len + q_len, device)  # [B|1, 1, Q, K]
-    cos, sin = rope_tables(
-        position_ids.to(device), config.head_dim, config.rope_theta, inputs_embeds.dtype
-    )  # [B|1, Q, D] each
-    return inputs_embeds, mask, cos, sin, past_key_values, n_store
+    cos, signed_sin = rope_tables(
+        position_ids.to(device), config.head_dim, config.rope_theta, inputs_embeds.dtype, rope_full_precision
+    )  # [B|1, 1, Q, D] each
+    return inputs_embeds, mask, cos, signed_sin, past_key_values, n_store

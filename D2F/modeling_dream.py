@@ -72,13 +72,14 @@ class DreamAttention(nn.Module):
         past_key_values: Optional[DynamicCache],
         n_store: int,
     ) -> torch.Tensor:
-        """hidden_states [B, Q, E], cos/sin [B|1, Q, D], mask [B|1, 1, Q, K] or None -> [B, Q, E]."""
+        """hidden_states [B, Q, E], cos/sin [B|1, 1, Q, D] (`rope_tables`: sin carries rotate_half's sign),
+        mask [B|1, 1, Q, K] or None -> [B, Q, E]."""
         batch, q_len, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
         key = self.k_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         value = self.v_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        query = apply_rope(query, cos, sin, full_precision=False)  # [B, H, Q, D]
-        key = apply_rope(key, cos, sin, full_precision=False)  # [B, Hkv, Q, D]
+        query = apply_rope(query, cos, sin)  # [B, H, Q, D]; sin: the signed table of rope_tables
+        key = apply_rope(key, cos, sin)  # [B, Hkv, Q, D]
         key, value = keys_values_with_cache(key, value, past_key_values, self.layer_idx, n_store)
         dropout_p = self.attention_dropout if self.training else 0.0
         attn = attend(query, key, value, mask, dropout_p)  # [B, Q, H, D]
@@ -175,7 +176,7 @@ class DreamBaseModel(DreamPreTrainedModel):
         """Run the decoder; the contract is documented on `DreamModel.forward`."""
         inputs_embeds, mask, cos, sin, past_key_values, n_store = prepare_inputs(
             self.embed_tokens, self.config, input_ids, attention_mask, attention_bias, position_ids, past_key_values, inputs_embeds,
-            use_cache, store_kv)
+            use_cache, store_kv, False)
 
         hidden_states = inputs_embeds
         all_hidden_states: tuple[torch.Tensor, ...] = ()

@@ -61,7 +61,6 @@ class LLaDABlock(nn.Module):
         self.n_heads = config.n_heads
         self.n_kv_heads = config.effective_n_kv_heads
         self.head_dim = config.head_dim
-        self.rope_full_precision = config.rope_full_precision
         self.attention_dropout = config.attention_dropout
         self.residual_dropout = config.residual_dropout
         d_model, kv_width = config.d_model, self.n_kv_heads * self.head_dim
@@ -84,14 +83,15 @@ class LLaDABlock(nn.Module):
         past_key_values: Optional[DynamicCache],
         n_store: int,
     ) -> torch.Tensor:
-        """hidden_states [B, Q, E], cos/sin [B|1, Q, D], mask [B|1, 1, Q, K] or None -> [B, Q, E]."""
+        """hidden_states [B, Q, E], cos/sin [B|1, 1, Q, D] (`rope_tables`: sin carries rotate_half's sign),
+        mask [B|1, 1, Q, K] or None -> [B, Q, E]."""
         batch, q_len, _ = hidden_states.shape
         normed = self.attn_norm(hidden_states)
         query = self.q_proj(normed).view(batch, q_len, self.n_heads, self.head_dim).transpose(1, 2)
         key = self.k_proj(normed).view(batch, q_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         value = self.v_proj(normed).view(batch, q_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        query = apply_rope(query, cos, sin, self.rope_full_precision)  # [B, H, Q, D]
-        key = apply_rope(key, cos, sin, self.rope_full_precision)  # [B, Hkv, Q, D]
+        query = apply_rope(query, cos, sin)  # [B, H, Q, D]; sin: the signed table of rope_tables
+        key = apply_rope(key, cos, sin)  # [B, Hkv, Q, D]
         key, value = keys_values_with_cache(key, value, past_key_values, self.layer_idx, n_store)
         dropout_p = self.attention_dropout if self.training else 0.0
         attn = attend(query, key, value, mask, dropout_p)  # [B, Q, H, D]
@@ -161,7 +161,7 @@ class LLaDAModel(LLaDAPreTrainedModel):
         """Run embedding, blocks and ln_f; the contract is documented on `LLaDAModelLM.forward`."""
         inputs_embeds, mask, cos, sin, past_key_values, n_store = prepare_inputs(
             self.transformer["wte"], self.config, input_ids, attention_mask, attention_bias, position_ids, past_key_values, inputs_embeds,
-            use_cache, store_kv)
+            use_cache, store_kv, self.config.rope_full_precision)
 
         hidden_states = F.dropout(inputs_embeds, self.config.embedding_dropout, self.training)
         all_hidden_states: tuple[torch.Tensor, ...] = ()
