@@ -48,7 +48,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from common.layers import rms_norm
+from common.layers import apply_rope, rms_norm, rope_tables
 from LLaDA2.configuration_llada2_moe import LLaDA2MoeConfig
 
 _IGNORE_INDEX = -100
@@ -93,30 +93,23 @@ class LLaDA2MoeRotaryEmbedding(nn.Module):
 
     @torch.no_grad()
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids [B|1, Q], model dtype -> (cos, sin), each [B|1, Q, R] in float32 (float64)."""
+        """position_ids [B|1, Q], model dtype -> (cos, signed_sin), each [B|1, 1, Q, R] in the model
+        dtype (`common.layers.rope_tables`: cast once per forward, sin carrying rotate_half's sign);
+        angles in float32 (float64 for a float64 model)."""
         angle_dtype = _compute_dtype(dtype)
         even_dims = torch.arange(0, self.rope_dim, 2, device=position_ids.device).to(angle_dtype)  # [R/2]
         inv_freq = 1.0 / (self.rope_theta ** (even_dims / self.rope_dim))  # [R/2]
         freqs = position_ids[..., None].to(angle_dtype) * inv_freq  # [B|1, Q, R/2]
         angles = torch.cat((freqs, freqs), dim=-1)  # [B|1, Q, R]
-        return angles.cos(), angles.sin()
+        return rope_tables(angles.cos(), angles.sin(), dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:  # [..., R] -> [..., R]
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first R dims of x [B, H, Q, D] by cos/sin [B|1, Q, R]; dims R.. pass through.
-
-    The tables are cast to x's dtype first (as transformers does).
-    """
+def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first R dims of x [B, H, Q, D] by the tables of `LLaDA2MoeRotaryEmbedding` ([B|1, 1, Q,
+    R], in x's dtype as transformers casts them); dims R.. pass through."""
     rope_dim = cos.shape[-1]
-    cos = cos.unsqueeze(1).to(x.dtype)  # [B|1, 1, Q, R]
-    sin = sin.unsqueeze(1).to(x.dtype)  # [B|1, 1, Q, R]
     rotated, passed = x[..., :rope_dim], x[..., rope_dim:]
-    return torch.cat((rotated * cos + _rotate_half(rotated) * sin, passed), dim=-1)
+    return torch.cat((apply_rope(rotated, cos, signed_sin), passed), dim=-1)
 
 
 class LLaDA2MoeAttention(nn.Module):
@@ -168,8 +161,8 @@ class LLaDA2MoeAttention(nn.Module):
         past_key_values: Optional[DynamicCache],
         store_kv: bool,
     ) -> torch.Tensor:
-        """hidden_states [B, Q, E], cos/sin [B|1, Q, R], mask [B|1, 1, Q, K] (bool or additive) or
-        None (full attention) -> [B, Q, E]."""
+        """hidden_states [B, Q, E], cos/sin [B|1, 1, Q, R] (sin signed), mask [B|1, 1, Q, K] (bool or
+        additive) or None (full attention) -> [B, Q, E]."""
         batch, q_len, _ = hidden_states.shape
         qkv = self.query_key_value(hidden_states).view(
             batch, q_len, self.num_heads + 2 * self.num_kv_heads, self.head_dim
@@ -528,7 +521,7 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
 
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)  # [B, Q, E]
-        cos, sin = self.rotary_emb(position_ids.to(device), inputs_embeds.dtype)  # [B|1, Q, R]
+        cos, sin = self.rotary_emb(position_ids.to(device), inputs_embeds.dtype)  # [B|1, 1, Q, R] each
 
         hidden_states = inputs_embeds
         all_hidden_states: tuple[torch.Tensor, ...] = ()
