@@ -270,11 +270,13 @@ class ColumnCache(DynamicCache):
             self.key_cache.append(like.new_zeros(self._batch, heads, size, dim))
             self.value_cache.append(like.new_zeros(self._batch, heads, size, dim))
         elif self.key_cache[layer].shape[2] < self._key_end:
-            keys, values = self.key_cache[layer], self.value_cache[layer]
-            extra = self._key_end - keys.shape[2]
-            self.key_cache[layer] = torch.cat([keys, keys.new_zeros(*keys.shape[:2], extra, keys.shape[3])], dim=2)
-            self.value_cache[layer] = torch.cat([values, values.new_zeros(*values.shape[:2], extra, values.shape[3])],
-                                                dim=2)
+            extra = self._key_end - self.key_cache[layer].shape[2]
+
+            def grown(t: torch.Tensor) -> torch.Tensor:
+                return torch.cat([t, t.new_zeros(*t.shape[:2], extra, t.shape[3])], dim=2)
+
+            self.key_cache[layer] = grown(self.key_cache[layer])
+            self.value_cache[layer] = grown(self.value_cache[layer])
         return self.key_cache[layer], self.value_cache[layer]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,

@@ -257,11 +257,12 @@ class D2FPipeline(HoldsSequence):
             keep = torch.argsort(self.done.to(torch.uint8), stable=True)[: self.done.shape[0] - n_done]  # [K]
             self.select(keep)
             self.kept = keep
-            frac, n_settled, settled_end, added_end = frac[keep], n_settled[keep], settled_end[keep], added_end[keep]
+            frac, n_settled, settled_end, added_end, windows = (
+                t[keep] for t in (frac, n_settled, settled_end, added_end, windows))
             live = ~self.done
         groups = None
         if saving >= SPLIT_MIN_TOKENS:  # the rows whose window is wider than `narrow` run apart
-            wide = (added_end - self.row_cache_end > narrow).to(torch.uint8)
+            wide = (windows > narrow).to(torch.uint8)
             order = torch.argsort(wide, stable=True)
             groups = [(order[: order.shape[0] - n_wide], narrow), (order[order.shape[0] - n_wide :], window)]
         columns = torch.arange(settled, end, device=gen.device)
@@ -342,19 +343,18 @@ class D2FPipeline(HoldsSequence):
                             position_ids=of_rows(self.positions).gather(1, src), past_key_values=self.cache,
                             use_cache=True, store_kv=True, logits_to_keep=width - first).logits  # [R, W - first, V]
         forbid_mask_token(logits, self.seq)
-        vocab = logits.shape[-1]
         # Region column c of row b is window column c - starts[b] (c - 1 - starts[b] shifted): a row's
         # columns before its window are settled for it and past its window not added, so clamped.
         region = w.settled + torch.arange(w.end - w.settled, device=device)
         at = region[None, :] - starts[:, None] - first  # [R, L] index into the kept logits
         if self.cfg.shift_logits:  # prepend each row's last cached logit: index 0 is window column -1
             if self.last_logits is None:
-                self.last_logits = logits.new_zeros(self.x.shape[0], vocab)
+                self.last_logits = logits.new_zeros(self.x.shape[0], logits.shape[-1])
             logits = torch.cat([of_rows(self.last_logits)[:, None], logits], dim=1)
-            last = logits.gather(1, (of_rows(w.settled_end) - starts - first).clamp_min(0).view(-1, 1, 1).expand(
-                -1, 1, vocab)).squeeze(1)  # [R, V]: the logit of each row's new last cached column
+            # [R, V]: the logit of each row's new last cached column
+            last = take_columns(logits, (of_rows(w.settled_end) - starts - first)[:, None]).squeeze(1)
             self.last_logits = last if rows is None else self.last_logits.index_copy(0, rows, last)
-        return logits.gather(1, at.clamp(0, logits.shape[1] - 1)[..., None].expand(-1, -1, vocab))
+        return take_columns(logits, at)
 
     def verify_bounds(self, w: Window, rows: Tensor, span: Span) -> Tensor:
         """[2] long on the device, over the `rows` ([B] bool): the furthest settled end (the verifier's
@@ -409,8 +409,7 @@ class D2FPipeline(HoldsSequence):
         else:
             self.recorder.forward("verify", rows, 2 * (span_end - w.settled_end))
         region = w.settled + torch.arange(length, device=device)
-        at = (region[None, :] - starts[:, None]).clamp(0, first - 1)  # [R, L] region column -> fed column
-        return logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
+        return take_columns(logits, region[None, :] - starts[:, None])  # region column -> fed column
 
     def apply(self, w: Window, commit: Tensor, tokens: Tensor, kinds: Tensor, stop_ids: Tensor) -> None:
         """Write the step's commits; note stop tokens (no more blocks) and rows whose output is final."""
@@ -441,6 +440,13 @@ class PipelineStep:
     def __call__(self, pipe: D2FPipeline, w: Window, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns (commit [B, L] bool, tokens [B, L] long, kinds [B, L] COMMIT_* codes)."""
         raise NotImplementedError
+
+
+def take_columns(values: Tensor, index: Tensor) -> Tensor:
+    """values [R, W, V], index [R, L] long -> [R, L, V]: row r's entries at columns index[r], each index
+    clamped into [0, W) (the columns a row never reads)."""
+    index = index.clamp(0, values.shape[1] - 1)
+    return values.gather(1, index[..., None].expand(-1, -1, values.shape[-1]))
 
 
 def baseline_commits(w: Window, confidence: Tensor, masked: Tensor, block_size: int, threshold: float) -> Tensor:
