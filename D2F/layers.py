@@ -36,6 +36,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from common.layers import apply_rope as shared_apply_rope
+from common.layers import grouped_attention
 from common.layers import rms_norm
 from common.layers import rope_tables as shared_rope_tables
 
@@ -316,20 +317,13 @@ def attend(
     mask: Optional[torch.Tensor],
     dropout_p: float,
 ) -> torch.Tensor:
-    """Non-causal SDPA with grouped K/V heads and scale 1/sqrt(D).
+    """Non-causal SDPA with grouped K/V heads (`common.layers.grouped_attention`) and scale 1/sqrt(D).
 
     query [B, H, Q, D], key/value [B, Hkv, K, D], mask from `prepare_attention_mask` -> [B, Q, H, D].
-    K/V heads are expanded explicitly instead of `enable_gqa`, which restricts SDPA to the flash and
-    math kernels (flash takes no mask), so masked GQA would fall back to the slow math kernel.
-    No torch backend flag is changed: SDPA picks its kernel per call.
     """
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)  # [B, H, K, D]
-        value = value.repeat_interleave(groups, dim=1)  # [B, H, K, D]
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(query.dtype)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p, is_causal=False)
+    out = grouped_attention(query, key, value, mask, dropout_p)
     return out.transpose(1, 2)  # [B, Q, H, D]
 
 

@@ -36,7 +36,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from common.layers import apply_rope, rms_norm, rope_tables
+from common.layers import apply_rope, grouped_attention, rms_norm, rope_tables
 from fast_dllm_v2.configuration_fast_dllm import Fast_dLLM_QwenConfig
 
 _IGNORE_INDEX = -100
@@ -171,13 +171,11 @@ class Fast_dLLM_QwenAttention(nn.Module):
         query = apply_rope(query, cos, sin)  # [B, H, Q, D]
         key = apply_rope(key, cos, sin)  # [B, Hkv, Q, D]
         key, value = self._attended_keys_values(key, value, caches)  # [B, Hkv, K, D]
-        out = F.scaled_dot_product_attention(
+        out = grouped_attention(
             query, key, value,
-            attn_mask=None if attention_mask is None else attention_mask[:, None],  # [B|1, 1, Q, K]
-            dropout_p=self.attention_dropout if self.training else 0.0,
-            is_causal=False,
-            scale=self.scaling,
-            enable_gqa=self.num_heads != self.num_kv_heads,
+            None if attention_mask is None else attention_mask[:, None],  # [B|1, 1, Q, K]
+            self.attention_dropout if self.training else 0.0,
+            self.scaling,
         )  # [B, H, Q, D]
         return self.o_proj(out.transpose(1, 2).reshape(batch, q_len, self.num_heads * self.head_dim))
 

@@ -48,7 +48,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from common.layers import apply_rope, rms_norm, rope_tables
+from common.layers import apply_rope, grouped_attention, rms_norm, rope_tables
 from LLaDA2.configuration_llada2_moe import LLaDA2MoeConfig
 
 _IGNORE_INDEX = -100
@@ -175,15 +175,8 @@ class LLaDA2MoeAttention(nn.Module):
         key = apply_partial_rotary(key.transpose(1, 2), cos, sin)  # [B, Hkv, Q, D]
         # [B, Hkv, K, D] each
         key, value = self._keys_values(key, value.transpose(1, 2), past_key_values, store_kv)
-        out = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-            is_causal=False,
-            scale=self.scaling,
-            enable_gqa=self.num_heads != self.num_kv_heads,
+        out = grouped_attention(
+            query, key, value, attention_mask, self.attention_dropout if self.training else 0.0, self.scaling
         )  # [B, H, Q, D]
         return self.dense(out.transpose(1, 2).reshape(batch, q_len, self.num_heads * self.head_dim))
 

@@ -24,7 +24,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from common.layers import apply_rope, rms_norm, rope_tables
+from common.layers import apply_rope, grouped_attention, rms_norm, rope_tables
 from SDAR.configuration_sdar import SDARConfig
 
 try:
@@ -111,7 +111,8 @@ def attend(
     dropout_p: float,
     scaling: float,
 ) -> torch.Tensor:
-    """Non-causal attention with grouped K/V heads.
+    """Non-causal attention with grouped K/V heads (flash-attn without a mask where it is installed and
+    applies, else `common.layers.grouped_attention`).
 
     query [B, H, Q, D], key/value [B, Hkv, K, D], attention_mask bool [B|1, Q, K] (True = may attend)
     or None (full attention) -> [B, Q, H, D]. A row with no True entry yields NaN (SDPA semantics);
@@ -127,15 +128,7 @@ def attend(
             causal=False,
         )
     sdpa_mask = None if attention_mask is None else attention_mask[:, None]  # [B|1, 1, Q, K]
-    # K/V heads are expanded explicitly: SDPA's `enable_gqa` admits only the flash and math kernels,
-    # and flash takes no mask, so a masked GQA call would fall back to the math kernel on a GPU.
-    num_groups = query.shape[1] // key.shape[1]
-    if num_groups > 1:
-        key = key.repeat_interleave(num_groups, dim=1)  # [B, H, K, D]
-        value = value.repeat_interleave(num_groups, dim=1)  # [B, H, K, D]
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=sdpa_mask, dropout_p=dropout_p, is_causal=False, scale=scaling
-    )
+    out = grouped_attention(query, key, value, sdpa_mask, dropout_p, scaling)  # [B, H, Q, D]
     return out.transpose(1, 2)  # [B, Q, H, D]
 
 

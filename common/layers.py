@@ -1,4 +1,5 @@
-"""RMSNorm and rotate-half RoPE in the order of transformers' Qwen2/Qwen3, with fewer ops per call.
+"""RMSNorm, rotate-half RoPE (in the order of transformers' Qwen2/Qwen3) and grouped-head attention,
+with fewer ops per call.
 
 A tiny model's forward on the CPU costs about as much in op dispatch as in arithmetic, so the decoders'
 per-step cost depends on how many ops a layer issues. Both helpers give the same bits as the plain
@@ -10,12 +11,18 @@ formulation they replace (tests/test_common_layers.py checks it against it):
 * `rope_tables` + `apply_rope`: the cos/sin tables are cast and broadcast once per forward instead of
   in every layer, and rotate_half(x) * sin is computed as roll(x) * signed_sin, where signed_sin
   carries rotate_half's minus sign: (-a) * b and a * (-b) are the same float, so the result is exact.
+* `grouped_attention`: SDPA over fewer K/V heads than query heads, with the heads shared inside the
+  kernel wherever the kernel SDPA picks takes them (the CPU's, always: the same bits as expanded heads
+  at half the attention cost of a small query), and expanded explicitly where it does not.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
+_FLASH_MAX_HEAD_DIM = 256
 
 
 def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float, keep_float64: bool = False) -> torch.Tensor:
@@ -45,3 +52,30 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
     if cos.dtype != x.dtype:
         cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
     return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
+
+
+
+def kernel_shares_heads(device: torch.device, dtype: torch.dtype, head_dim: int, masked: bool) -> bool:
+    """Whether SDPA's `enable_gqa` keeps a fused kernel for such a call. On the CPU it does (the CPU
+    flash kernel takes masks and grouped heads). On a GPU only flash-attention (or cuDNN) takes grouped
+    heads: no mask, half precision, head_dim <= 256, compute capability >= 8.0; with a mask, or in
+    float32, the memory-efficient kernel would be dropped for the math one, so heads are expanded."""
+    if device.type == "cpu":
+        return True
+    if device.type != "cuda" or masked or dtype not in _FLASH_DTYPES or head_dim > _FLASH_MAX_HEAD_DIM:
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def grouped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                      dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
+    """Non-causal SDPA: query [B, H, Q, D] over key/value [B, Hkv, K, D] (H a multiple of Hkv, query
+    head h reading K/V head h // (H / Hkv)), mask [B|1, 1, Q, K] (bool, True = may attend, or additive)
+    or None (full attention) -> [B, H, Q, D]."""
+    groups = query.shape[1] // key.shape[1]
+    shared = groups > 1 and kernel_shares_heads(query.device, query.dtype, query.shape[-1], mask is not None)
+    if groups > 1 and not shared:
+        key = key.repeat_interleave(groups, dim=1)  # [B, H, K, D]
+        value = value.repeat_interleave(groups, dim=1)  # [B, H, K, D]
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p, is_causal=False,
+                                          scale=scale, enable_gqa=shared)

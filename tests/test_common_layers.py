@@ -1,12 +1,16 @@
 """`common.layers` gives the same bits as the plain HF-order formulation it replaces, in every dtype,
-with and without autograd, and its gradients are the plain formulation's."""
+with and without autograd, and its gradients are the plain formulation's; grouped-head attention gives
+the bits of attention over explicitly expanded heads."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from common.layers import apply_rope, rms_norm, rope_tables
+import torch.nn.functional as F
+
+from common import layers
+from common.layers import apply_rope, grouped_attention, kernel_shares_heads, rms_norm, rope_tables
 
 
 def plain_rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float, wide=torch.float32) -> torch.Tensor:
@@ -82,3 +86,45 @@ def test_rope_gradients_are_the_plain_formulations():
     upstream = torch.randn(2, 4, 6, 64, generator=generator)
     grad = torch.autograd.grad(apply_rope(x, *rope_tables(cos, sin, torch.float32)), x, upstream)[0]
     assert torch.equal(grad, torch.autograd.grad(plain_rope(x, cos, sin), x, upstream)[0])
+
+
+
+def expanded_attention(query, key, value, mask, scale=None):
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "bool_broadcast", "additive"])
+@pytest.mark.parametrize("groups", [1, 2, 7])
+def test_grouped_attention_is_bitwise_attention_over_expanded_heads(dtype, mask_kind, groups):
+    generator = torch.Generator().manual_seed(groups)
+    for batch, q_len, k_len in ((1, 1, 101), (3, 16, 116), (2, 64, 64), (2, 300, 700)):
+        query = torch.randn(batch, 2 * groups, q_len, 48, generator=generator).to(dtype)
+        key, value = (torch.randn(batch, 2, k_len, 48, generator=generator).to(dtype) for _ in range(2))
+        mask = None
+        if mask_kind != "none":
+            keep = torch.rand(batch if mask_kind != "bool_broadcast" else 1, 1, q_len, k_len, generator=generator) > 0.3
+            keep[..., -1] = True
+            mask = keep if mask_kind != "additive" else torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, float("-inf"))
+        out = grouped_attention(query, key, value, mask, scale=0.3)
+        assert out.shape == query.shape
+        assert torch.equal(out, expanded_attention(query, key, value, mask, scale=0.3))
+
+
+def test_kernel_shares_heads_only_where_a_fused_kernel_takes_them(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        assert kernel_shares_heads(cpu, dtype, 48, masked=True) and kernel_shares_heads(cpu, dtype, 512, masked=False)
+    capability = {"value": (9, 0)}
+    monkeypatch.setattr(layers.torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+    assert kernel_shares_heads(gpu, torch.bfloat16, 128, masked=False)  # flash-attention takes grouped heads
+    assert kernel_shares_heads(gpu, torch.float16, 256, masked=False)
+    # a mask, float32, or head_dim > 256 leave only the math kernel for grouped heads: expand instead
+    assert not kernel_shares_heads(gpu, torch.bfloat16, 128, masked=True)
+    assert not kernel_shares_heads(gpu, torch.float32, 128, masked=False)
+    assert not kernel_shares_heads(gpu, torch.bfloat16, 512, masked=False)
+    capability["value"] = (7, 5)  # no flash-attention before sm80
+    assert not kernel_shares_heads(gpu, torch.bfloat16, 128, masked=False)
+    assert not kernel_shares_heads(torch.device("meta"), torch.bfloat16, 128, masked=False)
