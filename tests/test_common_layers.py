@@ -98,7 +98,10 @@ def expanded_attention(query, key, value, mask, scale=None):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "bool_broadcast", "additive"])
 @pytest.mark.parametrize("groups", [1, 2, 7])
-def test_grouped_attention_is_bitwise_attention_over_expanded_heads(dtype, mask_kind, groups):
+@pytest.mark.parametrize("in_kernel", [True, False], ids=["heads_shared_in_kernel", "heads_expanded"])
+def test_grouped_attention_is_bitwise_attention_over_expanded_heads(dtype, mask_kind, groups, in_kernel, monkeypatch):
+    # Both branches run here: the CPU shares heads in the kernel; the expansion is what a masked GPU call takes.
+    monkeypatch.setattr(layers, "kernel_shares_heads", lambda *args: in_kernel)
     generator = torch.Generator().manual_seed(groups)
     for batch, q_len, k_len in ((1, 1, 101), (3, 16, 116), (2, 64, 64), (2, 300, 700)):
         query = torch.randn(batch, 2 * groups, q_len, 48, generator=generator).to(dtype)
