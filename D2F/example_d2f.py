@@ -90,7 +90,7 @@ def load_model_and_tokenizer(base: str, lora: str, merge: bool, device: str, dty
     the base model's. Hub ids are fetched into the hub cache first."""
     from D2F.lora import load_d2f
 
-    base_dir, lora_dir = families.local_dir(base), families.local_dir(lora)
+    base_dir, lora_dir = cli.fetched(base), cli.fetched(lora)
     model = load_d2f(base_dir, lora_dir, merge=merge, dtype=cli.torch_dtype(dtype, device, "float16"), device=device)
     return model, cli.load_tokenizer(base_dir)
 
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         family = families.FAMILIES[FAMILY_NAMES[args.family]]
         args.block_size = trained_block_size(args.base_model_dir or str(family.tiny_model_dir))
     cli.check_flags(args, cli_schema.fields(FLAGS))
+    cli.reject_unread_flags(decoder, FLAGS, args, args.generate_fn)
     problem = cli.read_prompt(args)
     base, lora, family = model_folders(args)
     config = cli.model_config(base)

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.config import require_field_bounds, require_positive
+from common.config import require_field_bounds
 from common.masks import Predicate, materialize, pipelined_verifier, prefix_block_causal
 from common.remasking import select_transfer
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
@@ -98,9 +98,11 @@ class D2FDecodeConfig:
     mask_id: int | None = field(default=None, metadata={"help": "mask token id; default: the model's config"})
     stopping_criteria_idx: tuple[int, ...] | None = field(
         default=None, metadata={"help": "stop token ids; default: the model's eos"})
-    max_new_tokens: int = field(default=256, metadata={"help": "generation budget in tokens"})
-    max_gen_toks: int | None = field(default=None, metadata={"help": "overrides max_new_tokens (lm-eval's name)"})
-    block_size: int = field(default=32, metadata={"help": "tokens per generated block (1 = AR mode)"})
+    max_new_tokens: int = field(default=256, metadata={"bounds": (1, None), "help": "generation budget in tokens"})
+    max_gen_toks: int | None = field(default=None, metadata={"help": "overrides max_new_tokens (lm-eval's name)",
+                                                             "bounds": (1, None)})
+    block_size: int = field(default=32, metadata={"help": "tokens per generated block (1 = AR mode)",
+                                                  "bounds": (1, None)})
     block_add_threshold: float = field(
         default=0.5, metadata={"help": "add a block once the newest one's decoded fraction reaches this",
                               "bounds": (0.0, 1.0)})
@@ -109,9 +111,10 @@ class D2FDecodeConfig:
                               "bounds": (0.0, 1.0)})
     skip_threshold: float = field(
         default=0.9, metadata={"help": "commit every masked draft with confidence > this", "bounds": (0.0, 1.0)})
-    temperature: float = field(default=0.0, metadata={"help": "0: argmax drafts; > 0: sampled drafts"})
-    top_p: float = 1.0
-    top_k: int = field(default=0, metadata={"help": "0 disables top-k"})
+    temperature: float = field(default=0.0, metadata={"help": "0: argmax drafts; > 0: sampled drafts",
+                                                      "bounds": (0.0, None)})
+    top_p: float = field(default=1.0, metadata={"bounds": (0.0, 1.0)})
+    top_k: int = field(default=0, metadata={"bounds": (0, None), "help": "0 disables top-k"})
     shift_logits: bool | None = field(
         default=None, metadata={"help": "logit t-1 predicts token t (Dream); default: from the model type"})
     cache_ver: bool = field(
@@ -120,7 +123,6 @@ class D2FDecodeConfig:
     return_decoding_order: bool = field(default=False, metadata={"help": "add decoding-order markers to the stats"})
 
     def __post_init__(self) -> None:
-        require_positive(self, ("max_new_tokens", "block_size"), optional=("max_gen_toks",))
         # Fractions and probabilities: above 1 a fraction is never reached (no block would follow, or
         # none would be fully activated); the thresholds' bounds are their fields' metadata.
         require_field_bounds(self)

@@ -50,7 +50,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from common.cache import cache_rows, live_rows, row_mask, scatter_rows
-from common.config import require_field_bounds, require_positive
+from common.config import require_field_bounds
 from common.masks import Predicate, block_causal, draft_block, materialize
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
 from common.sequence import HoldsSequence, SequenceBuffer, forbid_mask_token
@@ -71,14 +71,18 @@ class FastDecodeConfig:
         default=None, metadata={"help": "mask token id; default: the model's generation config / config"})
     stopping_criteria_idx: tuple[int, ...] | None = field(
         default=None, metadata={"help": "stop token ids (the reference's stop_token); default: the model's eos"})
-    max_new_tokens: int = field(default=512, metadata={"help": "generation budget in tokens"})
-    max_gen_toks: int | None = field(default=None, metadata={"help": "overrides max_new_tokens (lm-eval's name)"})
-    block_size: int = field(default=32, metadata={"help": "tokens per block: KV-commit unit, block-causal granularity"})
-    small_block_size: int = field(default=8, metadata={"help": "sub-block length; must divide block_size"})
+    max_new_tokens: int = field(default=512, metadata={"bounds": (1, None), "help": "generation budget in tokens"})
+    max_gen_toks: int | None = field(default=None, metadata={"help": "overrides max_new_tokens (lm-eval's name)",
+                                                             "bounds": (1, None)})
+    block_size: int = field(default=32, metadata={"help": "tokens per block: KV-commit unit, block-causal granularity",
+                                                  "bounds": (1, None)})
+    small_block_size: int = field(default=8, metadata={"help": "sub-block length; must divide block_size",
+                                                       "bounds": (1, None)})
     threshold: float = field(default=0.9, metadata={"help": "commit every masked draft with confidence > threshold",
                                                           "bounds": (0.0, 1.0)})
-    top_p: float = 1.0
-    temperature: float = field(default=0.0, metadata={"help": "0: argmax drafts; > 0: sampled drafts"})
+    top_p: float = field(default=1.0, metadata={"bounds": (0.0, 1.0)})
+    temperature: float = field(default=0.0, metadata={"help": "0: argmax drafts; > 0: sampled drafts",
+                                                      "bounds": (0.0, None)})
     use_block_cache: bool = field(default=False, metadata={"help": "intra-block K/V cache: sub-block draft forwards"})
     use_ssd_cache: bool = field(default=False, metadata={"help": "not implemented (nor upstream); must stay off"})
     cache_ver: bool = field(default=False, metadata={"help": "AR-like cache: prefill/commit with a causal mask"})
@@ -87,7 +91,6 @@ class FastDecodeConfig:
     return_decoding_order: bool = field(default=False, metadata={"help": "add decoding-order markers to the stats"})
 
     def __post_init__(self) -> None:
-        require_positive(self, ("max_new_tokens", "block_size", "small_block_size"), optional=("max_gen_toks",))
         require_field_bounds(self)
         if self.block_size % self.small_block_size:
             raise ValueError(f"small_block_size ({self.small_block_size}) must divide block_size ({self.block_size})")

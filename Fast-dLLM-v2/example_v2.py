@@ -52,7 +52,7 @@ def load_model_and_tokenizer(model: str, device: str, dtype: str):
     from transformers import AutoModelForCausalLM
 
     tokenizer = cli.load_tokenizer(model)
-    loaded = AutoModelForCausalLM.from_pretrained(families.local_dir(model),
+    loaded = AutoModelForCausalLM.from_pretrained(cli.fetched(model),
                                                   torch_dtype=cli.torch_dtype(dtype, device, "bfloat16"),
                                                   local_files_only=True)
     return loaded.to(device).eval(), tokenizer
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     block_from_model = args.block_size is None
     cli.check_flags(args, cli_schema.fields(FLAGS))
+    cli.reject_unread_flags(DECODERS[args.generate_fn], FLAGS, args, args.generate_fn)
     problem = cli.read_prompt(args)
     families.require_model(args.model, "fast_dllm_v2", "--model")
     config = cli.model_config(args.model)
@@ -69,8 +70,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if block_from_model:  # a hub id's bd_size is known once it loads: the released models' 32 until then
         args.block_size = int((config or {}).get("bd_size", DEFAULT_BLOCK_SIZE))
     hint = f" (block_size {args.block_size} is the model's bd_size; pass --block_size)" if block_from_model else ""
-    cli.build_config(FLAGS, args, hint)  # the first torch import: the config's own checks
-    decode, _ = cli.build_config(DECODERS[args.generate_fn], args, hint)
+    cli.build_config(FLAGS, args, hint, "block_size")  # the first torch import: the config's own checks
+    decode, _ = cli.build_config(DECODERS[args.generate_fn], args, hint, "block_size")
     args.device = cli.resolve_device(args.device)
     tokenizer = cli.load_tokenizer(args.model)
     ids, prompt_tokens = cli.encode_prompt(tokenizer, problem["prompt"], not args.no_chat, args.prompt_length)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if block_from_model:
             args.block_size = int(getattr(model.config, "bd_size", DEFAULT_BLOCK_SIZE))
     args.mask_id = families.require_mask_id(model, tokenizer, "fast_dllm_v2", args.mask_id)
-    _, cfg = cli.build_config(DECODERS[args.generate_fn], args, hint)
+    _, cfg = cli.build_config(DECODERS[args.generate_fn], args, hint, "block_size")
     return cli.decode_and_print(decode, cfg, model, tokenizer, problem, ids, prompt_tokens, args.device, args.seed,
                                 cfg.return_decoding_order)
 

@@ -55,7 +55,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from common.cache import cache_rows, live_rows, row_mask, scatter_rows
-from common.config import require_field_bounds, require_positive
+from common.config import require_field_bounds
 from common.editing import token_edits
 from common.masks import Predicate, block_causal, full_attention, materialize, token_causal, verifier_2l
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
@@ -73,28 +73,29 @@ class LLaDA2DecodeConfig:
     mask_id: int | None = field(default=None, metadata={"help": "mask token id; default: the model's generation config"})
     stopping_criteria_idx: tuple[int, ...] | None = field(
         default=None, metadata={"help": "stop token ids (the reference's eos_id); default: the model's eos"})
-    gen_length: int = field(default=512, metadata={"help": "generation budget in tokens"})
-    max_gen_toks: int | None = field(default=None, metadata={"help": "overrides gen_length when set (lm-eval's name)"})
-    block_length: int = field(default=32, metadata={"help": "tokens per block L (1 = AR mode)"})
-    temperature: float = field(default=0.0, metadata={"help": "0: argmax drafts; > 0: sampled drafts"})
-    top_k: int = field(default=0, metadata={"help": "0 disables top-k"})
-    top_p: float = 1.0
+    gen_length: int = field(default=512, metadata={"bounds": (1, None), "help": "generation budget in tokens"})
+    max_gen_toks: int | None = field(default=None, metadata={"help": "overrides gen_length when set (lm-eval's name)",
+                                                             "bounds": (1, None)})
+    block_length: int = field(default=32, metadata={"bounds": (1, None), "help": "tokens per block L (1 = AR mode)"})
+    temperature: float = field(default=0.0, metadata={"help": "0: argmax drafts; > 0: sampled drafts",
+                                                      "bounds": (0.0, None)})
+    top_k: int = field(default=0, metadata={"bounds": (0, None), "help": "0 disables top-k"})
+    top_p: float = field(default=1.0, metadata={"bounds": (0.0, 1.0)})
     threshold: float = field(default=0.7, metadata={"help": "tau_mask: fill every mask whose drawn token has p > it",
                                                           "bounds": (0.0, 1.0)})
     editing_threshold: float = field(
         default=0.5, metadata={"help": "tau_edit: rewrite a decoded token whose new draw differs and has p > it "
                                        "(1: no editing, as for LLaDA2.0)", "bounds": (0.0, 1.0)})
-    max_post_steps: int = field(default=0, metadata={"help": "edit-only iterations per block once no mask is left"})
-    num_to_transfer: int = field(default=1, metadata={"help": "minimum masks filled per iteration (most confident)"})
+    max_post_steps: int = field(default=0, metadata={"help": "edit-only iterations per block once no mask is left",
+                                                     "bounds": (0, None)})
+    num_to_transfer: int = field(default=1, metadata={"help": "minimum masks filled per iteration (most confident)",
+                                                      "bounds": (1, None)})
     eos_early_stop: bool = field(default=True, metadata={"help": "stop a row after the block that completes a stop token"})
     return_forward_stats: bool = field(default=False, metadata={"help": "also return per-row decoding stats"})
     record_decoding_order: bool = field(default=False, metadata={"help": "add decoding-order markers to the stats"})
 
     def __post_init__(self) -> None:
-        require_positive(self, ("gen_length", "block_length", "num_to_transfer"), optional=("max_gen_toks",))
         require_field_bounds(self)
-        if self.max_post_steps < 0:
-            raise ValueError(f"max_post_steps must be >= 0, got {self.max_post_steps}")
         for name in ("threshold", "editing_threshold"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")

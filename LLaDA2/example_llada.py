@@ -47,21 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def unused_flags(decoder: str, args: argparse.Namespace) -> list[str]:
-    """Flags set away from their default that `decoder`'s config does not read."""
-    used = {spec["name"] for spec in cli_schema.fields(decoder)}
-    default = {spec["name"]: spec["default"] for spec in cli_schema.fields(FLAGS)}
-    return [name for name, value in default.items()
-            if name not in used and getattr(args, name) != (tuple(value) if isinstance(value, list) else value)]
-
-
 def load_model_and_tokenizer(model: str, device: str, dtype: str):
     """Load with our registered classes (no trust_remote_code); a local directory never touches the network."""
     import LLaDA2  # noqa: F401  (registers model_type "llada2_moe" with the Auto classes)
     from transformers import AutoModelForCausalLM
 
     tokenizer = cli.load_tokenizer(model)
-    loaded = AutoModelForCausalLM.from_pretrained(families.local_dir(model),
+    loaded = AutoModelForCausalLM.from_pretrained(cli.fetched(model),
                                                   torch_dtype=cli.torch_dtype(dtype, device, "bfloat16"),
                                                   local_files_only=True)
     return loaded.to(device).eval(), tokenizer
@@ -73,9 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.block_length is None:  # the model's own block size (the tiny model records it), read before any load
         args.block_length = int((cli.model_config(args.model) or {}).get("block_length", RELEASED_BLOCK_LENGTH))
     cli.check_flags(args, cli_schema.fields(FLAGS))
-    unused = unused_flags(decoder, args)
-    if unused:
-        raise cli.fail(f"--generate_fn {args.generate_fn} does not read --{', --'.join(unused)}")
+    cli.reject_unread_flags(decoder, FLAGS, args, args.generate_fn)
     problem = cli.read_prompt(args)
     families.require_model(args.model, "llada2", "--model")
     config = cli.model_config(args.model)

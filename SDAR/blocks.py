@@ -27,7 +27,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from common.cache import cache_rows, live_rows, row_mask, scatter_rows
-from common.config import require_field_bounds, require_positive
+from common.config import require_field_bounds
 from common.masks import Predicate, block_causal, draft_block, materialize, token_causal, verifier_2l
 from common.remasking import REMASKING_STRATEGIES
 from common.sampling import SamplingConfig, draft_tokens, logits_to_probs
@@ -42,14 +42,15 @@ class BlockDiffusionConfig:
     """Baseline block-diffusion decoding (SDAR `generate.py`). Field names are the reference's flags."""
 
     mask_id: int | None = field(default=None, metadata={"help": "mask token id; default: the model's generation config"})
-    gen_length: int = field(default=128, metadata={"help": "generation budget in tokens"})
-    max_gen_toks: int | None = field(default=None, metadata={"help": "overrides gen_length when set (lm-eval's name)"})
-    block_length: int = field(default=4, metadata={"help": "tokens per block L (1 = AR mode)"})
+    gen_length: int = field(default=128, metadata={"bounds": (1, None), "help": "generation budget in tokens"})
+    max_gen_toks: int | None = field(default=None, metadata={"help": "overrides gen_length when set (lm-eval's name)",
+                                                             "bounds": (1, None)})
+    block_length: int = field(default=4, metadata={"bounds": (1, None), "help": "tokens per block L (1 = AR mode)"})
     denoising_steps: int = field(default=4, metadata={"help": "denoising steps S per block (at most block_length)",
-                                                        "at_most": "block_length"})
-    temperature: float = 1.0
-    top_k: int = field(default=0, metadata={"help": "0 disables top-k"})
-    top_p: float = 1.0
+                                                      "bounds": (1, None), "at_most": "block_length"})
+    temperature: float = field(default=1.0, metadata={"bounds": (0.0, None)})
+    top_k: int = field(default=0, metadata={"bounds": (0, None), "help": "0 disables top-k"})
+    top_p: float = field(default=1.0, metadata={"bounds": (0.0, 1.0)})
     do_sample: bool = field(default=False, metadata={"help": "sample drafts (else argmax of the same distribution)"})
     remasking_strategy: str = field(default="low_confidence_dynamic", metadata={"choices": REMASKING_STRATEGIES})
     confidence_threshold: float = field(default=0.85, metadata={"help": "dynamic strategy threshold tau (strict >)",
@@ -63,7 +64,6 @@ class BlockDiffusionConfig:
     record_decoding_order: bool = field(default=False, metadata={"help": "add decoding-order markers to the stats"})
 
     def __post_init__(self) -> None:
-        require_positive(self, ("gen_length", "block_length", "denoising_steps"), optional=("max_gen_toks",))
         require_field_bounds(self)
         if self.remasking_strategy not in REMASKING_STRATEGIES:
             raise ValueError(

@@ -19,18 +19,6 @@ def chain_post_init(obj: object, cls: type) -> None:
         following()
 
 
-def require_positive(obj: object, names: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
-    """ValueError naming the first field of `names` that is not > 0, or of `optional` that is given and
-    not > 0 (a decode config's lengths, budgets and step counts)."""
-    for name in names:
-        if getattr(obj, name) <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {getattr(obj, name)}")
-    for name in optional:
-        value = getattr(obj, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"{name} must be positive when given, got {value}")
-
-
 def check_field_bounds(values: Mapping[str, Any], metadata: Mapping[str, Mapping[str, Any]]) -> None:
     """ValueError naming the first field whose value breaks its metadata: `"bounds": (low, high)` (closed
     interval; None = unbounded on that side; a None value is not checked) or `"at_most": other_field`.

@@ -41,17 +41,17 @@ class RoutingConfig:
     """
 
     do_verify_policy: str = field(default="mask_span_length", metadata={"choices": ROUTING_POLICIES})
-    min_ssd_span_length: int = 1
+    min_ssd_span_length: int = field(default=1, metadata={"bounds": (1, None)})
     legacy_ssd_span_strategy: bool = False
     do_verify_score_type: str = field(default="difference_dynamic", metadata={"choices": SCORE_TYPES})
     score_penalty_coef: float = 2.0
     do_verify_score_threshold: float = 0.0
     hysteresis_threshold_on: float = 0.0
     hysteresis_threshold_off: float = -1.0
-    ucb_beta: float = 1.0
-    ucb_span_length_bins: int = 2
-    ucb_block_progress_bins: int = 2
-    ucb_entropy_bins: int = 2
+    ucb_beta: float = field(default=1.0, metadata={"bounds": (0.0, None)})
+    ucb_span_length_bins: int = field(default=2, metadata={"bounds": (1, None)})
+    ucb_block_progress_bins: int = field(default=2, metadata={"bounds": (1, None)})
+    ucb_entropy_bins: int = field(default=2, metadata={"bounds": (1, None)})
     ucb_entropy_source: str = field(default="span", metadata={"choices": UCB_ENTROPY_SOURCES})
 
     def __post_init__(self) -> None:

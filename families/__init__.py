@@ -10,6 +10,7 @@ import or model load.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import os
@@ -44,6 +45,7 @@ class Family:
     shift_aligned: bool = False  # logit t-1 predicts token t (causal verifier) instead of logit t
     mask_tokens: tuple[str, ...] = ()  # added mask tokens of released tokenizers that declare no mask_token
     adapter_loader: str | None = None  # "module:function" loading base + LoRA adapter (D2F), else None
+    adapter_check: str | None = None  # "module:function(lora_dir, model_type)" validating an adapter folder
     tiny_adapter: str | None = None  # repo-relative adapter folder of the shipped tiny model, if any
 
     @property
@@ -111,7 +113,7 @@ FAMILIES: dict[str, Family] = {
             block_field="block_size", budget_field="max_new_tokens", threshold_field="skip_threshold",
             ar_mode={"block_size": 1}, tiny_model="models/d2f-llada-tiny/base", entry_point="D2F/example_d2f.py",
             train_command="python scripts/train_tiny.py --family d2f_llada", adapter_loader="D2F.lora:load_d2f",
-            tiny_adapter="models/d2f-llada-tiny/lora",
+            adapter_check="D2F.lora:check_lora_dir", tiny_adapter="models/d2f-llada-tiny/lora",
         ),
         Family(
             name="d2f_dream", title="D2F-Dream", folder="D2F", package="D2F", model_types=("Dream",),
@@ -120,7 +122,8 @@ FAMILIES: dict[str, Family] = {
             block_field="block_size", budget_field="max_new_tokens", threshold_field="skip_threshold",
             ar_mode={"block_size": 1}, tiny_model="models/d2f-dream-tiny/base", entry_point="D2F/example_d2f.py",
             train_command="python scripts/train_tiny.py --family d2f_dream", shift_aligned=True,
-            adapter_loader="D2F.lora:load_d2f", tiny_adapter="models/d2f-dream-tiny/lora",
+            adapter_loader="D2F.lora:load_d2f", adapter_check="D2F.lora:check_lora_dir",
+            tiny_adapter="models/d2f-dream-tiny/lora",
         ),
     )
 }
@@ -164,8 +167,24 @@ class ModelDirError(ValueError):
 
 
 def looks_like_hub_id(path: str) -> bool:
+    """`org/name` that is no local path. A missing `folder/name` below an existing local folder (say
+    `models/sdar-tinyy`) is a mistyped path, not a hub id."""
     parts = path.split("/")
-    return len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and not Path(path).exists()
+    return (len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and not Path(path).exists()
+            and not Path(parts[0]).is_dir())
+
+
+def _missing_dir_message(text: str, what: str) -> str:
+    """"no such <what>: <path>", with the closest names in its parent folder or how the shipped one is made."""
+    folder = Path(text).expanduser()
+    shipped = by_tiny_model(folder)
+    if shipped:
+        return f"no such {what}: {text} (the shipped tiny model is made by `{shipped.train_command}`)"
+    parent = folder.parent
+    nearby = difflib.get_close_matches(folder.name, [p.name for p in parent.iterdir() if p.is_dir()], n=3) \
+        if parent.is_dir() else []
+    hint = f" (did you mean {' or '.join(str(parent / name) for name in nearby)}?)" if nearby else ""
+    return f"no such {what}: {text}{hint}"
 
 
 def check_model(path: str | Path, expected: Family | tuple[Family, ...] | None = None) -> Family | None:
@@ -185,9 +204,7 @@ def check_model(path: str | Path, expected: Family | tuple[Family, ...] | None =
                 raise ModelDirError(f"{text} is a hub id and the hub is offline here (HF_HUB_OFFLINE=1): set "
                                     "HF_HUB_OFFLINE=0 with network access, or pass a local model directory")
             return None
-        shipped = by_tiny_model(folder)
-        hint = f" (the shipped tiny model is made by `{shipped.train_command}`)" if shipped else ""
-        raise ModelDirError(f"no such model directory: {text}{hint}")
+        raise ModelDirError(_missing_dir_message(text, "model directory"))
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelDirError(f"{text} is not a model directory: it has no config.json")
@@ -217,15 +234,33 @@ def require_model(path: str | Path, family: str | tuple[str, ...], flag: str) ->
         raise SystemExit(f"error: {flag} {err}") from None
 
 
+def check_adapter(lora: str | Path, family: Family | None) -> None:
+    """A local adapter folder checked against the base's family (its targets are that family's layers,
+    its tensors are LoRA tensors) before any weight loads; ModelDirError with one line. A hub id, or a
+    base of unknown family, is checked when it loads."""
+    if family is None or family.adapter_check is None or not Path(lora).expanduser().is_dir():
+        return
+    try:
+        load(family.adapter_check)(Path(lora).expanduser(), family.model_types[0])
+    except ValueError as err:
+        raise ModelDirError(f"{lora}: {err}") from None
+
+
 def local_dir(path_or_id: str | Path) -> str:
     """A local folder for a model or adapter given as a directory or a hub id: a hub id is fetched into
     (or, offline, read from) the hub cache with `huggingface_hub.snapshot_download`, for loaders that
-    read files themselves (D2F's `load_d2f` validates both folders before loading)."""
+    read files themselves (D2F's `load_d2f` validates both folders before loading). A hub id that cannot
+    be fetched raises ModelDirError with one line."""
     if Path(path_or_id).expanduser().is_dir():
         return str(Path(path_or_id).expanduser())
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(str(path_or_id))
+    try:
+        return snapshot_download(str(path_or_id))
+    except Exception as err:  # noqa: BLE001  (network, missing repo, offline cache miss: all one line here)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelDirError(f"{path_or_id} is no local directory, and fetching it as a hub id failed: "
+                            f"{type(err).__name__}: {reason}") from None
 
 
 def require_mask_id(model: Any, tokenizer: Any, family: str, given: int | None) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cli import check_flag_values
-from families import REPO_ROOT, local_dir
+from families import REPO_ROOT, ModelDirError, cli_schema, local_dir
 from families.cpu_memory import reuse_freed_memory
 
 SAMPLE_SPLIT = REPO_ROOT / "synthetic" / "data" / "test.jsonl"
@@ -98,6 +98,18 @@ def check_flags(args: argparse.Namespace, specs: list[dict[str, Any]]) -> None:
         raise fail(f"--device {args.device!r} is not one of auto, cpu, mps, cuda, cuda:N")
 
 
+def reject_unread_flags(decoder: str, all_flags: str, args: argparse.Namespace, choice: str) -> None:
+    """A flag of the command line's decoders (`all_flags`: the decoder whose config holds them all) set
+    away from its default but not read by the chosen `decoder` exits with one line, instead of being
+    ignored silently (say an S2D2 routing flag with the baseline)."""
+    used = {spec["name"] for spec in cli_schema.fields(decoder)}
+    unread = [spec["name"] for spec in cli_schema.fields(all_flags) if spec["name"] not in used
+              and getattr(args, spec["name"]) != (tuple(spec["default"]) if isinstance(spec["default"], list)
+                                                  else spec["default"])]
+    if unread:
+        raise fail(f"--generate_fn {choice} does not read --{', --'.join(unread)}")
+
+
 def model_config(path: str) -> dict[str, Any] | None:
     """A local model folder's config.json (already checked by `families.require_model`); None for a hub id."""
     file = Path(path).expanduser() / "config.json"
@@ -151,8 +163,9 @@ def torch_dtype(name: str, device: str, cuda_default: str) -> Any:
         else getattr(torch, name)
 
 
-def build_config(decoder: str, args: argparse.Namespace, hint: str = "") -> tuple[Any, Any]:
-    """(generate function, its config built from the flags); a config error exits with one line."""
+def build_config(decoder: str, args: argparse.Namespace, hint: str = "", hint_for: str = "") -> tuple[Any, Any]:
+    """(generate function, its config built from the flags); a config error exits with one line, which
+    ends with `hint` when the error names the field `hint_for` (any error when that is empty)."""
     from common.cli import dataclass_from_namespace
     from families import load
 
@@ -160,15 +173,22 @@ def build_config(decoder: str, args: argparse.Namespace, hint: str = "") -> tupl
     try:
         return decode, dataclass_from_namespace(decode.config_class, args)
     except (TypeError, ValueError) as err:
-        raise fail(f"{err}{hint}") from None
+        raise fail(f"{err}{hint if hint_for in str(err) else ''}") from None
+
+
+def fetched(path: str) -> str:
+    """`families.local_dir` for command lines: a hub id that cannot be fetched exits with one line."""
+    try:
+        return local_dir(path)
+    except ModelDirError as err:
+        raise fail(str(err)) from None
 
 
 def load_tokenizer(path: str) -> Any:
     """The tokenizer of a local folder (no network) or a hub id."""
     from transformers import AutoTokenizer
 
-    folder = local_dir(path)
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return AutoTokenizer.from_pretrained(fetched(path), local_files_only=True)
 
 
 def encode_prompt(tokenizer: Any, prompt: str, chat: bool, prompt_length: int | None,

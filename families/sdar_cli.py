@@ -39,7 +39,7 @@ def load_model_and_tokenizer(model_dir: str, device: str, dtype: str):
     from transformers import AutoModelForCausalLM
 
     tokenizer = cli.load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(families.local_dir(model_dir),
+    model = AutoModelForCausalLM.from_pretrained(cli.fetched(model_dir),
                                                  torch_dtype=cli.torch_dtype(dtype, device, "float16"),
                                                  local_files_only=True)
     return model.to(device).eval(), tokenizer

@@ -197,15 +197,14 @@ def _plan(cfg: DictConfig) -> RunPlan:
     if cfg.task.limit is not None and cfg.task.limit < 1:
         raise ValueError(f"task.limit must be >= 1 (documents per task) or null, got {cfg.task.limit}")
     pretrained = resolve_pretrained(cfg.model.pretrained)
-    if cfg.model.get("lora_dir"):  # records written before the field existed lack it
-        resolve_pretrained(cfg.model.lora_dir)
+    lora = resolve_pretrained(cfg.model.lora_dir) if cfg.model.get("lora_dir") else None  # older records lack it
     params = effective_decoding_params(cfg)
     generate = load_object(cfg.decoding.generate, "decoding.generate", (REPO_ROOT,))
     config_class = getattr(generate, "config_class", None)
     if config_class is None:
         raise ValueError(f"decoding.generate={cfg.decoding.generate!r} has no config_class")
     check_params_fit_decoder(cfg.decoding.name, cfg.decoding.generate, config_class, params)
-    check_model_fits_decoder(pretrained, cfg.decoding.generate, generate)
+    check_model_fits_decoder(pretrained, cfg.decoding.generate, generate, lora)
     typed = type_decoding_args(config_class, params)
     validate_decoding_args(config_class, {**typed, "return_forward_stats": True})
     identity = run_identity(cfg, params)
@@ -237,14 +236,22 @@ def check_params_fit_decoder(name: str, spec: str, config_class: type, params: d
                      f"({config_class.__name__}): {details}. Valid: {sorted(field_types(config_class))}")
 
 
-def check_model_fits_decoder(pretrained: str, spec: str, generate: Any) -> None:
+def check_model_fits_decoder(pretrained: str, spec: str, generate: Any, lora: str | None = None) -> None:
     """A repository decoder with a model of another family (say `decoding=fast_config_a` with the default
-    `model=sdar_tiny`), a missing directory or an offline hub id fails here in one line, before lm-eval
-    starts or any weight loads (`families.check_model`)."""
+    `model=sdar_tiny`), a missing directory, an offline hub id or an adapter that does not fit the base
+    (`model.lora_dir`) fails here in one line, before lm-eval starts or any weight loads
+    (`families.check_model`, `families.check_adapter`)."""
     try:
         found = families.check_model(pretrained)
     except families.ModelDirError as err:
         raise ValueError(f"model.pretrained={pretrained}: {err}") from None
+    if lora is not None:
+        if found is not None and found.adapter_loader is None:
+            raise ValueError(f"model.lora_dir={lora}: {found.title} takes no adapter (D2F bases do)")
+        try:
+            families.check_adapter(lora, found)
+        except families.ModelDirError as err:
+            raise ValueError(f"model.lora_dir={err}") from None
     expected = families.of_package(getattr(generate, "__module__", "").split(".")[0])
     if expected and found is not None and found not in expected:
         decodes = ", ".join(f"{t!r} ({f.title})" for f in expected for t in f.model_types)

@@ -62,7 +62,9 @@ def check_s2d2_model_args() -> None:
     try:
         parsed = S2D2LM.parse_model_args(**model_args)
         if isinstance(pretrained, str) and parsed.custom_model_class is None:
-            S2D2LM.check_pretrained(pretrained, parsed.generate_fn)
+            family = S2D2LM.check_pretrained(pretrained, parsed.generate_fn)
+            if parsed.lora_dir is not None:
+                S2D2LM.check_adapter(parsed.lora_dir, family)
     except ModelArgError as err:
         sys.exit(f"lm_eval_cli.py: error: {err}")
 

@@ -64,3 +64,27 @@ def test_generate_signatures_list_every_config_field():
         for f in dataclasses.fields(cls):
             assert params[f.name].default == f.default
         assert module.block_diffusion_generate.config_class is cls
+
+
+def test_a_mistyped_local_path_is_no_hub_id_and_a_failed_fetch_is_one_line(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    import families
+    from families import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "sdar-tiny").mkdir(parents=True)
+    assert not families.looks_like_hub_id("models/sdar-tinyy")  # below an existing local folder: a typo
+    assert families.looks_like_hub_id("JetLM/SDAR-1.7B-Chat")
+    with pytest.raises(families.ModelDirError, match=r"^no such model directory: models/sdar-tinyy \(did you mean "
+                                                     r"models/sdar-tiny\?\)$"):
+        families.check_model("models/sdar-tinyy")
+
+    def unreachable(repo_id, **kwargs):
+        raise OSError(f"cannot reach the hub for {repo_id}\nsecond line\nthird line")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(SystemExit) as exc:
+        cli.fetched("JetLM/SDAR-1.7B-Chat")
+    assert str(exc.value.code) == ("error: JetLM/SDAR-1.7B-Chat is no local directory, and fetching it as a hub id "
+                                   "failed: OSError: cannot reach the hub for JetLM/SDAR-1.7B-Chat")

@@ -44,6 +44,30 @@ def test_help_and_flag_errors_import_neither_torch_nor_transformers(script, deco
     assert str(run.exit).startswith(f"error: {message}") and run.heavy == [], run
 
 
+# lengths, budgets and sampling flags are stored bounds too; a flag the chosen decoder does not read is refused
+EARLY_ERRORS = [
+    ("SDAR/generate_ssd_policy.py", ["--block_length", "0"], "block_length must be in [1, inf], got 0"),
+    ("SDAR/generate_ssd_policy.py", ["--gen_length", "-5"], "gen_length must be in [1, inf], got -5"),
+    ("SDAR/generate.py", ["--top_p", "2"], "top_p must be in [0, 1], got 2.0"),
+    ("SDAR/generate_ssd_policy.py", ["--min_ssd_span_length", "0"], "min_ssd_span_length must be in [1, inf], got 0"),
+    ("Fast-dLLM-v2/example_v2.py", ["--max_new_tokens", "0"], "max_new_tokens must be in [1, inf], got 0"),
+    ("Fast-dLLM-v2/example_v2.py", ["--temperature", "-1"], "temperature must be in [0, inf], got -1.0"),
+    ("Fast-dLLM-v2/example_v2.py", ["--generate_fn", "fast", "--do_verify_policy", "score_threshold"],
+     "--generate_fn fast does not read --do_verify_policy"),
+    ("LLaDA2/example_llada.py", ["--num_to_transfer", "0"], "num_to_transfer must be in [1, inf], got 0"),
+    ("D2F/example_d2f.py", ["--block_size", "0"], "block_size must be in [1, inf], got 0"),
+    ("D2F/example_d2f.py", ["--generate_fn", "d2f", "--ucb_beta", "2"], "--generate_fn d2f does not read --ucb_beta"),
+    ("SDAR/generate_ssd_policy.py", ["--model_dir", "models/sdar-tinyy"],
+     "--model_dir no such model directory: models/sdar-tinyy (did you mean models/sdar-tiny"),
+]
+
+
+@pytest.mark.parametrize("script,argv,message", EARLY_ERRORS)
+def test_length_sampling_and_unread_flag_errors_come_before_torch(script, argv, message):
+    run = run_fresh(REPO / script, argv)
+    assert str(run.exit).startswith(f"error: {message}") and "\n" not in str(run.exit) and run.heavy == [], run
+
+
 def test_stored_flag_specs_match_the_configs():
     """The copy the command lines parse with equals the config classes (refresh: python -m families.cli_schema)."""
     assert cli_schema.stored() == json.loads(json.dumps(cli_schema.current())), \
@@ -64,6 +88,14 @@ def test_bounds_are_the_configs_own_checks():
             with pytest.raises(ValueError, match=rf"^{name} must be in \[0, 1\], got"):
                 cls(**{name: bad})
         cls(**{name: 1.0}), cls(**{name: 0.0})
+    for cls, names in ((BlockDiffusionConfig, ("gen_length", "max_gen_toks", "block_length", "denoising_steps")),
+                       (FastDecodeConfig, ("max_new_tokens", "max_gen_toks", "block_size", "small_block_size")),
+                       (LLaDA2DecodeConfig, ("gen_length", "max_gen_toks", "block_length", "num_to_transfer")),
+                       (D2FDecodeConfig, ("max_new_tokens", "max_gen_toks", "block_size"))):
+        for name in names:
+            for bad in (0, -3):
+                with pytest.raises(ValueError, match=rf"^{name} must be in \[1, inf\], got {bad}$"):
+                    cls(**{name: bad})
     with pytest.raises(ValueError, match=r"^denoising_steps \(5\) must be <= block_length \(4\)$"):
         BlockDiffusionConfig(block_length=4, denoising_steps=5)
 

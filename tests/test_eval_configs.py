@@ -244,7 +244,8 @@ def test_d2f_plan_checks_the_base_family_and_the_adapter_folder(tmp_path):
     base.mkdir()
     (base / "config.json").write_text('{"model_type": "llada"}')
     (tmp_path / "lora").mkdir()
-    ok = [f"model=d2f_llada_tiny", f"model.pretrained={base}", f"model.lora_dir={tmp_path / 'lora'}",
+    shipped = Path(__file__).resolve().parent.parent / "models"
+    ok = [f"model=d2f_llada_tiny", f"model.pretrained={base}", f"model.lora_dir={shipped / 'd2f-llada-tiny' / 'lora'}",
           f"results_dir={tmp_path}", "decoding=d2f_paper"]
     ok_plan = plan(_compose(ok))
     assert ok_plan.record.parent == ok_plan.sweep_dir / "d2f_llada_tiny" / "synthetic"
@@ -253,3 +254,11 @@ def test_d2f_plan_checks_the_base_family_and_the_adapter_folder(tmp_path):
         plan(_compose([*ok, "decoding=dynamic"]))  # an SDAR preset on a D2F model
     with pytest.raises(ConfigError, match="train_tiny.py --family d2f_llada"):
         plan(_compose([*ok, f"model.lora_dir={tmp_path / 'models' / 'd2f-llada-tiny' / 'lora'}"]))
+    # the adapter folder is read before any weight loads: it must be a LoRA adapter for the base's family
+    with pytest.raises(ConfigError, match="has no adapter_config.json"):
+        plan(_compose([*ok, f"model.lora_dir={tmp_path / 'lora'}"]))
+    with pytest.raises(ConfigError, match="is the adapter for the other D2F base"):
+        plan(_compose([*ok, f"model.lora_dir={shipped / 'd2f-dream-tiny' / 'lora'}"]))
+    with pytest.raises(ConfigError, match="SDAR takes no adapter"):
+        plan(_compose(["model=sdar_tiny", f"model.lora_dir={shipped / 'd2f-llada-tiny' / 'lora'}",
+                       f"results_dir={tmp_path}"]))

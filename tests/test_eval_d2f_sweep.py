@@ -79,8 +79,8 @@ def test_documented_sweep_plans_into_the_published_folder(family, root, monkeypa
 
 @pytest.mark.parametrize("family, override", [
     ("d2f_llada", "task.limit=2"),
-    ("d2f_llada", "model.pretrained={root}/models/d2f-dream-tiny/base"),  # another pair under the tiny name
-    ("d2f_llada", "model.lora_dir={root}/models/d2f-dream-tiny/lora"),
+    # another pair under the tiny name (a base and an adapter that do not fit each other fail to plan at all)
+    ("d2f_llada", "model.pretrained={root}/models/d2f-dream-tiny/base model.lora_dir={root}/models/d2f-dream-tiny/lora"),
     ("d2f_llada", "model.merge_lora=true"),
     ("d2f_llada", "model=d2f_dream_tiny"),  # run_eval.py with the other family's model: not the Dream sweep
     ("d2f_dream", "decoding.params.temperature=1.0"),
@@ -88,7 +88,7 @@ def test_documented_sweep_plans_into_the_published_folder(family, root, monkeypa
 ])
 def test_any_other_run_goes_to_its_own_folder(family, override, root, monkeypatch):
     monkeypatch.chdir(root)
-    jobs = expand_multirun((f"sweep={family}", override.format(root=root)))
+    jobs = expand_multirun((f"sweep={family}", *override.format(root=root).split()))
     plans = [plan(cfg) for cfg in jobs]
     assert len(plans) == 7 and not any(p.published for p in plans)
     (folder,) = {p.sweep_dir for p in plans}

@@ -204,7 +204,7 @@ def test_cli_decodes_with_each_decoder(llada2_model_dir, capsys):
     (["--min_ssd_span_length", "3"], "--generate_fn cached does not read --min_ssd_span_length"),
     (["--generate_fn", "nocache", "--no-fold_commit"], "--generate_fn nocache does not read --fold_commit"),
     (["--threshold", "nan"], "threshold must be in [0, 1], got nan"),
-    (["--max_post_steps", "-1"], "max_post_steps must be >= 0"),
+    (["--max_post_steps", "-1"], "max_post_steps must be in [0, inf], got -1"),
     (["--generate_fn", "fast"], "invalid choice"),
 ])
 def test_cli_rejects_bad_input_in_one_line_before_loading(argv, message, monkeypatch, llada2_model_dir):

@@ -232,6 +232,22 @@ def test_cli_bad_model_directory_is_one_line_before_lm_eval_starts(tmp_path, pre
     assert lines[0].startswith("lm_eval_cli.py: error: pretrained=") and needle in lines[0]
 
 
+@pytest.mark.parametrize("base,lora,needle", [
+    ("d2f-llada-tiny/base", "d2f-dream-tiny/lora", "which are not linear layers of a 'llada' model"),
+    ("sdar-tiny", "d2f-llada-tiny/lora", "SDAR takes no adapter"),
+])
+def test_cli_adapter_that_does_not_fit_is_one_line_before_lm_eval_starts(tmp_path, base, lora, needle):
+    generate = "D2F.generate:generate" if base.startswith("d2f") else "SDAR.generate:block_diffusion_generate"
+    model_args = (f"pretrained={REPO / 'models' / base},custom_generate={generate},"
+                  f"lora_dir={REPO / 'models' / lora}")
+    command = [sys.executable, str(REPO / "scripts" / "lm_eval_cli.py"), "--model", "s2d2", "--device", "cpu",
+               "--apply_chat_template", "--model_args", model_args, "--tasks", "synthetic_add", "--limit", "1"]
+    done = subprocess.run(command, cwd=tmp_path, env=OFFLINE_ENV, capture_output=True, text=True, timeout=600)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and "Traceback" not in done.stderr and len(lines) == 1, done.stderr
+    assert lines[0].startswith("lm_eval_cli.py: error: lora_dir") and needle in lines[0]
+
+
 def test_notice_filters_drop_exactly_the_noise(tmp_path, monkeypatch):
     import logging
 
