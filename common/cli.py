@@ -140,6 +140,14 @@ def takes_config(cls: type) -> Callable[[F], F]:
     return wrap
 
 
+class ScriptParser(argparse.ArgumentParser):
+    """The scripts' ArgumentParser (scripts/): a bad flag is one `prog: error: ...` line on stderr with exit
+    status 2, argparse's own line without the usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr (`error: ...`, exit status 2's message)
     instead of the usage block followed by the message: bad input gets one clear line."""

@@ -73,7 +73,8 @@ Counted, not timed (machine-independent):
   whose tokens differ (`mismatched_rows_vs_batch_1`).
 
 Human-readable tables go to stderr; ONE JSON record is printed last on stdout (`--out FILE` also
-writes it, atomically). Every argument is checked before torch is imported.
+writes it, atomically). Every argument, and the model directory's family (its config.json's model_type
+against --family; for D2F also the shipped adapter folder), is checked before torch is imported.
 """
 
 from __future__ import annotations
@@ -93,13 +94,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
+from common.cli import ScriptParser
 from families import FAMILIES as REGISTRY
 from families.cpu_memory import reuse_freed_memory
 from synthetic.tasks import TASKS, TEST_SPLIT_PATH, load_jsonl
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS_DIR = Path(__file__).resolve().parent
+if str(SCRIPTS_DIR) not in sys.path:  # run as a script it is there already; imported by path (tests), not
+    sys.path.insert(0, str(SCRIPTS_DIR))
+from eval_tiny import model_dir_error  # noqa: E402  (no torch import)
+
+REPO_ROOT = SCRIPTS_DIR.parent
 PRESET_DIR = REPO_ROOT / "configs" / "decoding"
 DEFAULT_BATCH_SIZES = "1,4,8,16,64"
 DEFAULT_GEN_LENGTH = 64
@@ -189,15 +196,8 @@ FAMILIES = {
 # ------------------------------------------------------------------------------------ arguments
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Bad input is reported as ONE line (no usage dump) with exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="bench_decoding.py",
+def build_parser() -> ScriptParser:
+    parser = ScriptParser(prog="bench_decoding.py",
                            description="Decoding benchmark: HF generate, AR mode, baseline and S2D2 on a tiny model.",
                            epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=sorted(FAMILIES), default="sdar")
@@ -220,7 +220,7 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def _int_list(parser: OneLineParser, flag: str, text: str) -> list[int]:
+def _int_list(parser: ScriptParser, flag: str, text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -230,7 +230,7 @@ def _int_list(parser: OneLineParser, flag: str, text: str) -> list[int]:
     return values
 
 
-def validate(parser: OneLineParser, args: argparse.Namespace) -> list[dict]:
+def validate(parser: ScriptParser, args: argparse.Namespace) -> list[dict]:
     """Check every argument (no torch yet); returns the chosen items, task after task."""
     for name in ("per_task", "repeats", "gen_length", "threads"):
         if getattr(args, name) <= 0:
@@ -262,8 +262,10 @@ def validate(parser: OneLineParser, args: argparse.Namespace) -> list[dict]:
             (args.device.startswith("cuda:") and args.device[5:].isdigit())):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     args.model_dir = args.model_dir or FAMILIES[args.family].model_dir
-    if not (args.model_dir / "config.json").is_file():
-        parser.error(f"no model at {args.model_dir} (config.json missing)")
+    # the directory's family from its config.json, and a D2F family's shipped adapter (merged on the base)
+    problem = model_dir_error(args.family, args.model_dir, REGISTRY[args.family].tiny_adapter_dir)
+    if problem is not None:
+        parser.error(problem)
     if not args.split.is_file():
         parser.error(f"no split file at {args.split}")
     if args.out is not None and not args.out.parent.is_dir():

@@ -19,12 +19,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common.cli import ScriptParser  # bad input: one line, exit status 2
+from s2d2_eval.records import RecordError, load_record, samples_path  # no torch
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FOLDERS = ("results/sdar", "results/fast_dllm_v2")
+RECORD_KEYS = {"decoding": ("kind", "generate", "params"), "config": ()}
+"""What this script reads of a record (top-level key -> keys inside it)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ScriptParser(prog="check_published.py", description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="*", default=list(DEFAULT_FOLDERS), help="published sweep folders")
     parser.add_argument("--per_task", type=int, default=3, help="items per task to re-decode")
     parser.add_argument("--batch_size", type=int, default=None,
@@ -36,7 +41,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for folder in args.folders:
         if not (REPO_ROOT / folder).is_dir() and not Path(folder).is_dir():
             parser.error(f"no such results folder: {folder}")
+    args.records = published_records(args, parser)
     return args
+
+
+def published_records(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[tuple[Path, str, dict]]:
+    """(path, display name, record) of every record to check, in folder order. A folder must be a sweep
+    results folder: run records only (`s2d2_eval.records` schema, with the fields read here and a samples
+    file beside each), at least one; anything else is one line before any decoder is imported."""
+    chosen = []
+    for folder in args.folders:
+        base = REPO_ROOT / folder if (REPO_ROOT / folder).is_dir() else Path(folder)
+        paths = [path for path in records_in(base) if not path.name.startswith(".")]
+        if not paths:
+            parser.error(f"{folder} is not a sweep results folder: it holds no run records (*.json)")
+        for path in paths:
+            name = str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
+            try:
+                record = load_record(path)
+            except RecordError as err:
+                parser.error(f"{folder} is not a sweep results folder: {err}")
+            missing = [key for key in RECORD_KEYS if not isinstance(record.get(key), dict)]
+            missing = missing or [f"{key}.{sub}" for key, inner in RECORD_KEYS.items() for sub in inner
+                                  if sub not in record[key]]
+            if missing:
+                parser.error(f"{name} is not a usable run record: it has no {', '.join(missing)}")
+            if args.match not in name:
+                continue
+            if not samples_path(path).is_file():
+                parser.error(f"{name} has no samples file {samples_path(path).name} beside it")
+            chosen.append((path, name, record))
+    if not chosen:
+        parser.error(f"--match {args.match!r}: no record path under {', '.join(args.folders)} contains it")
+    return chosen
 
 
 def records_in(folder: Path) -> list[Path]:
@@ -72,27 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     register_configs()
     checked, skipped, differing = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for folder in args.folders:
-            base = REPO_ROOT / folder if (REPO_ROOT / folder).is_dir() else Path(folder)
-            for path in records_in(base):
-                record = json.loads(path.read_text())
-                name = str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
-                if args.match not in name:
-                    continue
-                if not is_deterministic(record):
-                    skipped.append(name)
-                    continue
-                cfg = OmegaConf.create(record["config"])
-                cfg.task.limit, cfg.results_dir, cfg.sweep_name, cfg.overwrite = args.per_task, tmp, "check", True
-                if args.batch_size is not None:
-                    cfg.batch_size = args.batch_size
-                fresh = samples_of(run(cfg))
-                published = samples_of(path)
-                diff = [f"{task}#{doc}" for (task, doc), text in fresh.items() if published.get((task, doc)) != text]
-                checked.append({"record": name, "items": len(fresh), "differing": diff})
-                if diff:
-                    differing.append(name)
-                print(f"{'DIFF' if diff else 'same'} {name} ({len(fresh)} items)", file=sys.stderr)
+        for path, name, record in args.records:
+            if not is_deterministic(record):
+                skipped.append(name)
+                continue
+            cfg = OmegaConf.create(record["config"])
+            cfg.task.limit, cfg.results_dir, cfg.sweep_name, cfg.overwrite = args.per_task, tmp, "check", True
+            if args.batch_size is not None:
+                cfg.batch_size = args.batch_size
+            fresh = samples_of(run(cfg))
+            published = samples_of(path)
+            diff = [f"{task}#{doc}" for (task, doc), text in fresh.items() if published.get((task, doc)) != text]
+            checked.append({"record": name, "items": len(fresh), "differing": diff})
+            if diff:
+                differing.append(name)
+            print(f"{'DIFF' if diff else 'same'} {name} ({len(fresh)} items)", file=sys.stderr)
     summary = {"checked": len(checked), "items": sum(c["items"] for c in checked), "differing_records": differing,
                "skipped_sampling_records": skipped, "records": checked}
     print(json.dumps(summary))

@@ -11,7 +11,13 @@ S2D2 config is a flag; `--family fast_dllm_v2 --help` lists that family's):
 * `sdar` (default, models/sdar-tiny): `SDAR/generate.py`, `SDAR/generate_ssd_policy.py`;
 * `fast_dllm_v2` (models/fast-dllm-v2-tiny): `Fast-dLLM-v2/generate.py`, `generate_ssd_policy.py`;
 * `llada2` (models/llada2-tiny): `LLaDA2/generate.py` (cached, token editing), `generate_ssd_policy.py`;
-  sampling is `--temperature` alone (no `--do_sample`).
+  sampling is `--temperature` alone (no `--do_sample`);
+* `d2f_llada` (models/d2f-llada-tiny/base, adapter `--lora_dir` models/d2f-llada-tiny/lora) and
+  `d2f_dream` (models/d2f-dream-tiny/base and lora/): `D2F/generate.py`, `D2F/generate_ssd_policy.py` on
+  the base with its LoRA adapter merged; sampling is `--temperature` alone.
+
+`--model_dir`'s config.json must name the chosen family's model_type (and a D2F `--lora_dir` must hold
+adapter_config.json); every flag and that check run before torch is imported.
 
 Modes:
 * `ar`: AR mode, block length 1: one forward per token (the S2D2 verifier). For Fast-dLLM v2 every
@@ -24,6 +30,7 @@ Modes:
     python scripts/eval_tiny.py --mode baseline --block_length 8 --denoising_steps 8 --confidence_threshold 0.7
     python scripts/eval_tiny.py --mode s2d2 --block_length 8 --denoising_steps 8
     python scripts/eval_tiny.py --family fast_dllm_v2 --mode s2d2 --block_size 16 --small_block_size 4
+    python scripts/eval_tiny.py --family d2f_llada --mode s2d2 --limit 5
 """
 
 from __future__ import annotations
@@ -39,11 +46,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 import families
-from common.cli import add_dataclass_arguments, dataclass_from_namespace
-from families import FAMILIES
+from common.cli import ScriptParser, add_field_arguments, check_flag_values, dataclass_from_namespace
+from families import FAMILIES, cli_schema
 from families.cpu_memory import reuse_freed_memory
 from synthetic.tasks import TASKS, TEST_SPLIT_PATH, load_jsonl
 
@@ -56,15 +61,17 @@ default) only wastes forwards on a row that never stops."""
 
 def chosen_family(argv: list[str] | None) -> str:
     """`--family` alone, read before the full parser (whose flags depend on it) is built."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ScriptParser(prog="eval_tiny.py", add_help=False)
     pre.add_argument("--family", choices=sorted(FAMILIES), default="sdar")
     return pre.parse_known_args(argv)[0].family
 
 
-def build_parser(family: str = "sdar") -> argparse.ArgumentParser:
+def build_parser(family: str = "sdar") -> ScriptParser:
+    """The parser of `family`'s flags, built from the stored field specs of its S2D2 config
+    (`families.cli_schema`): no decoder (and no torch) is imported."""
     spec = FAMILIES[family]
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ScriptParser(prog="eval_tiny.py", description=__doc__.splitlines()[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     run = parser.add_argument_group("run")
     run.add_argument("--family", choices=sorted(FAMILIES), default="sdar", help="model family (decoders and flags)")
     run.add_argument("--model_dir", type=Path, default=spec.tiny_model_dir)
@@ -79,9 +86,60 @@ def build_parser(family: str = "sdar") -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seeds torch and the sampling generator")
     run.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     run.add_argument("--predictions", type=Path, default=None, help="also write per-item completions (JSONL)")
-    add_dataclass_arguments(parser, spec.decoder("s2d2").config_class)
+    config_name = cli_schema.stored()[spec.s2d2]["config"].partition(":")[2]  # the group title: its class name
+    add_field_arguments(parser, cli_schema.fields(spec.s2d2), config_name)
     parser.set_defaults(**{spec.budget_field: EVAL_GEN_LENGTH})
     return parser
+
+
+def _plain(value: Any) -> Any:
+    """A flag value as the config holds it (several values: a tuple)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def check_decode_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """`decode_setting`'s checks made from the stored field specs, before any import of the decoders
+    (and torch): the fields' bounds, the flags `--mode` would ignore, and AR mode's fixed fields. The
+    configs' own `__post_init__` checks run later, in `decode_setting`."""
+    spec = FAMILIES[args.family]
+    fields = cli_schema.fields(spec.s2d2)
+    try:
+        check_flag_values(fields, args)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.mode == "s2d2":
+        return
+    base_names = {f["name"] for f in cli_schema.fields(spec.baseline)}
+    defaults = {f["name"]: _plain(f["default"]) for f in fields}
+    ignored = [name for name, default in defaults.items()
+               if name not in base_names and _plain(getattr(args, name)) != default]
+    if ignored:
+        parser.error(f"--{', --'.join(ignored)} only apply to --mode s2d2")
+    if args.mode == "ar":
+        given = tuple(getattr(args, name) for name in spec.ar_mode)
+        if given not in (tuple(spec.ar_mode.values()), tuple(defaults[name] for name in spec.ar_mode)):
+            fixed = ", ".join(f"{name}={value}" for name, value in spec.ar_mode.items())
+            parser.error(f"--mode ar fixes {fixed}; got {given}")
+
+
+def model_dir_error(family: str, model_dir: Path, lora_dir: Path | None = None) -> str | None:
+    """Why `model_dir` (with the adapter folder `lora_dir`, for a D2F family) cannot be decoded as
+    `family`, in one line, or None when it can. Reads config.json only: no torch, no weights."""
+    spec = FAMILIES[family]
+    config = Path(model_dir) / "config.json"
+    if not config.is_file():
+        return f"no model at {model_dir} (config.json missing); train one with `{spec.train_command}`"
+    try:
+        found = families.check_model(model_dir)
+    except families.ModelDirError as err:
+        return str(err)
+    if found is not spec:
+        model_type = json.loads(config.read_text()).get("model_type")
+        return (f"{model_dir} is a {found.title} model (model_type {model_type!r}), not {spec.title}; "
+                f"use --family {found.name}")
+    if lora_dir is not None and not (Path(lora_dir) / "adapter_config.json").is_file():
+        return f"no adapter at {lora_dir} (adapter_config.json missing)"
+    return None
 
 
 def decode_setting(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, Callable]:
@@ -163,6 +221,7 @@ def git_sha() -> str | None:
 
 def evaluate(args: argparse.Namespace, cfg: Any, generate: Callable) -> dict[str, Any]:
     """Decode, score and summarise; returns the JSON record."""
+    import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -253,13 +312,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown task(s) {unknown}; valid: {', '.join(TASKS)}")
     reject_non_positive(parser, args, ("limit", "batch_size", "threads"))
-    try:
+    check_decode_flags(args, parser)
+    if not args.split.is_file():
+        parser.error(f"--split: no such file {args.split}")
+    problem = model_dir_error(args.family, args.model_dir, getattr(args, "lora_dir", None))
+    if problem is not None:
+        parser.error(problem)
+    try:  # the first torch import: the decoders' configs check themselves
         cfg, generate = decode_setting(args, parser)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
-    if not (args.model_dir / "config.json").is_file():
-        parser.error(f"no model at {args.model_dir} (config.json missing); train one with "
-                     f"scripts/train_tiny.py --family {args.family}")
     print(json.dumps(evaluate(args, cfg, generate)))
     return 0
 

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.cli import ScriptParser
 from s2d2_eval.records import atomic_write_json
 from synthetic.validation import VAL_SPLIT_PATH
 
@@ -47,8 +48,8 @@ def _seeds(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ScriptParser(prog="select_tiny.py", description=__doc__.splitlines()[0],
+                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("candidates", nargs="+", type=Path, help="model directories written by train_tiny.py")
     parser.add_argument("--family", choices=sorted(eval_tiny.FAMILIES), default="sdar")
     parser.add_argument("--split", type=Path, default=VAL_SPLIT_PATH, help="JSONL items (default: the validation split)")
@@ -62,16 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Every check that needs no model, so bad input fails before any decoding."""
+    """Every check that needs no model, so bad input fails before any decoding (and before torch is
+    imported): the flags, then each candidate's folders and family (from its config.json)."""
     resolved = [path.resolve() for path in args.candidates]
     if len(set(resolved)) != len(resolved):
         parser.error("a candidate is listed twice")
-    for path in args.candidates:
-        model_dir, lora_dir = candidate_dirs(args.family, path)
-        if not (model_dir / "config.json").is_file():
-            parser.error(f"no model at {model_dir} (config.json missing)")
-        if lora_dir is not None and not (lora_dir / "adapter_config.json").is_file():
-            parser.error(f"no adapter at {lora_dir} (adapter_config.json missing)")
     if not args.split.is_file():
         parser.error(f"no split at {args.split}")
     if args.split.resolve() == eval_tiny.TEST_SPLIT_PATH.resolve():
@@ -79,6 +75,10 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if not args.temperature > 0:
         parser.error(f"--temperature must be > 0 (the rule compares sampled accuracy), got {args.temperature}")
     eval_tiny.reject_non_positive(parser, args, ("limit", "batch_size", "threads"))
+    for path in args.candidates:
+        problem = candidate_error(args.family, path)
+        if problem is not None:
+            parser.error(f"candidate {path}: {problem}")
     if args.out is not None:
         if args.out.is_dir():
             parser.error(f"--out {args.out} is a directory; give a file path")
@@ -94,6 +94,18 @@ def candidate_dirs(family: str, candidate: Path) -> tuple[Path, Path | None]:
     if eval_tiny.FAMILIES[family].adapter_loader is None:
         return candidate, None
     return candidate / "base", candidate / "lora"
+
+
+def candidate_error(family: str, candidate: Path) -> str | None:
+    """Why `candidate` cannot be scored as `family` (folders, adapter, family from config.json), in one
+    line, or None when it can."""
+    model_dir, lora_dir = candidate_dirs(family, candidate)
+    if lora_dir is not None and not model_dir.is_dir() and (candidate / "config.json").is_file():
+        # a model folder where a D2F pair is expected: name its family, or say what a pair is
+        return eval_tiny.model_dir_error(family, candidate) or (
+            f"a {eval_tiny.FAMILIES[family].title} candidate is the folder holding base/ and lora/, "
+            f"not the base model folder itself")
+    return eval_tiny.model_dir_error(family, model_dir, lora_dir)
 
 
 def pooled(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
+from common.cli import ScriptParser
 from families import FAMILIES as REGISTRY
 from families.cpu_memory import reuse_freed_memory
 from synthetic import train_d2f, train_llada2
@@ -80,13 +81,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT_DIRS = {name: family.tiny_model_dir for name, family in REGISTRY.items()}
 IGNORE_INDEX = -100
 PROG = "train_tiny.py"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (the default also prints the usage block)."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(message)
 
 
 def fail(message: str) -> NoReturn:
@@ -104,8 +98,8 @@ def _str_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0],
+def build_parser() -> ScriptParser:
+    parser = ScriptParser(prog=PROG, description=__doc__.splitlines()[0],
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--family", choices=FAMILIES, default="sdar",
                         help="sdar: SDARForCausalLM, position-aligned objective; fast_dllm_v2: "
@@ -144,7 +138,8 @@ def build_parser() -> OneLineParser:
     optim.add_argument("--grad_clip", type=float, default=1.0)
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", type=Path, default=None,
-                     help="default: models/sdar-tiny or models/fast-dllm-v2-tiny, after --family")
+                     help="default: the --family's shipped model folder (models/sdar-tiny, models/fast-dllm-v2-tiny, "
+                          "models/llada2-tiny, models/d2f-llada-tiny, models/d2f-dream-tiny)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=int, default=1,
                      help="torch CPU threads. 1 by default: on two cores shared with other work, 2 threads "

@@ -67,7 +67,7 @@ def test_the_worst_task_decides_then_overall_then_order(select_tiny):
 def test_bad_input_fails_before_any_decoding(select_tiny, capsys, tmp_path, extra, message):
     model = tmp_path / "m"
     model.mkdir()
-    (model / "config.json").write_text("{}")  # never loaded: validation fails first
+    (model / "config.json").write_text('{"model_type": "sdar"}')  # never loaded: validation fails first
     with pytest.raises(SystemExit) as exc:
         select_tiny.main([str(model), *extra])
     assert exc.value.code != 0 and message in capsys.readouterr().err
@@ -106,7 +106,7 @@ def test_d2f_candidates_are_pair_folders_checked_before_decoding(select_tiny, ca
     assert select_tiny.candidate_dirs("d2f_llada", tmp_path) == (tmp_path / "base", tmp_path / "lora")
     assert select_tiny.candidate_dirs("sdar", tmp_path) == (tmp_path, None)
     (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "config.json").write_text("{}")
+    (tmp_path / "base" / "config.json").write_text('{"model_type": "Dream"}')  # a D2F-Dream base, never loaded
     with pytest.raises(SystemExit):
         select_tiny.main(["--family", "d2f_dream", str(tmp_path)])
     assert f"no adapter at {tmp_path / 'lora'}" in capsys.readouterr().err
