@@ -30,6 +30,13 @@ def test_temperature_top_k_top_p():
     torch.testing.assert_close(nucleus, torch.tensor([0.625, 0.375, 0.0, 0.0]))
     one = logits_to_probs(logits, SamplingConfig(top_p=0.1))
     torch.testing.assert_close(one, torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    # Exact boundary (float32 0.5 + 0.3 is 0.80000007, which cannot tell `>` from `>=`): four equal logits
+    # give masses 0.25 exactly; the smallest prefix *reaching* top_p is kept and nothing after it.
+    flat = torch.zeros(4)
+    for top_p, kept in [(0.5, 2), (0.75, 3), (0.5000001, 3), (0.25, 1)]:
+        out = logits_to_probs(flat, SamplingConfig(top_p=top_p))
+        assert int((out > 0).sum()) == kept
+        torch.testing.assert_close(out[out > 0], torch.full((kept,), 1.0 / kept))
 
 
 @pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5)])
@@ -86,6 +93,15 @@ def test_residual_falls_back_to_q_when_empty():
     p = torch.tensor([[0.2, 0.8], [0.2, 0.8]])
     res = residual_distribution(q, p)
     torch.testing.assert_close(res, torch.tensor([[0.2, 0.8], [1.0, 0.0]]))
+
+
+def test_residual_falls_back_to_q_not_p():
+    """p != q with no positive residual mass (p >= q everywhere, p not normalised), and a NaN / inf residual
+    mass: the documented fallback is q, never p."""
+    q = torch.tensor([[0.4, 0.6], [0.3, 0.7], [0.3, 0.7]])
+    p = torch.tensor([[0.5, 0.9], [float("nan"), 0.5], [float("-inf"), 0.5]])
+    res = residual_distribution(q, p)
+    torch.testing.assert_close(res, q)
 
 
 def test_speculative_sampling_recovers_q_chi_square():
