@@ -11,6 +11,11 @@ confident draft. Settled blocks are stored in the cache by the next forward.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a decoder module; its command line is the family's example script
+    from families.cli import not_a_command
+
+    raise not_a_command("D2F/generate.py", "d2f_llada", "d2f")
+
 import torch
 from torch import Tensor
 

@@ -17,6 +17,11 @@ takes exactly the `d2f` step, so a policy that never verifies reproduces `genera
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a decoder module; its command line is the family's example script
+    from families.cli import not_a_command
+
+    raise not_a_command("D2F/generate_ssd_policy.py", "d2f_llada", "ssd_policy")
+
 from dataclasses import dataclass, field
 
 import torch

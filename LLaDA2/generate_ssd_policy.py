@@ -23,6 +23,11 @@ an empty span: never verified, and a hysteresis policy switches off there, as in
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a decoder module; its command line is the family's example script
+    from families.cli import not_a_command
+
+    raise not_a_command("LLaDA2/generate_ssd_policy.py", "llada2", "ssd_policy")
+
 from dataclasses import dataclass
 
 import torch

@@ -164,9 +164,16 @@ class S2D2LM(HFLM):
         family than the decoder's, before any weight loads; returns the directory's family (None for a
         hub id)."""
         try:
-            return families.check_model(pretrained, families.of_package(generate_fn.__module__.split(".")[0]))
+            found = families.check_model(pretrained)
         except families.ModelDirError as err:
             raise ModelArgError(f"pretrained={pretrained}: {err}") from None
+        expected = families.of_package(generate_fn.__module__.split(".")[0])
+        if found is not None and expected and found not in expected:
+            raise ModelArgError(
+                f"pretrained={pretrained} is a {found.title} model, not {' or '.join(f.title for f in expected)}; "
+                f"pass custom_generate={found.s2d2} (S2D2) or "
+                f"custom_generate={found.baseline} (its baseline)")
+        return found
 
     @staticmethod
     def check_adapter(lora: str, family: families.Family | None) -> None:

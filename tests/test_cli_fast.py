@@ -68,6 +68,20 @@ def test_length_sampling_and_unread_flag_errors_come_before_torch(script, argv, 
     assert str(run.exit).startswith(f"error: {message}") and "\n" not in str(run.exit) and run.heavy == [], run
 
 
+@pytest.mark.parametrize("module,command", [
+    ("Fast-dLLM-v2/generate.py", "Fast-dLLM-v2/example_v2.py --generate_fn fast"),
+    ("Fast-dLLM-v2/generate_ssd_policy.py", "Fast-dLLM-v2/example_v2.py --generate_fn ssd_policy"),
+    ("LLaDA2/generate.py", "LLaDA2/example_llada.py --generate_fn cached"),
+    ("LLaDA2/generate_ssd_policy.py", "LLaDA2/example_llada.py --generate_fn ssd_policy"),
+    ("D2F/generate.py", "D2F/example_d2f.py --generate_fn d2f"),
+    ("D2F/generate_ssd_policy.py", "D2F/example_d2f.py --generate_fn ssd_policy"),
+])
+def test_a_decoder_module_run_as_a_script_names_its_command_line(module, command):
+    run = run_fresh(REPO / module, ["--help"])
+    assert run.exit == f"error: {module} holds the decoder, not a command line; run python {command} (--help lists " \
+                       "its flags)" and run.heavy == [], run
+
+
 def test_stored_flag_specs_match_the_configs():
     """The copy the command lines parse with equals the config classes (refresh: python -m families.cli_schema)."""
     assert cli_schema.stored() == json.loads(json.dumps(cli_schema.current())), \

@@ -220,7 +220,8 @@ def test_cli_batch_size_auto_is_one_line_before_lm_eval_starts(random_model_dir,
 
 @pytest.mark.parametrize("pretrained,needle", [
     ("/nonexistent/model", "no such model directory: /nonexistent/model"),
-    (str(REPO / "models" / "fast-dllm-v2-tiny"), "is a Fast-dLLM v2 model (model_type 'Fast_dLLM_Qwen'), not SDAR"),
+    (str(REPO / "models" / "fast-dllm-v2-tiny"), "is a Fast-dLLM v2 model, not SDAR; pass custom_generate="
+                                                 "fast_dllm_v2.generate_ssd_policy:generate_ssd_policy (S2D2)"),
 ])
 def test_cli_bad_model_directory_is_one_line_before_lm_eval_starts(tmp_path, pretrained, needle):
     command = [sys.executable, str(REPO / "scripts" / "lm_eval_cli.py"), "--model", "s2d2", "--device", "cpu",
