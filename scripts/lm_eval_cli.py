@@ -13,6 +13,7 @@ lm-eval notices that are wrong for this repository's tasks are filtered out (s2d
 
 from __future__ import annotations
 
+import re
 import sys
 
 from s2d2_eval import TASKS_DIR, set_offline_defaults  # first: it must precede transformers/datasets imports
@@ -73,7 +74,20 @@ def main() -> None:
     sys.argv = with_task_path(sys.argv)
     check_s2d2_model_args()
     silence_known_notices()
-    lm_eval.__main__.cli_evaluate()
+    try:
+        lm_eval.__main__.cli_evaluate()
+    except ValueError as err:  # lm-eval's own check of --tasks, raised before any model loads
+        if not str(err).startswith("Tasks not found"):
+            raise
+        sys.exit(f"lm_eval_cli.py: error: {err} (this repository's tasks: {', '.join(repo_tasks())}; "
+                 "`lm-eval ls tasks` lists lm-eval's own)")
+
+
+def repo_tasks() -> list[str]:
+    """The task and group names of the task YAMLs under s2d2_eval/tasks."""
+    names = (re.match(r"(?:task|group): *(\w+)", line) for path in sorted(TASKS_DIR.rglob("*.yaml"))
+             for line in path.read_text().splitlines())
+    return sorted({match.group(1) for match in names if match})
 
 
 if __name__ == "__main__":

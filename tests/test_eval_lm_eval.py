@@ -249,6 +249,17 @@ def test_cli_adapter_that_does_not_fit_is_one_line_before_lm_eval_starts(tmp_pat
     assert lines[0].startswith("lm_eval_cli.py: error: lora_dir") and needle in lines[0]
 
 
+def test_cli_unknown_task_is_one_line_naming_the_repository_tasks(tmp_path):
+    command = [sys.executable, str(REPO / "scripts" / "lm_eval_cli.py"), "--model", "s2d2", "--device", "cpu",
+               "--apply_chat_template", "--model_args", f"pretrained={REPO / 'models' / 'sdar-tiny'}",
+               "--tasks", "synthetc"]
+    done = subprocess.run(command, cwd=tmp_path, env=OFFLINE_ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "error" in line]
+    assert line.startswith("lm_eval_cli.py: error: Tasks not found: synthetc (this repository's tasks: ")
+    assert "synthetic, synthetic_add, synthetic_chain, synthetic_digitsum, synthetic_letters" in line
+
+
 def test_notice_filters_drop_exactly_the_noise(tmp_path, monkeypatch):
     import logging
 
