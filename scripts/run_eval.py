@@ -20,9 +20,39 @@ Offline by default (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE = 1 unless already set)
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
+from pathlib import Path
 
-from s2d2_eval import set_offline_defaults  # first: it must precede transformers/datasets imports
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+GROUP_CHOICE = re.compile(r"(model|decoding|task|sweep)=([^=]*)")
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """`model=`, `decoding=`, `task=` and `sweep=` name YAML files of configs/<group>/ (several, comma-
+    separated, in a multirun); a name with none is one line with the closest ones, before Hydra and torch
+    load (Hydra would list every option and its search path)."""
+    for arg in argv:
+        match = GROUP_CHOICE.fullmatch(arg)
+        if match is None:
+            continue
+        group, names = match.groups()
+        if "(" in names or names == "null":  # Hydra's sweep functions (choice, glob, ...) and group deletion
+            continue
+        options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+        for name in names.split(","):
+            if name not in options:
+                close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+                hint = f"did you mean {' or '.join(close)}? " if close else ""
+                sys.exit(f"run_eval.py: error: no {group} config {name!r} in configs/{group}/ ({hint}"
+                         f"options: {', '.join(options)})")
+
+
+if __name__ == "__main__":
+    check_group_choices(sys.argv[1:])
+
+from s2d2_eval import set_offline_defaults  # noqa: E402  (first: it must precede transformers/datasets imports)
 
 set_offline_defaults()
 

@@ -1,7 +1,7 @@
 """Bad input to scripts/eval_tiny.py, bench_decoding.py, select_tiny.py and check_published.py: ONE line on
 stderr, exit status 2, before torch is imported. A model directory's family is read from its config.json
 and checked against --family (no weights loaded); check_published refuses a folder that is not a sweep
-results folder. Every script runs in a fresh interpreter (`run_fresh` reports which heavy modules it
+results folder; run_eval.py refuses a preset name that configs/ does not hold. Every script runs in a fresh interpreter (`run_fresh` reports which heavy modules it
 imported); none of these tests loads a model."""
 
 from __future__ import annotations
@@ -126,3 +126,14 @@ def test_check_published_reads_the_published_folders_without_torch():
     folders = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "results").iterdir() if p.is_dir())
     line = _one_line_error("check_published.py", [*folders, "--match", "no-such-record"])
     assert "no record path under" in line  # reached only after every record was read and found usable
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["decoding=s2d2_config_z"], "no decoding config 's2d2_config_z' in configs/decoding/ (did you mean s2d2_config_"),
+    (["-m", "model=sdar_tiny,sdar_tinyy"], "no model config 'sdar_tinyy' in configs/model/ (did you mean sdar_tiny"),
+    (["task=synthetc"], "no task config 'synthetc' in configs/task/ (did you mean synthetic"),
+])
+def test_run_eval_unknown_preset_is_one_line_before_hydra_and_torch(argv, message):
+    run = run_fresh(SCRIPTS / "run_eval.py", argv)
+    assert str(run.exit).startswith(f"run_eval.py: error: {message}") and "\n" not in str(run.exit), run
+    assert run.heavy == [], run
