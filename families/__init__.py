@@ -235,9 +235,11 @@ def require_model(path: str | Path, family: str | tuple[str, ...], flag: str) ->
 
 
 def check_adapter(lora: str | Path, family: Family | None) -> None:
-    """A local adapter folder checked against the base's family (its targets are that family's layers,
-    its tensors are LoRA tensors) before any weight loads; ModelDirError with one line. A hub id, or a
-    base of unknown family, is checked when it loads."""
+    """An adapter for a base of `family`, before any weight loads: the family must take one (D2F), and a
+    local adapter folder must fit it (its targets are that family's layers, its tensors LoRA tensors);
+    ModelDirError with one line. A hub id, or a base of unknown family, is checked when it loads."""
+    if family is not None and family.adapter_loader is None:
+        raise ModelDirError(f"{lora}: {family.title} takes no adapter (D2F bases do)")
     if family is None or family.adapter_check is None or not Path(lora).expanduser().is_dir():
         return
     try:

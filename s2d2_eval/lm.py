@@ -179,8 +179,6 @@ class S2D2LM(HFLM):
     def check_adapter(lora: str, family: families.Family | None) -> None:
         """One line (ModelArgError) for an adapter on a model that takes none, or a local adapter folder
         that does not fit the base's family, before any weight loads."""
-        if family is not None and family.adapter_loader is None:
-            raise ModelArgError(f"lora_dir is for base + LoRA families (D2F); {family.title} takes no adapter")
         try:
             families.check_adapter(lora, family)
         except families.ModelDirError as err:

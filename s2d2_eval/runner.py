@@ -245,13 +245,11 @@ def check_model_fits_decoder(pretrained: str, spec: str, generate: Any, lora: st
         found = families.check_model(pretrained)
     except families.ModelDirError as err:
         raise ValueError(f"model.pretrained={pretrained}: {err}") from None
-    if lora is not None:
-        if found is not None and found.adapter_loader is None:
-            raise ValueError(f"model.lora_dir={lora}: {found.title} takes no adapter (D2F bases do)")
-        try:
+    try:
+        if lora is not None:
             families.check_adapter(lora, found)
-        except families.ModelDirError as err:
-            raise ValueError(f"model.lora_dir={err}") from None
+    except families.ModelDirError as err:
+        raise ValueError(f"model.lora_dir={err}") from None
     expected = families.of_package(getattr(generate, "__module__", "").split(".")[0])
     if expected and found is not None and found not in expected:
         decodes = ", ".join(f"{t!r} ({f.title})" for f in expected for t in f.model_types)
