@@ -12,9 +12,8 @@ confident draft. Settled blocks are stored in the cache by the next forward.
 from __future__ import annotations
 
 if __name__ == "__main__":  # a decoder module; its command line is the family's example script
-    from families.cli import not_a_command
-
-    raise not_a_command("D2F/generate.py", "d2f_llada", "d2f")
+    raise SystemExit("error: D2F/generate.py holds the decoder, not a command line; run python D2F/example_d2f.py "
+                     "--generate_fn d2f (--help lists its flags)")
 
 import torch
 from torch import Tensor

@@ -18,9 +18,8 @@ takes exactly the `d2f` step, so a policy that never verifies reproduces `genera
 from __future__ import annotations
 
 if __name__ == "__main__":  # a decoder module; its command line is the family's example script
-    from families.cli import not_a_command
-
-    raise not_a_command("D2F/generate_ssd_policy.py", "d2f_llada", "ssd_policy")
+    raise SystemExit("error: D2F/generate_ssd_policy.py holds the decoder, not a command line; run python D2F/example_d2f.py "
+                     "--generate_fn ssd_policy (--help lists its flags)")
 
 from dataclasses import dataclass, field
 

@@ -36,7 +36,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from common.layers import apply_rope as shared_apply_rope
-from common.layers import grouped_attention
+from common.layers import angle_dtype, grouped_attention, inverse_frequencies, rope_angles
 from common.layers import rms_norm
 from common.layers import rope_tables as shared_rope_tables
 
@@ -72,12 +72,9 @@ def rope_tables(
     in bfloat16/float16. The tables are built per call from the config, so no buffer can be rounded by
     `model.to(bfloat16)` or left on the meta device by low-memory loading.
     """
-    angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    exponents = torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.int64).to(angle_dtype)
-    inv_freq = 1.0 / (theta ** (exponents / head_dim))  # [D/2]
-    freqs = position_ids[..., None].to(angle_dtype) * inv_freq  # [B|1, Q, D/2]
-    angles = torch.cat((freqs, freqs), dim=-1)  # [B|1, Q, D]
-    return shared_rope_tables(angles.cos(), angles.sin(), angle_dtype if full_precision else dtype)
+    wide = angle_dtype(dtype)
+    inv_freq = inverse_frequencies(head_dim, theta, wide, position_ids.device)  # [D/2]
+    return shared_rope_tables(*rope_angles(position_ids, inv_freq, wide), wide if full_precision else dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:

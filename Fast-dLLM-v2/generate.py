@@ -11,9 +11,8 @@ block's first token by argmax.
 from __future__ import annotations
 
 if __name__ == "__main__":  # a decoder module; its command line is the family's example script
-    from families.cli import not_a_command
-
-    raise not_a_command("Fast-dLLM-v2/generate.py", "fast_dllm_v2", "fast")
+    raise SystemExit("error: Fast-dLLM-v2/generate.py holds the decoder, not a command line; run python Fast-dLLM-v2/example_v2.py "
+                     "--generate_fn fast (--help lists its flags)")
 
 import torch
 from torch import Tensor

@@ -15,9 +15,8 @@ never verifies reproduces `generate.py` token for token.
 from __future__ import annotations
 
 if __name__ == "__main__":  # a decoder module; its command line is the family's example script
-    from families.cli import not_a_command
-
-    raise not_a_command("Fast-dLLM-v2/generate_ssd_policy.py", "fast_dllm_v2", "ssd_policy")
+    raise SystemExit("error: Fast-dLLM-v2/generate_ssd_policy.py holds the decoder, not a command line; run python Fast-dLLM-v2/example_v2.py "
+                     "--generate_fn ssd_policy (--help lists its flags)")
 
 from dataclasses import dataclass
 

@@ -36,7 +36,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from common.layers import apply_rope, grouped_attention, rms_norm, rope_tables
+from common.layers import ScaledRotaryEmbedding, apply_rope, grouped_attention, rms_norm, rope_tables
 from fast_dllm_v2.configuration_fast_dllm import Fast_dLLM_QwenConfig
 
 _IGNORE_INDEX = -100
@@ -74,39 +74,20 @@ class Fast_dLLM_QwenRMSNorm(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
-class Fast_dLLM_QwenRotaryEmbedding(nn.Module):
-    """cos/sin tables of rotate-half RoPE over the full head_dim (rope_theta, optional rope_scaling).
-
-    The inverse frequencies are a plain float32 tensor, not a buffer, so `model.to(bfloat16)` cannot
-    round them. Angles are float32 like HF, or float64 when the model runs in float64, so that a
-    double-precision reference run is not capped by float32 tables.
-    """
+class Fast_dLLM_QwenRotaryEmbedding(ScaledRotaryEmbedding):
+    """RoPE tables over the full head_dim with rope_theta and optional rope_scaling (transformers'
+    initialisers; `common.layers.ScaledRotaryEmbedding`: float32 frequencies no dtype cast can round)."""
 
     def __init__(self, config: Fast_dLLM_QwenConfig) -> None:
-        super().__init__()
         self.config = config
         scaling = config.rope_scaling or {}
         self.rope_type = scaling.get("rope_type", "default")
         if self.rope_type not in ROPE_INIT_FUNCTIONS or self.rope_type in ("dynamic", "longrope"):
             raise ValueError(f"unsupported RoPE type {self.rope_type!r} (needs a sequence-length-independent one)")
-        self.inv_freq, self.attention_scaling = self._inverse_frequencies(torch.device("cpu"))
+        super().__init__()
 
-    def _inverse_frequencies(self, device: torch.device) -> tuple[torch.Tensor, float]:
-        inv_freq, attention_scaling = ROPE_INIT_FUNCTIONS[self.rope_type](self.config, device)
-        return inv_freq.to(torch.float32), attention_scaling  # [D/2]
-
-    @torch.no_grad()
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids [B|1, Q] -> (cos, sin), each [B|1, Q, D]."""
-        if self.inv_freq.is_meta:
-            self.inv_freq, self.attention_scaling = self._inverse_frequencies(position_ids.device)
-        if self.inv_freq.device != position_ids.device:
-            self.inv_freq = self.inv_freq.to(position_ids.device)
-        angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        # One product per element: bit-identical to HF's rank-1 matmul in float32.
-        freqs = position_ids[..., None].to(angle_dtype) * self.inv_freq.to(angle_dtype)  # [B, Q, D/2]
-        angles = torch.cat((freqs, freqs), dim=-1)  # [B, Q, D]
-        return angles.cos() * self.attention_scaling, angles.sin() * self.attention_scaling
+    def frequencies(self, device: torch.device) -> tuple[torch.Tensor, float]:
+        return ROPE_INIT_FUNCTIONS[self.rope_type](self.config, device)
 
 
 def _cached_layer(cache: Optional[DynamicCache], layer_idx: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:

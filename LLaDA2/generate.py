@@ -13,9 +13,8 @@ until one edits nothing. With `editing_threshold >= 1` nothing decoded is ever o
 from __future__ import annotations
 
 if __name__ == "__main__":  # a decoder module; its command line is the family's example script
-    from families.cli import not_a_command
-
-    raise not_a_command("LLaDA2/generate.py", "llada2", "cached")
+    raise SystemExit("error: LLaDA2/generate.py holds the decoder, not a command line; run python LLaDA2/example_llada.py "
+                     "--generate_fn cached (--help lists its flags)")
 
 import torch
 from torch import Tensor

@@ -24,9 +24,8 @@ an empty span: never verified, and a hysteresis policy switches off there, as in
 from __future__ import annotations
 
 if __name__ == "__main__":  # a decoder module; its command line is the family's example script
-    from families.cli import not_a_command
-
-    raise not_a_command("LLaDA2/generate_ssd_policy.py", "llada2", "ssd_policy")
+    raise SystemExit("error: LLaDA2/generate_ssd_policy.py holds the decoder, not a command line; run python LLaDA2/example_llada.py "
+                     "--generate_fn ssd_policy (--help lists its flags)")
 
 from dataclasses import dataclass
 

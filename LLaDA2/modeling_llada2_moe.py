@@ -48,7 +48,8 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from common.layers import apply_rope, grouped_attention, rms_norm, rope_tables
+from common.layers import (angle_dtype, apply_rope, grouped_attention, inverse_frequencies, rms_norm, rope_angles,
+                           rope_tables)
 from LLaDA2.configuration_llada2_moe import LLaDA2MoeConfig
 
 _IGNORE_INDEX = -100
@@ -96,12 +97,9 @@ class LLaDA2MoeRotaryEmbedding(nn.Module):
         """position_ids [B|1, Q], model dtype -> (cos, signed_sin), each [B|1, 1, Q, R] in the model
         dtype (`common.layers.rope_tables`: cast once per forward, sin carrying rotate_half's sign);
         angles in float32 (float64 for a float64 model)."""
-        angle_dtype = _compute_dtype(dtype)
-        even_dims = torch.arange(0, self.rope_dim, 2, device=position_ids.device).to(angle_dtype)  # [R/2]
-        inv_freq = 1.0 / (self.rope_theta ** (even_dims / self.rope_dim))  # [R/2]
-        freqs = position_ids[..., None].to(angle_dtype) * inv_freq  # [B|1, Q, R/2]
-        angles = torch.cat((freqs, freqs), dim=-1)  # [B|1, Q, R]
-        return rope_tables(angles.cos(), angles.sin(), dtype)
+        wide = angle_dtype(dtype)
+        inv_freq = inverse_frequencies(self.rope_dim, self.rope_theta, wide, position_ids.device)  # [R/2]
+        return rope_tables(*rope_angles(position_ids, inv_freq, wide), dtype)
 
 
 def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:

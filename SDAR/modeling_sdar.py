@@ -24,7 +24,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from common.layers import apply_rope, grouped_attention, rms_norm, rope_tables
+from common.layers import ScaledRotaryEmbedding, apply_rope, grouped_attention, rms_norm, rope_tables
 from SDAR.configuration_sdar import SDARConfig
 
 try:
@@ -55,17 +55,11 @@ class SDARRMSNorm(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
-class SDARRotaryEmbedding(nn.Module):
-    """cos/sin tables of rotate-half RoPE over the full head_dim with rope_theta (and rope_scaling).
-
-    The inverse frequencies are a plain float32 tensor rather than a buffer so that
-    `model.to(torch.bfloat16)` cannot round them; they follow the positions' device lazily.
-    Angles are float32 (as HF) unless the model runs in float64, where they are float64 so that a
-    double-precision reference run is not limited by float32 RoPE tables.
-    """
+class SDARRotaryEmbedding(ScaledRotaryEmbedding):
+    """RoPE tables over the full head_dim with rope_theta and rope_scaling (transformers' initialisers;
+    `common.layers.ScaledRotaryEmbedding`: float32 frequencies no dtype cast can round)."""
 
     def __init__(self, config: SDARConfig) -> None:
-        super().__init__()
         self.config = config
         scaling = config.rope_scaling or {}
         self.rope_type = scaling.get("rope_type", scaling.get("type", "default"))
@@ -74,24 +68,10 @@ class SDARRotaryEmbedding(nn.Module):
                 f"SDAR supports the sequence-length-independent RoPE types "
                 f"{sorted(set(ROPE_INIT_FUNCTIONS) - {'dynamic', 'longrope'})}; got {self.rope_type!r}."
             )
-        self.inv_freq, self.attention_scaling = self._compute_inv_freq(torch.device("cpu"))
+        super().__init__()
 
-    def _compute_inv_freq(self, device: torch.device) -> tuple[torch.Tensor, float]:
-        inv_freq, attention_scaling = ROPE_INIT_FUNCTIONS[self.rope_type](self.config, device)
-        return inv_freq.to(torch.float32), attention_scaling  # [D/2]
-
-    @torch.no_grad()
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids [B, Q], model dtype -> (cos, sin), each [B, Q, D] in float32 (float64 for float64)."""
-        if self.inv_freq.is_meta:
-            self.inv_freq, self.attention_scaling = self._compute_inv_freq(position_ids.device)
-        if self.inv_freq.device != position_ids.device:
-            self.inv_freq = self.inv_freq.to(position_ids.device)
-        angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        # An outer product with one factor per element: identical to HF's matmul in float32.
-        freqs = position_ids[..., None].to(angle_dtype) * self.inv_freq.to(angle_dtype)  # [B, Q, D/2]
-        angles = torch.cat((freqs, freqs), dim=-1)  # [B, Q, D]
-        return angles.cos() * self.attention_scaling, angles.sin() * self.attention_scaling
+    def frequencies(self, device: torch.device) -> tuple[torch.Tensor, float]:
+        return ROPE_INIT_FUNCTIONS[self.rope_type](self.config, device)
 
 
 def _can_use_flash(query: torch.Tensor) -> bool:

@@ -38,6 +38,60 @@ def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float, keep_float6
     return weight * normed.to(hidden.dtype)
 
 
+def angle_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype RoPE angles are computed in for a model of `dtype`: float32 (as transformers), float64
+    for a float64 model, so that a double-precision reference run is not limited by float32 tables."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def inverse_frequencies(dim: int, theta: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """theta^(-2i/dim) for i < dim/2, in `dtype` -> [dim/2] (plain RoPE, no scaling)."""
+    even = torch.arange(0, dim, 2, device=device, dtype=torch.int64).to(dtype)
+    return 1.0 / (theta ** (even / dim))
+
+
+def rope_angles(position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """position_ids [B|1, Q], inv_freq [D/2] -> (cos, sin), each [B|1, Q, D] in `dtype`. One product per
+    element: the same bits as transformers' rank-1 matmul in float32."""
+    freqs = position_ids[..., None].to(dtype) * inv_freq.to(dtype)  # [B|1, Q, D/2]
+    angles = torch.cat((freqs, freqs), dim=-1)  # [B|1, Q, D]
+    return angles.cos(), angles.sin()
+
+
+class ScaledRotaryEmbedding(torch.nn.Module):
+    """cos/sin tables of rotate-half RoPE from inverse frequencies and an attention scaling that a
+    subclass computes (`frequencies`, e.g. with transformers' RoPE initialisers for rope_scaling).
+
+    The inverse frequencies are a plain float32 tensor, not a buffer, so `model.to(torch.bfloat16)`
+    cannot round them; they are recomputed when loading left them on the meta device and follow the
+    positions' device lazily. Angles are in `angle_dtype(model dtype)`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inv_freq, self.attention_scaling = self._float32_frequencies(torch.device("cpu"))
+
+    def frequencies(self, device: torch.device) -> tuple[torch.Tensor, float]:
+        """(inverse frequencies [D/2], attention scaling) on `device`."""
+        raise NotImplementedError
+
+    def _float32_frequencies(self, device: torch.device) -> tuple[torch.Tensor, float]:
+        inv_freq, scaling = self.frequencies(device)
+        return inv_freq.to(torch.float32), scaling
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids [B|1, Q], model dtype -> (cos, sin), each [B|1, Q, D] in `angle_dtype(dtype)`."""
+        if self.inv_freq.is_meta:
+            self.inv_freq, self.attention_scaling = self._float32_frequencies(position_ids.device)
+        if self.inv_freq.device != position_ids.device:
+            self.inv_freq = self.inv_freq.to(position_ids.device)
+        cos, sin = rope_angles(position_ids, self.inv_freq, angle_dtype(dtype))
+        if self.attention_scaling == 1.0:  # x * 1.0 is x: two ops saved per forward
+            return cos, sin
+        return cos * self.attention_scaling, sin * self.attention_scaling
+
+
 def rope_tables(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [B|1, Q, D] (float32 or float64) -> (cos, signed_sin), each [B|1, 1, Q, D] in `dtype`,
     for `apply_rope`; signed_sin is sin with its first half negated (rotate_half's sign)."""

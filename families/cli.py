@@ -45,14 +45,6 @@ def sample_problem() -> dict[str, Any]:
     return {"prompt": "add 478+95"}
 
 
-def not_a_command(path: str, family: str, generate_fn: str) -> SystemExit:
-    """The exit of a decoder module run as a script (`raise not_a_command(...)`): where its command line is."""
-    from families import FAMILIES
-
-    return fail(f"{path} holds the decoder, not a command line; run python {FAMILIES[family].entry_point} "
-                f"--generate_fn {generate_fn} (--help lists its flags)")
-
-
 def fail(message: str) -> SystemExit:
     """The one-line exit of every command line (`raise fail(...)`)."""
     return SystemExit(f"error: {message}")

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from common import layers
-from common.layers import apply_rope, grouped_attention, kernel_shares_heads, rms_norm, rope_tables
+from common.layers import (ScaledRotaryEmbedding, apply_rope, grouped_attention, inverse_frequencies,
+                           kernel_shares_heads, rms_norm, rope_angles, rope_tables)
 
 
 def plain_rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float, wide=torch.float32) -> torch.Tensor:
@@ -131,3 +132,33 @@ def test_kernel_shares_heads_only_where_a_fused_kernel_takes_them(monkeypatch):
     capability["value"] = (7, 5)  # no flash-attention before sm80
     assert not kernel_shares_heads(gpu, torch.bfloat16, 128, masked=False)
     assert not kernel_shares_heads(torch.device("meta"), torch.bfloat16, 128, masked=False)
+
+
+
+class _Rotary(ScaledRotaryEmbedding):
+    def __init__(self, scaling: float) -> None:
+        self.scaling, self.calls = scaling, []
+        super().__init__()
+
+    def frequencies(self, device):
+        self.calls.append(device)
+        return inverse_frequencies(8, 10000.0, torch.float64, device), self.scaling
+
+
+@pytest.mark.parametrize("scaling", [1.0, 0.5])
+def test_scaled_rotary_tables_are_the_plain_formula(scaling):
+    positions = torch.tensor([[0, 3, 17, 4095]])
+    rotary = _Rotary(scaling)
+    assert rotary.inv_freq.dtype == torch.float32  # no model dtype cast can round it
+    expected_inv = torch.tensor([10000.0 ** (-i / 8) for i in (0, 2, 4, 6)], dtype=torch.float64).float()
+    assert torch.equal(rotary.inv_freq, expected_inv)
+    for dtype, wide in ((torch.bfloat16, torch.float32), (torch.float32, torch.float32), (torch.float64, torch.float64)):
+        cos, sin = rotary(positions, dtype)
+        angles = positions[..., None].to(wide) * expected_inv.to(wide)
+        angles = torch.cat((angles, angles), dim=-1)
+        assert cos.dtype == wide and torch.equal(cos, angles.cos() * scaling) and torch.equal(sin, angles.sin() * scaling)
+    rotary.inv_freq = torch.empty(4, device="meta")  # left on the meta device by low-memory loading: recomputed
+    rotary(positions, torch.float32)
+    assert len(rotary.calls) == 2 and rotary.inv_freq.device.type == "cpu" and torch.equal(rotary.inv_freq, expected_inv)
+    assert torch.equal(torch.stack(rope_angles(positions, expected_inv, torch.float32)),
+                       torch.stack(rotary(positions, torch.float32)) / scaling)
