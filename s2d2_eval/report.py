@@ -169,6 +169,13 @@ def group_points(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], 
         point = point_from_record(record)
         groups[(point.model, point.task)].append(point)
     for points in groups.values():
+        seen: dict[str, Point] = {}
+        for point in points:
+            if point.label in seen:
+                raise RecordError(
+                    f"{seen[point.label].path or '?'} and {point.path or '?'} are both "
+                    f"'{point.label}': one table cannot tell them apart; give each run its own folder")
+            seen[point.label] = point
         points.sort(key=lambda p: (KIND_ORDER.get(p.kind, 9), (p.threshold or 0.0) if p.kind == "dynamic" else 0.0,
                                    p.label))
     return dict(sorted(groups.items()))

@@ -13,15 +13,18 @@ Where a record goes. Its file name is `<decoding>-<key>.json`, the key hashing e
 changes the measurement (`run_identity`). Its sweep folder is `<results_dir>/<sweep_name>` only for
 the runs of a published folder's documented command (`s2d2_eval.sweeps`); any other run goes to
 `<results_dir>/<sweep_name>-<group id>`, the group id hashing what every run of one table shares
-(`group_identity`: model, task and its limit, seed, batching, top-level block length). So runs that
-differ in model path, task, limit or any override never land among the published records, and one
-sweep folder never mixes two models, tasks or sample counts.
+(`group_identity`: model, task and its limit, seed, batching, top-level block length, the sampling
+settings). So runs that differ in model path, task, limit or any override never land among the
+published records, and one sweep folder never mixes two models, tasks, sample counts or sampling
+regimes (a greedy and a sampled sweep). `sweep_name` is a plain folder name and `results_dir` lies
+outside every published folder, so nothing is written inside one but its documented command's runs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -161,12 +164,18 @@ def run_identity(cfg: DictConfig, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p")
+"""Decoding keys that make a sweep greedy or sampled: one table holds one setting of them."""
+
+
 def group_identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """What every run of one sweep table shares: the resolved config without the decoding and the
-    bookkeeping keys. Takes a plain resolved config, so a record's own `config` gives the same value."""
+    """What every run of one sweep table shares: the resolved config without the decoding (but its
+    sampling settings) and the bookkeeping keys. Takes a plain resolved config, so a record's own
+    `config` gives the same value."""
+    params = config["decoding"].get("params") or {}
     return {"model": model_identity(config["model"]), "task": config["task"], "seed": config["seed"],
             "batch_size": config["batch_size"], "bucket_by_length": config["bucket_by_length"],
-            "block_length": config["block_length"]}
+            "block_length": config["block_length"], "sampling": {key: params.get(key) for key in SAMPLING_KEYS}}
 
 
 def group_id(cfg: DictConfig) -> str:
@@ -189,7 +198,24 @@ def plan(cfg: DictConfig) -> RunPlan:
         raise ConfigError(str(err)) from None
 
 
+def check_destination(cfg: DictConfig) -> None:
+    """`sweep_name` is one plain folder name, and `results_dir` is not inside a published folder (whose
+    records only its documented command writes)."""
+    from s2d2_eval.sweeps import PUBLISHED_SWEEPS
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(cfg.sweep_name)) or str(cfg.sweep_name).strip(".") == "":
+        raise ValueError(f"sweep_name={cfg.sweep_name!r} must be a plain folder name (letters, digits, _ . -)")
+    results = _repo_path(cfg.results_dir).resolve()
+    for name in PUBLISHED_SWEEPS:
+        published = (REPO_ROOT / "results" / name).resolve()
+        if results == published or published in results.parents:
+            raise ValueError(f"results_dir={cfg.results_dir} is inside the published folder "
+                             f"{display_path(published)}, which only its documented command writes; "
+                             "pick another results_dir")
+
+
 def _plan(cfg: DictConfig) -> RunPlan:
+    check_destination(cfg)
     if cfg.decoding.kind not in DECODER_KINDS:
         raise ValueError(f"decoding.kind={cfg.decoding.kind!r}; valid: {', '.join(DECODER_KINDS)}")
     if cfg.batch_size < 1:

@@ -169,6 +169,28 @@ def test_record_path_is_a_function_of_the_resolved_config(tmp_path):
     assert OmegaConf.is_config(_compose(base))
 
 
+def test_a_sampled_sweep_never_shares_a_folder_with_a_greedy_one(tmp_path):
+    model_dir = _sdar_dir(tmp_path)
+    base = [f"model.pretrained={model_dir}", f"results_dir={tmp_path}", "task.limit=2"]
+    sampled = ["decoding.params.do_sample=true", "decoding.params.temperature=1.0"]
+    greedy_dirs = {plan(_compose([*base, f"decoding={name}"])).sweep_dir for name in ("ar", "dynamic", "s2d2_config_a")}
+    sampled_dirs = {plan(_compose([*base, f"decoding={name}", *sampled])).sweep_dir
+                    for name in ("ar", "dynamic", "s2d2_config_a")}
+    assert len(greedy_dirs) == len(sampled_dirs) == 1 and greedy_dirs != sampled_dirs  # one folder per regime
+
+
+def test_nothing_but_a_documented_command_writes_inside_a_published_folder(tmp_path):
+    model_dir = _sdar_dir(tmp_path)
+    with pytest.raises(ConfigError, match="sweep_name='sdar/x' must be a plain folder name"):
+        plan(_compose([f"model.pretrained={model_dir}", "sweep_name=sdar/x"]))
+    with pytest.raises(ConfigError, match="sweep_name='..' must be a plain folder name"):
+        plan(_compose([f"model.pretrained={model_dir}", "sweep_name=.."]))
+    for inside in ("results/sdar", "results/sdar/sub", str(Path(__file__).resolve().parent.parent / "results" / "d2f_dream")):
+        with pytest.raises(ConfigError, match="is inside the published folder results/"):
+            plan(_compose([f"model.pretrained={model_dir}", f"results_dir={inside}", "task.limit=2"]))
+    assert not plan(_compose([f"model.pretrained={model_dir}", "results_dir=results", "task.limit=2"])).published
+
+
 def test_a_missing_metric_filter_or_task_fails_before_the_model_loads(tmp_path, monkeypatch):
     import s2d2_eval.lm
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from s2d2_eval.records import SCHEMA, atomic_write_json
+from s2d2_eval.records import SCHEMA, RecordError, atomic_write_json
 from s2d2_eval.report import comparison_rows, group_points, matched_dynamic, pareto_front
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,3 +123,15 @@ def test_scripts_reject_an_empty_folder(tmp_path):
         done = subprocess.run([sys.executable, str(REPO / "scripts" / script), str(tmp_path)],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and "no run records" in done.stderr
+
+
+def test_two_runs_with_one_label_are_refused(tmp_path):
+    """Two records a table could not tell apart (say one folder holding a greedy and a sampled run of
+    the same preset) are refused in one line naming both, not shown as two identical rows."""
+    from s2d2_eval.records import iter_records
+
+    row = FIXTURE[0]
+    for i in range(2):
+        atomic_write_json(tmp_path / "tiny" / "synthetic" / f"{row[0]}-{i:010d}.json", _record(*row))
+    with pytest.raises(RecordError, match=r"are both '.*': one table cannot tell them apart"):
+        group_points(iter_records(tmp_path))
