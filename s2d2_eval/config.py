@@ -49,7 +49,8 @@ SET_BY_ADAPTER = frozenset({"return_forward_stats"})
 
 
 def decoder_config_classes() -> dict[str, type]:
-    """`decoding.generate` spec -> the keyword dataclass of that decoder, for every entry of DECODERS."""
+    """`decoding.generate` spec -> the keyword dataclass of that decoder, for every entry of DECODERS
+    (imports the decoders, hence torch)."""
     import importlib
 
     classes = {}
@@ -59,27 +60,46 @@ def decoder_config_classes() -> dict[str, type]:
     return classes
 
 
-def union_of_fields(config_classes: dict[str, type]) -> dict[str, Any]:
-    """name -> annotation over all decoder configs; a name two configs annotate differently raises
-    TypeError (one schema field cannot type both)."""
+_STORED_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def stored_field_types() -> dict[str, dict[str, Any]]:
+    """`decoding.generate` spec -> name -> annotation of its config's fields, read from the stored flag
+    specs (`families.cli_schema`, kept equal to the classes by tests/test_cli_fast.py): no decoder and
+    no torch is imported to build the schema, so Hydra composes (and --help answers) in a fraction
+    of a second. Optional[...] is left out: every schema field is optional anyway."""
+    from families import cli_schema
+
+    def annotation(spec: dict[str, Any]) -> Any:
+        kind = _STORED_TYPES[spec["type"]]
+        return tuple[kind, ...] if spec["many"] else kind
+
+    return {decoder: {spec["name"]: annotation(spec) for spec in cli_schema.fields(decoder)} for decoder in DECODERS}
+
+
+def union_of_fields(fields_by_decoder: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """name -> annotation over all decoders' fields (decoder spec -> name -> annotation); a name two
+    decoders annotate differently raises TypeError (one schema field cannot type both)."""
     union: dict[str, Any] = {}
     owner: dict[str, str] = {}
-    for spec, config_class in config_classes.items():
-        for name, annotation in field_types(config_class).items():
+    for spec, fields in fields_by_decoder.items():
+        for name, annotation in fields.items():
             if name in union and union[name] != annotation:
-                raise TypeError(f"decoder field {name!r} is {annotation} in {spec} ({config_class.__name__}) but "
-                                f"{union[name]} in {owner[name]}: decoding.params cannot type both")
+                raise TypeError(f"decoder field {name!r} is {annotation} in {spec} but {union[name]} in "
+                                f"{owner[name]}: decoding.params cannot type both")
             union.setdefault(name, annotation)
             owner.setdefault(name, spec)
     return union
 
 
+def decoding_params_fields(fields_by_decoder: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The schema's field name -> OmegaConf type (`union_of_fields`, made optional, less SET_BY_ADAPTER)."""
+    return {name: _optional_schema_type(annotation) for name, annotation in union_of_fields(fields_by_decoder).items()
+            if name not in SET_BY_ADAPTER}
+
+
 def _decoding_params_schema() -> type:
-    fields = [
-        (name, _optional_schema_type(annotation), field(default=None))
-        for name, annotation in union_of_fields(decoder_config_classes()).items()
-        if name not in SET_BY_ADAPTER
-    ]
+    fields = [(name, kind, field(default=None)) for name, kind in decoding_params_fields(stored_field_types()).items()]
     return dataclasses.make_dataclass("DecodingParams", fields)
 
 

@@ -175,9 +175,19 @@ def test_union_of_fields_refuses_one_name_with_two_types():
     class Other:
         threshold: int = 1
 
-    assert union_of_fields({"a": One, "b": One}) == {"threshold": float}
+    assert union_of_fields({"a": field_types(One), "b": field_types(One)}) == {"threshold": float}
     with pytest.raises(TypeError, match="threshold"):
-        union_of_fields({"a": One, "b": Other})
+        union_of_fields({"a": field_types(One), "b": field_types(Other)})
+
+
+def test_decoding_params_schema_from_the_stored_specs_is_the_classes_one():
+    """The schema is built from families/cli_schema.json (no torch import); it types every field as the
+    decoders' config classes do."""
+    from s2d2_eval.config import decoder_config_classes, decoding_params_fields, stored_field_types
+
+    from_classes = decoding_params_fields({spec: field_types(cls) for spec, cls in decoder_config_classes().items()})
+    assert decoding_params_fields(stored_field_types()) == from_classes
+    assert {name: f.type for name, f in DecodingParams.__dataclass_fields__.items()} == from_classes
 
 
 @pytest.mark.parametrize("model", FAST_MODELS)

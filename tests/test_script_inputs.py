@@ -137,3 +137,9 @@ def test_run_eval_unknown_preset_is_one_line_before_hydra_and_torch(argv, messag
     run = run_fresh(SCRIPTS / "run_eval.py", argv)
     assert str(run.exit).startswith(f"run_eval.py: error: {message}") and "\n" not in str(run.exit), run
     assert run.heavy == [], run
+
+
+def test_run_eval_help_needs_no_torch():
+    """The Hydra schema is built from the stored flag specs: --help imports no decoder."""
+    run = run_fresh(SCRIPTS / "run_eval.py", ["--help"])
+    assert run.exit in (0, None) and "decoding" in run.stdout and run.heavy == [], run
