@@ -33,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from common.cli import ScriptParser
 from s2d2_eval import REPO_ROOT
 
 SCHEMA = "s2d2-eval-record/1"
@@ -200,7 +201,7 @@ def records_from_command_line(description: str | None, out_help: str, argv: list
     """The shared command line of the report scripts: a sweep folder (searched recursively for
     records) and `--out`. Exits with a one-line error when the folder is missing, holds no records,
     or holds a file that is not a whole record."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", nargs="?", default=str(default_dir),
                         help=f"folder searched recursively for records (default: {default_dir})")
     parser.add_argument("--out", default=None, help=out_help)

@@ -15,9 +15,11 @@ import json
 import sys
 from pathlib import Path
 
+from common.cli import ScriptParser
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument("base_dir", type=Path, help="sweep folder of the reference runs (e.g. batch 1)")
     parser.add_argument("batched_dir", type=Path, help="sweep folder of the same runs at another batch size")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON record here (atomically)")

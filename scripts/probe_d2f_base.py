@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.cli import ScriptParser
 import families
 from families.cpu_memory import reuse_freed_memory
 from synthetic.tasks import TASKS
@@ -56,7 +57,7 @@ def _tasks(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = ScriptParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("base_model_dir", type=Path, help="a D2F base folder (model_type llada or Dream)")
     parser.add_argument("--ratios", type=_ratios, default=[0.05, 0.95], help="mask ratios, comma-separated")
