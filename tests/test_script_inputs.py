@@ -143,3 +143,13 @@ def test_run_eval_help_needs_no_torch():
     """The Hydra schema is built from the stored flag specs: --help imports no decoder."""
     run = run_fresh(SCRIPTS / "run_eval.py", ["--help"])
     assert run.exit in (0, None) and "decoding" in run.stdout and run.heavy == [], run
+
+
+@pytest.mark.parametrize("script,argv,message", [
+    ("make_table.py", ["/nonexistent/sweep"], "no such folder: /nonexistent/sweep"),
+    ("plot_frontier.py", ["/nonexistent/sweep"], "no such folder: /nonexistent/sweep"),
+    ("compare_batches.py", ["/nonexistent/a", "/nonexistent/b"], "no such folder: /nonexistent/a"),
+    ("probe_d2f_base.py", [], "the following arguments are required: base_model_dir"),
+])
+def test_report_and_probe_scripts_argument_errors_are_one_line(script, argv, message):
+    assert _one_line_error(script, argv) == f"{script}: error: {message}"
