@@ -31,7 +31,6 @@ stores into, with store_kv=True.
 from typing import Any, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicCache
 

@@ -24,7 +24,8 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from common.layers import ScaledRotaryEmbedding, apply_rope, grouped_attention, rms_norm, rope_tables
+from common.layers import (FLASH_DTYPES, FLASH_MAX_HEAD_DIM, ScaledRotaryEmbedding, apply_rope, grouped_attention,
+                           rms_norm, rope_tables)
 from SDAR.configuration_sdar import SDARConfig
 
 try:
@@ -32,8 +33,6 @@ try:
 except (ImportError, OSError):
     flash_attn_func = None
 
-_FLASH_DTYPES = (torch.float16, torch.bfloat16)
-_FLASH_MAX_HEAD_DIM = 256
 _IGNORE_INDEX = -100
 # Keyword arguments that transformers' generation/training utilities may pass and that carry no
 # information for this model (positions come from `position_ids` or the cache length).
@@ -78,8 +77,8 @@ def _can_use_flash(query: torch.Tensor) -> bool:
     return (
         flash_attn_func is not None
         and query.is_cuda
-        and query.dtype in _FLASH_DTYPES
-        and query.shape[-1] <= _FLASH_MAX_HEAD_DIM
+        and query.dtype in FLASH_DTYPES
+        and query.shape[-1] <= FLASH_MAX_HEAD_DIM
     )
 
 

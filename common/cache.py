@@ -50,4 +50,3 @@ def scatter_rows(part: Tensor, rows: Tensor, batch: int) -> Tensor:
     """[batch, ...]: `part` ([R, ...]) at the indices `rows` ([R] long), zeros elsewhere (outputs of
     rows a subset forward skipped; the caller never reads them)."""
     return part.new_zeros(batch, *part.shape[1:]).index_copy_(0, rows, part)
-

@@ -21,8 +21,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_FLASH_DTYPES = (torch.float16, torch.bfloat16)
-_FLASH_MAX_HEAD_DIM = 256
+FLASH_DTYPES = (torch.float16, torch.bfloat16)
+"""The dtypes flash-attention kernels take."""
+FLASH_MAX_HEAD_DIM = 256
+"""The largest head_dim flash-attention kernels take."""
 
 
 def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float, keep_float64: bool = False) -> torch.Tensor:
@@ -108,7 +110,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
     return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
-
 def kernel_shares_heads(device: torch.device, dtype: torch.dtype, head_dim: int, masked: bool) -> bool:
     """Whether SDPA's `enable_gqa` keeps a fused kernel for such a call. On the CPU it does (the CPU
     flash kernel takes masks and grouped heads). On a GPU only flash-attention (or cuDNN) takes grouped
@@ -116,7 +117,7 @@ def kernel_shares_heads(device: torch.device, dtype: torch.dtype, head_dim: int,
     float32, the memory-efficient kernel would be dropped for the math one, so heads are expanded."""
     if device.type == "cpu":
         return True
-    if device.type != "cuda" or masked or dtype not in _FLASH_DTYPES or head_dim > _FLASH_MAX_HEAD_DIM:
+    if device.type != "cuda" or masked or dtype not in FLASH_DTYPES or head_dim > FLASH_MAX_HEAD_DIM:
         return False
     return torch.cuda.get_device_capability(device) >= (8, 0)
 

@@ -23,7 +23,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from families import FAMILIES
-from s2d2_eval.model_args import field_types
 
 DECODER_KINDS = ("ar", "static", "dynamic", "s2d2")
 """Decoder families: the plot series and the table's baselines (AR mode, best dynamic)."""
