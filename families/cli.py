@@ -98,14 +98,22 @@ def check_flags(args: argparse.Namespace, specs: list[dict[str, Any]]) -> None:
         raise fail(f"--device {args.device!r} is not one of auto, cpu, mps, cuda, cuda:N")
 
 
-def reject_unread_flags(decoder: str, all_flags: str, args: argparse.Namespace, choice: str) -> None:
-    """A flag of the command line's decoders (`all_flags`: the decoder whose config holds them all) set
-    away from its default but not read by the chosen `decoder` exits with one line, instead of being
-    ignored silently (say an S2D2 routing flag with the baseline)."""
+def unread_flags(decoder: str, all_flags: str, args: argparse.Namespace) -> list[str]:
+    """The flags of a command line's decoders (`all_flags`: the decoder whose config holds them all) set
+    away from their defaults but not read by `decoder` (stored specs only: no decoder is imported)."""
     used = {spec["name"] for spec in cli_schema.fields(decoder)}
-    unread = [spec["name"] for spec in cli_schema.fields(all_flags) if spec["name"] not in used
-              and getattr(args, spec["name"]) != (tuple(spec["default"]) if isinstance(spec["default"], list)
-                                                  else spec["default"])]
+
+    def plain(value: Any) -> Any:  # several values: a tuple, as the config holds them
+        return tuple(value) if isinstance(value, list) else value
+
+    return [spec["name"] for spec in cli_schema.fields(all_flags)
+            if spec["name"] not in used and plain(getattr(args, spec["name"])) != plain(spec["default"])]
+
+
+def reject_unread_flags(decoder: str, all_flags: str, args: argparse.Namespace, choice: str) -> None:
+    """A flag not read by the chosen `decoder` (`unread_flags`) exits with one line, instead of being
+    ignored silently (say an S2D2 routing flag with the baseline)."""
+    unread = unread_flags(decoder, all_flags, args)
     if unread:
         raise fail(f"--generate_fn {choice} does not read --{', --'.join(unread)}")
 

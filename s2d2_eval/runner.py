@@ -271,11 +271,11 @@ def check_model_fits_decoder(pretrained: str, spec: str, generate: Any, lora: st
         found = families.check_model(pretrained)
     except families.ModelDirError as err:
         raise ValueError(f"model.pretrained={pretrained}: {err}") from None
-    try:
-        if lora is not None:
+    if lora is not None:
+        try:
             families.check_adapter(lora, found)
-    except families.ModelDirError as err:
-        raise ValueError(f"model.lora_dir={err}") from None
+        except families.ModelDirError as err:
+            raise ValueError(f"model.lora_dir={err}") from None
     expected = families.of_package(getattr(generate, "__module__", "").split(".")[0])
     if expected and found is not None and found not in expected:
         decodes = ", ".join(f"{t!r} ({f.title})" for f in expected for t in f.model_types)

@@ -49,6 +49,7 @@ from typing import Any, Callable
 import families
 from common.cli import ScriptParser, add_field_arguments, check_flag_values, dataclass_from_namespace
 from families import FAMILIES, cli_schema
+from families.cli import unread_flags
 from families.cpu_memory import reuse_freed_memory
 from synthetic.tasks import TASKS, TEST_SPLIT_PATH, load_jsonl
 
@@ -92,15 +93,10 @@ def build_parser(family: str = "sdar") -> ScriptParser:
     return parser
 
 
-def _plain(value: Any) -> Any:
-    """A flag value as the config holds it (several values: a tuple)."""
-    return tuple(value) if isinstance(value, list) else value
-
-
 def check_decode_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """`decode_setting`'s checks made from the stored field specs, before any import of the decoders
-    (and torch): the fields' bounds, the flags `--mode` would ignore, and AR mode's fixed fields. The
-    configs' own `__post_init__` checks run later, in `decode_setting`."""
+    """The checks of the flags made from the stored field specs, before any import of the decoders (and
+    torch): the fields' bounds, the flags `--mode` would ignore, and AR mode's fixed fields. The configs'
+    own `__post_init__` checks run later, in `decode_setting`."""
     spec = FAMILIES[args.family]
     fields = cli_schema.fields(spec.s2d2)
     try:
@@ -109,13 +105,11 @@ def check_decode_flags(args: argparse.Namespace, parser: argparse.ArgumentParser
         parser.error(str(err))
     if args.mode == "s2d2":
         return
-    base_names = {f["name"] for f in cli_schema.fields(spec.baseline)}
-    defaults = {f["name"]: _plain(f["default"]) for f in fields}
-    ignored = [name for name, default in defaults.items()
-               if name not in base_names and _plain(getattr(args, name)) != default]
+    ignored = unread_flags(spec.baseline, spec.s2d2, args)
     if ignored:
         parser.error(f"--{', --'.join(ignored)} only apply to --mode s2d2")
     if args.mode == "ar":
+        defaults = {f["name"]: f["default"] for f in fields}
         given = tuple(getattr(args, name) for name in spec.ar_mode)
         if given not in (tuple(spec.ar_mode.values()), tuple(defaults[name] for name in spec.ar_mode)):
             fixed = ", ".join(f"{name}={value}" for name, value in spec.ar_mode.items())
@@ -133,9 +127,8 @@ def model_dir_error(family: str, model_dir: Path, lora_dir: Path | None = None) 
         found = families.check_model(model_dir)
     except families.ModelDirError as err:
         return str(err)
-    if found is not spec:
-        model_type = json.loads(config.read_text()).get("model_type")
-        return (f"{model_dir} is a {found.title} model (model_type {model_type!r}), not {spec.title}; "
+    if found is not spec:  # a family has one model_type: the one config.json names
+        return (f"{model_dir} is a {found.title} model (model_type {found.model_types[0]!r}), not {spec.title}; "
                 f"use --family {found.name}")
     if lora_dir is not None and not (Path(lora_dir) / "adapter_config.json").is_file():
         return f"no adapter at {lora_dir} (adapter_config.json missing)"
@@ -143,7 +136,9 @@ def model_dir_error(family: str, model_dir: Path, lora_dir: Path | None = None) 
 
 
 def decode_setting(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, Callable]:
-    """The decode config and generate function of `--mode`; flags the mode would ignore are errors."""
+    """The decode config and generate function of `--mode` (imports the decoders). The flags the mode
+    would ignore, and AR mode's fixed fields, are checked first (`check_decode_flags`, no torch)."""
+    check_decode_flags(args, parser)
     spec = FAMILIES[args.family]
     s2d2 = spec.decoder("s2d2")
     full = dataclass_from_namespace(s2d2.config_class, args)
@@ -151,19 +146,8 @@ def decode_setting(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         return full, s2d2
     baseline = spec.decoder("baseline")
     base_class = baseline.config_class
-    base_names = {f.name for f in dataclasses.fields(base_class)}
-    defaults = s2d2.config_class()
-    ignored = [f.name for f in dataclasses.fields(full)
-               if f.name not in base_names and getattr(full, f.name) != getattr(defaults, f.name)]
-    if ignored:
-        parser.error(f"--{', --'.join(ignored)} only apply to --mode s2d2")
-    base = base_class(**{name: getattr(full, name) for name in base_names})
+    base = base_class(**{f.name: getattr(full, f.name) for f in dataclasses.fields(base_class)})
     if args.mode == "ar":
-        given = tuple(getattr(base, name) for name in spec.ar_mode)
-        allowed = (tuple(spec.ar_mode.values()), tuple(getattr(defaults, name) for name in spec.ar_mode))
-        if given not in allowed:
-            fixed = ", ".join(f"{name}={value}" for name, value in spec.ar_mode.items())
-            parser.error(f"--mode ar fixes {fixed}; got {given}")
         base = dataclasses.replace(base, **spec.ar_mode)
     return base, baseline
 
