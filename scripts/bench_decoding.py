@@ -198,8 +198,8 @@ FAMILIES = {
 
 def build_parser() -> ScriptParser:
     parser = ScriptParser(prog="bench_decoding.py",
-                           description="Decoding benchmark: HF generate, AR mode, baseline and S2D2 on a tiny model.",
-                           epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                          description="Decoding benchmark: HF generate, AR mode, baseline and S2D2 on a tiny model.",
+                          epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=sorted(FAMILIES), default="sdar")
     parser.add_argument("--model_dir", type=Path, default=None, help="default: the family's shipped tiny model")
     parser.add_argument("--split", type=Path, default=TEST_SPLIT_PATH, help="JSONL items (default: the test split)")

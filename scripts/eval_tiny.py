@@ -72,7 +72,7 @@ def build_parser(family: str = "sdar") -> ScriptParser:
     (`families.cli_schema`): no decoder (and no torch) is imported."""
     spec = FAMILIES[family]
     parser = ScriptParser(prog="eval_tiny.py", description=__doc__.splitlines()[0],
-                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     run = parser.add_argument_group("run")
     run.add_argument("--family", choices=sorted(FAMILIES), default="sdar", help="model family (decoders and flags)")
     run.add_argument("--model_dir", type=Path, default=spec.tiny_model_dir)

@@ -58,7 +58,7 @@ def _tasks(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ScriptParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("base_model_dir", type=Path, help="a D2F base folder (model_type llada or Dream)")
     parser.add_argument("--ratios", type=_ratios, default=[0.05, 0.95], help="mask ratios, comma-separated")
     parser.add_argument("--limit", type=int, default=48, help="validation items per task")

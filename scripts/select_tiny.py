@@ -49,7 +49,7 @@ def _seeds(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ScriptParser(prog="select_tiny.py", description=__doc__.splitlines()[0],
-                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("candidates", nargs="+", type=Path, help="model directories written by train_tiny.py")
     parser.add_argument("--family", choices=sorted(eval_tiny.FAMILIES), default="sdar")
     parser.add_argument("--split", type=Path, default=VAL_SPLIT_PATH, help="JSONL items (default: the validation split)")

@@ -100,7 +100,7 @@ def _str_list(text: str) -> list[str]:
 
 def build_parser() -> ScriptParser:
     parser = ScriptParser(prog=PROG, description=__doc__.splitlines()[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--family", choices=FAMILIES, default="sdar",
                         help="sdar: SDARForCausalLM, position-aligned objective; fast_dllm_v2: "
                              "Fast_dLLM_QwenForCausalLM, shift-aligned objective with complementary masks; llada2: "
